@@ -1,0 +1,1 @@
+"""Prefect deployments: the nightly batch and its work-pool setup."""

@@ -1,0 +1,58 @@
+"""The `facereenact` command line.
+
+Each subcommand lives in its own module under flows/cli/ with two functions:
+`configure(parser)` adds its arguments, `run(args) -> int` does the work. Modules import torch,
+Prefect and the like inside `run`, so `facereenact --help` stays fast.
+
+User errors (`storage.errors.FacereenactError`) print one line and exit with their code; set
+FACEREENACT_DEBUG=1 to see their traceback as well. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+# name -> (module under flows.cli, one-line help). Add a subcommand by adding a row and a module.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("generate", "render images from a generator (z seeds or a W+ file)"),
+    "weights": ("weights", "list, fetch, verify and convert model weights"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facereenact",
+        description="One-shot face reenactment with a pretrained StyleGAN2.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(f"flows.cli.{module_name}")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.configure(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from storage.errors import FacereenactError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except FacereenactError as err:
+        if os.environ.get("FACEREENACT_DEBUG"):
+            raise
+        print(f"facereenact: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("facereenact: interrupted; finished frames are cached, run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # python -m flows.cli
+    sys.exit(main())

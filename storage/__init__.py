@@ -1,0 +1,1 @@
+"""Storage: the zarr cache, video I/O, manifests, provenance and weight files. No torch models here."""

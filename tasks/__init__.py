@@ -1,0 +1,1 @@
+"""Prefect tasks: thin, idempotent wrappers around models/ and storage/."""

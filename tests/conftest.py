@@ -1,0 +1,74 @@
+"""Shared test fixtures.
+
+- `shared_dir`: ../shared beside the repository root (the fixtures of DESIGN.md); tests that need it
+  skip with a clear reason when it is absent.
+- `run_cli`: runs `python -m flows.cli ...` in a subprocess, the way a user runs `facereenact`.
+- `prefect_harness`: one session-wide Prefect test server with PREFECT_HOME in a temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_cli as _run_cli
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+# Isolate Prefect from the user's home before anything imports it, in this process and in children.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="facereenact-prefect-")
+os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+# Never reach the network for weights in tests; point weight lookups at an empty cache.
+os.environ.setdefault("FACEREENACT_HOME", tempfile.mkdtemp(prefix="facereenact-home-"))
+os.environ.setdefault("TORCH_HOME", tempfile.mkdtemp(prefix="facereenact-torch-"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import torch
+
+    # Two cores here; keep torch from oversubscribing when tests run side by side.
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"shared fixtures not found at {SHARED_DIR} (expected ../shared beside the repo)")
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def stylegan_fixture_dir(shared_dir: Path) -> Path:
+    path = shared_dir / "fixtures" / "stylegan2"
+    if not path.is_dir():
+        pytest.skip(f"StyleGAN2 fixtures not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def faces_fixture_dir(shared_dir: Path) -> Path:
+    path = shared_dir / "fixtures" / "faces"
+    if not path.is_dir():
+        pytest.skip(f"face fixtures not found at {path}")
+    return path
+
+
+@pytest.fixture
+def run_cli():
+    """`run_cli(*args, env=..., check=...)` -> CompletedProcess of `facereenact *args`."""
+    return _run_cli
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
