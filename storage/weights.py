@@ -565,8 +565,9 @@ def fetch(name_or_spec: str | WeightSpec, dest_dir: str | Path | None = None, ur
                 _say(f"the resumed download of {spec.filename} does not verify ({check.detail}); "
                      f"starting over from byte 0", quiet)
                 continue
-            hint = f"; delete {record_path(final)} to accept a changed file" if check.status == \
-                "mismatch" and recorded and not spec.sha256 else ""
+            hint = ""
+            if recorded and not spec.sha256:  # checked against the digest of its first fetch
+                hint = f"; delete {record_path(final)} to accept a changed file"
             raise CheckpointError(f"{check.detail} (downloaded from {download.url}); the download "
                                   f"was removed{hint}", path=final)
         if check.status == "unpinned":
