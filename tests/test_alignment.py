@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import skimage.data
 
 from models.alignment import (
     AlignTransform,
@@ -19,12 +20,10 @@ from models.alignment import (
     quad_corners,
 )
 
-skimage_data = pytest.importorskip("skimage.data")
-
 
 @pytest.fixture(scope="module")
 def astronaut() -> np.ndarray:
-    return skimage_data.astronaut()
+    return skimage.data.astronaut()
 
 
 @pytest.fixture(scope="module")
