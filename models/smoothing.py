@@ -6,7 +6,7 @@ Jittery landmarks make jittery crops and jittery output; smoothing is applied ov
   with the signal's speed: cutoff = min_cutoff + beta * |speed|. Slow motion is smoothed hard (jitter
   dominates), fast motion passes with little lag. By default it runs forward and then backward over
   the clip (`zero_phase`), as filtfilt does: this pipeline has the whole video, and a causal filter
-  trails moving faces by a few frames. `zero_phase=False` gives the classic causal filter.
+  trails moving faces by about a frame. `zero_phase=False` gives the classic causal filter.
 - `savgol`: Savitzky-Golay (scipy.signal.savgol_filter): a centred moving polynomial fit, zero lag,
   keeps polynomial motion up to `polyorder` exactly.
 
@@ -61,8 +61,8 @@ class SmoothingConfig:
 
     Defaults, for 25-30 fps video of talking heads (measurements in docs/faces.md): One-Euro
     min_cutoff 2 Hz, beta 10, d_cutoff 8 Hz, zero-phase; Savitzky-Golay 7 frames, order 2. Both cut
-    the jitter of 1-pixel landmark noise on a moving head 4-5x and halve the error to the true motion
-    with no lag, and keep most of a 4 Hz (speech-rate) mouth movement: smoothing harder (lower
+    the jitter of 1-pixel landmark noise on a moving head 4-5x and the error to the true motion
+    1.7-2x with no lag, and keep most of a 4 Hz (speech-rate) mouth movement: smoothing harder (lower
     min_cutoff or beta, longer window) flattens lip motion, which reenactment must keep.
     """
 
