@@ -56,10 +56,12 @@ _TEXT_FORMATS = ("tty", "bin", "adf", "idf", "xbin")
 # Audio codecs the MP4 muxer takes as they are; others are re-encoded to AAC.
 _MP4_AUDIO_COPY = {"aac", "mp3", "alac", "ac3", "eac3"}
 
-# Files up to this many decoded pixels (~1000 frames of 1080p) have their frames counted by decoding.
-DECODE_COUNT_BUDGET = 2**31
+# Files up to this many pixels in all (~130 frames of 1080p, ~4000 of 256x256; a second or so of
+# decoding) have their frames counted by decoding; longer ones by packets.
+DECODE_COUNT_BUDGET = 2**28
 
 _NOPTS = -(2**63)
+_KEY_FLAG, _DISCARD_FLAG = 0x1, 0x4  # AV_PKT_FLAG_*; framecrc prints F=0x.. unless flags == KEY
 _PIPE_SIZE = 1 << 20  # Linux's unprivileged maximum; fewer syscalls per frame than the 64 KiB default
 
 
@@ -380,7 +382,10 @@ def _scan_packets_cached(path_str: str, size: int, mtime_ns: int, stream_index: 
         if line.startswith("#tb 0:"):
             timebase = Fraction(line.split(":", 1)[1].strip())
         elif line and not line.startswith("#"):
-            fields = line.split(",")
+            fields = [field.strip() for field in line.split(",")]
+            flags = next((int(f[2:], 16) for f in fields[6:] if f.startswith("F=")), _KEY_FLAG)
+            if flags & _DISCARD_FLAG:
+                continue  # before the start of an edit list: demuxed for decoding, never shown
             dts, pts, duration = int(fields[1]), int(fields[2]), int(fields[3])
             times.append(pts if pts != _NOPTS else dts)
             durations.append(duration)

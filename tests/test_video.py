@@ -69,7 +69,8 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("media")
     m = {name: d / name for name in [
         "numbered.mp4", "ntsc_audio.mp4", "rotated.mp4", "gop.mp4", "gop.mkv", "gop.ts", "gop.avi",
-        "vfr.mp4", "audio.m4a", "tone.wav", "still.png", "zero.avi", "cut_header.mp4", "cut_tail.mp4",
+        "vfr.mp4", "edit_list.mp4", "audio.m4a", "tone.wav", "still.png", "zero.avi", "cut_header.mp4",
+        "cut_tail.mp4",
     ]}
     with VideoWriter(m["numbered.mp4"], 25, crf=0) as writer:
         for frame in numbered_frames(12):
@@ -83,6 +84,9 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # Short GOPs and B-frames, so seeking must land between keyframes and reorder.
     ffmpeg("-f", "lavfi", "-i", f"testsrc=size={W}x{H}:rate=25", "-frames:v", "24", "-c:v", "libx264",
            "-g", "6", "-bf", "2", "-pix_fmt", "yuv420p", m["gop.mp4"])
+    # Cut at 0.3 s without re-encoding: MP4 keeps the packets from the keyframe before (frame 6) and
+    # an edit list that hides frames 6 and 7. They are demuxed but never shown.
+    ffmpeg("-ss", "0.3", "-i", m["gop.mp4"], "-c", "copy", m["edit_list.mp4"])
     ffmpeg("-i", m["gop.mp4"], "-c", "copy", m["gop.mkv"])
     ffmpeg("-i", m["gop.mp4"], "-c", "copy", m["gop.ts"])
     ffmpeg("-f", "lavfi", "-i", f"testsrc=size={W}x{H}:rate=25", "-frames:v", "24", "-c:v", "mpeg4",
@@ -137,6 +141,19 @@ def test_probe_count_matches_decode_in_every_container(media: dict[str, Path], n
     estimated = probe(media["gop.mp4"], count="estimate")
     assert estimated.frame_count_source == "estimated" and not estimated.frame_count_exact
     assert abs(estimated.frame_count - 24) <= 1
+
+
+def test_edit_list_hidden_frames_are_not_counted(media: dict[str, Path]) -> None:
+    path = media["edit_list.mp4"]
+    for count in ("packets", "decode"):
+        assert probe(path, count=count).frame_count == 16  # frames 8..23 of gop.mp4
+    full = list(read_frames(path))
+    original = list(read_frames(media["gop.mp4"]))
+    assert len(full) == 16
+    for got, want in zip(full, original[8:], strict=True):
+        np.testing.assert_array_equal(got, want)
+    for start in (1, 2, 5, 15):
+        np.testing.assert_array_equal(next(read_frames(path, start)), full[start])
 
 
 def test_probe_variable_frame_rate(media: dict[str, Path]) -> None:
