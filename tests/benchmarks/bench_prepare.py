@@ -4,7 +4,8 @@
 
 Video rows (storage/video.py):
 - decode: `read_frames` (rgb24 frames through a pipe into numpy) vs the ffmpeg binary alone decoding
-  the same file to nothing (`ffmpeg -i f -f null -`: no colour conversion, no pipe).
+  the same file to nothing (`ffmpeg -i f -f null -`: no colour conversion, no pipe), and vs ffmpeg
+  converting to rgb24 as we do but writing to /dev/null (the rest is our pipe + numpy overhead).
 - encode: `VideoWriter` (numpy frames into libx264) vs the same raw frames piped in one piece into a
   bare ffmpeg command with the same codec settings.
 - probe: `probe` (header + packet scan + decode count for short files) vs `ffmpeg -i f` alone.
@@ -94,7 +95,9 @@ def make_clip(path: Path, size: int, seconds: float) -> Path:
 
 
 # ----------------------------------------------------------------------------------- measurements
-def measure_decode(clip: Path, size: int, repeats: int) -> Row:
+def measure_decode(clip: Path, size: int, repeats: int, to_rgb: bool = False) -> Row:
+    """read_frames vs ffmpeg decoding alone: to nothing (`-f null`), or, with `to_rgb`, converting
+    to rgb24 as we do and writing to /dev/null (what is left is our pipe and numpy overhead)."""
     count = probe(clip).frame_count
 
     def ours() -> None:
@@ -103,11 +106,14 @@ def measure_decode(clip: Path, size: int, repeats: int) -> Row:
             n += int(frame[0, 0, 0] >= 0)  # touch every frame
         assert n == count
 
+    output = ["-pix_fmt", "rgb24", "-f", "rawvideo", "-y", "/dev/null"] if to_rgb else ["-f", "null", "-"]
+
     def reference() -> None:
-        ffmpeg("-i", clip, "-f", "null", "-")
+        ffmpeg("-i", clip, *output)
 
     t_ours, t_ref = side_by_side(ours, reference, repeats)
-    return Row("decode", f"{size}x{size}", count, count / t_ours, count / t_ref, "ffmpeg -i f -f null -")
+    return Row("decode", f"{size}x{size}", count, count / t_ours, count / t_ref,
+               "ffmpeg -i f " + " ".join(output))
 
 
 def measure_encode(clip: Path, size: int, repeats: int, workdir: Path) -> Row:
@@ -160,6 +166,7 @@ def main() -> None:
             clip = make_clip(workdir / f"clip-{size}.mp4", size, args.seconds)
             rows.append(measure_probe(clip, size, args.repeats))
             rows.append(measure_decode(clip, size, args.repeats))
+            rows.append(measure_decode(clip, size, args.repeats, to_rgb=True))
             rows.append(measure_encode(clip, size, args.repeats, workdir))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print_table(rows, f"prepare stage: {args.seconds:g} s clips at {FPS} fps, median of {args.repeats}, "
