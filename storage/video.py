@@ -678,7 +678,8 @@ class VideoWriter:
         self.size: tuple[int, int] | None = None  # (width, height) of the frames given
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: Any = None
-        self._video_tmp: Path | None = None
+        self._video_tmp: Path | None = None  # the encoder's output
+        self._muxed_tmp: Path | None = None  # the same plus audio
         self._closed = False
 
     def __enter__(self) -> VideoWriter:
@@ -775,8 +776,7 @@ class VideoWriter:
         audio_codec = _parsed(self.audio_from).audio_codec
         seconds = self.frames_written / self.fps
         copy = self.format == "matroska" or audio_codec in _MP4_AUDIO_COPY
-        muxed = partial_path(self.path)
-        self._extra_tmp = muxed
+        muxed = self._muxed_tmp = partial_path(self.path)
         video = ffmpeg.input(str(video_tmp))
         audio_in: dict[str, Any] = {"t": f"{float(seconds):.6f}"}
         if self.audio_start:
@@ -810,7 +810,7 @@ class VideoWriter:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
-        for tmp in (self._video_tmp, getattr(self, "_extra_tmp", None)):
+        for tmp in (self._video_tmp, self._muxed_tmp):
             if tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
