@@ -252,13 +252,22 @@ def _load_storage(data: Any) -> torch.storage.TypedStorage:
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
                     backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
-    if not isinstance(storage, torch.storage.TypedStorage | torch.UntypedStorage):
+    if not isinstance(storage, torch.storage.TypedStorage):
         raise _RefusedError("tensor without a storage")
     if backward_hooks:
         raise _RefusedError("tensor with backward hooks")
+    size, stride = tuple(size), tuple(stride)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (offset, *size, *stride)) \
+            or len(size) != len(stride):
+        raise _RefusedError("malformed tensor shape")
+    # torch would silently grow the storage to fit (a file could ask for terabytes): check first.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch._utils._rebuild_tensor_v2(storage, offset, tuple(size), tuple(stride), False,
+        available = storage.size()
+        last = offset + sum((n - 1) * st for n, st in zip(size, stride, strict=True))
+        if 0 not in size and last >= available:
+            raise _RefusedError(f"tensor of shape {size} reaches outside its storage of {available} elements")
+        return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False,
                                                collections.OrderedDict())
 
 
@@ -307,7 +316,7 @@ class _NetworkUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         replacement = _ALLOWED_GLOBALS.get((module, name))
         if replacement is None:
-            raise _RefusedError(f"refused global {module}.{name}")
+            raise _RefusedError(f"refused global {module}.{name} (not one a StyleGAN2 network pickle uses)")
         return replacement
 
 
@@ -317,8 +326,7 @@ def unpickle_network(path: Path) -> Any:
         with open(path, "rb") as f:
             return _NetworkUnpickler(f).load()
     except _RefusedError as err:
-        raise CheckpointError(f"{err}: not an allowed part of a StyleGAN2 network pickle "
-                              "(nothing from the file was executed)", path=path) from None
+        raise CheckpointError(f"{err}; refused, nothing from the file was executed", path=path) from None
     except OSError as err:
         raise CheckpointError(f"cannot read checkpoint: {err.strerror or err}", path=path) from None
     except Exception as err:  # any parse failure of an untrusted file is the file's problem
