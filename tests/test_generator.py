@@ -288,3 +288,21 @@ def test_missing_paths_and_names(tmp_path):
         load_generator("no-such-model")
     with pytest.raises(WeightsMissingError, match="weights fetch ffhq-1024"):
         load_generator("ffhq-1024")  # registered, but not downloaded in the test's empty home
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("up", [1, 2])
+def test_float16_modulated_conv_stays_in_range(fused, up):
+    """The float16 path (used by the fp16 blocks on CUDA; float16 conv also runs on CPU) pre-normalises
+    weight and styles: with large styles the activation-scaling path would otherwise overflow."""
+    from models.stylegan2 import make_resample_filter, modulated_conv2d
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 8, 8, generator=gen)
+    weight = 300 * torch.randn(16, 8, 3, 3, generator=gen)
+    styles = 300 * (torch.randn(2, 8, generator=gen) + 1)
+    kwargs = dict(up=up, padding=1, resample_filter=make_resample_filter(), fused=fused)
+    ref = modulated_conv2d(x, weight, styles, **kwargs)
+    half = modulated_conv2d(x.half(), weight, styles, **kwargs)
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    torch.testing.assert_close(half.float(), ref, rtol=0, atol=1e-2 * ref.abs().max().item())
