@@ -56,7 +56,9 @@ def fir_filter_2d(x: torch.Tensor, f: torch.Tensor, pad: tuple[int, int], gain: 
     Output size is H + pad0 + pad1 - taps + 1.
     """
     channels = x.shape[1]
-    kernel = (f.flip([0, 1]) * gain).to(x.dtype)[None, None].expand(channels, 1, *f.shape)
+    kernel = (f.flip([0, 1]) * gain).to(x.dtype)[None, None].repeat(channels, 1, 1, 1)
+    if pad[0] == pad[1] >= 0:  # let the conv pad (saves a padded copy of x)
+        return F.conv2d(x, kernel, padding=pad[0], groups=channels)
     x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
     return F.conv2d(x, kernel, groups=channels)
 

@@ -6,6 +6,7 @@ Random weights (speed does not depend on their values), official FFHQ channel co
   256 paper256   stylegan2-ada-pytorch's `--cfg paper256`: channel_base 16384, channel_max 512
   256 config-f   config F at 256 px:                       channel_base 32768, channel_max 512
   1024 config-f  the official ffhq.pkl:                    channel_base 32768, channel_max 512
+(default: paper256 and 1024; `--configs` picks others)
 8 mapping layers, noise_mode const, float32. "fwd" is G.synthesis under no_grad; "fwd+bwd" also back-
 propagates a loss to ws (weights frozen), which is what inversion and projection do per step. Both
 modulated-conv strategies are timed side by side (fused = per-sample weights in one grouped conv;
@@ -17,7 +18,7 @@ from another machine, so the ratio is indicative only.
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ CONFIGS = {
     "256 config-f": dict(img_resolution=256, channel_base=32768, channel_max=512),
     "1024 config-f": dict(img_resolution=1024, channel_base=32768, channel_max=512),
 }
+DEFAULT_CONFIGS = "256 paper256,1024 config-f"
 NVIDIA_CPU = {256: (0.35, 1.1), 1024: (1.1, 3.6)}  # DESIGN.md: seconds, batch 1, (fwd, fwd+bwd)
 
 
@@ -43,7 +45,7 @@ def _time(fn, repeats: int) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)  # the least disturbed run: this machine's cores are shared
 
 
 def bench(G: Generator, batch: int, fused: bool, backward: bool, repeats: int, device: str) -> float:
@@ -68,15 +70,16 @@ def bench(G: Generator, batch: int, fused: bool, backward: bool, repeats: int, d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", default="1,4")
-    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"of: {', '.join(CONFIGS)}")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
     print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}, "
-          f"median of {args.repeats} after a warm-up; seconds per image")
+          f"best of {args.repeats} after a warm-up; seconds per image; "
+          f"load average {os.getloadavg()[0]:.1f} at start")
     header = (f"{'config':<14} {'batch':>5} {'pass':<8} {'fused':>8} {'unfused':>8} {'default':>8} "
               f"{'NVIDIA b1':>9} {'ours/NV':>7}")
     print(header)
@@ -93,6 +96,7 @@ def main() -> None:
                 print(f"{name:<14} {batch:>5} {'fwd+bwd' if backward else 'fwd':<8} {fused:>8.3f} "
                       f"{unfused:>8.3f} {default:>8.3f} {nvidia:>9.2f} {default / nvidia:>7.2f}",
                       flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at end (above the thread count: timings are inflated)")
 
 
 if __name__ == "__main__":
