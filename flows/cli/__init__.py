@@ -20,6 +20,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "render images from a generator (z seeds or a W+ file)"),
     "weights": ("weights", "list, fetch, verify and convert model weights"),
+    "status": ("status", "show done / failed / pending frames of every job, from the cache alone"),
 }
 
 
@@ -30,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        module = importlib.import_module(f"flows.cli.{module_name}")
+        try:
+            module = importlib.import_module(f"flows.cli.{module_name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"flows.cli.{module_name}":
+                raise  # the module exists but something it imports is missing: a real error
+            continue  # a subcommand whose module has not landed yet (parallel branches)
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.configure(p)
         p.set_defaults(_run=module.run)
