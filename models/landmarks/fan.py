@@ -29,8 +29,8 @@ from typing import Literal
 
 import torch
 
+from models.face_shape import MIRROR_68
 from models.landmarks.base import (
-    IBUG_MIRROR,
     NUM_LANDMARKS,
     LandmarkBackend,
     LandmarkResult,
@@ -200,7 +200,7 @@ class FanLandmarks(LandmarkBackend):
         self.coordinates = coordinates
         self.flip_input = flip_input
         self.differentiable = coordinates == "soft-argmax"
-        self.register_buffer("mirror", torch.tensor(IBUG_MIRROR), persistent=False)
+        self.register_buffer("mirror", torch.from_numpy(MIRROR_68.copy()), persistent=False)
 
     @classmethod
     def from_weights(cls, weights: str | Path | None = None, coordinates: Coordinates = "soft-argmax",
