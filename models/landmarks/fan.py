@@ -60,10 +60,11 @@ Coordinates = Literal["argmax", "soft-argmax"]
 
 
 def fan_search_dirs() -> list[Path]:
-    """Where FAN weights are looked for: the torch hub cache, then the facereenact weights dir."""
-    from storage.weights import weights_dir
+    """Where FAN weights are looked for: the torch hub cache (where face-alignment and
+    `facereenact weights fetch fan-2d` put them), then the facereenact weights dir."""
+    from storage.weights import torch_hub_checkpoints_dir, weights_dir
 
-    return [Path(torch.hub.get_dir()) / "checkpoints", weights_dir()]
+    return [torch_hub_checkpoints_dir(), weights_dir()]
 
 
 def _candidate_names() -> list[str]:
