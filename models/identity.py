@@ -27,7 +27,6 @@ corners to a rectangle of `size * scale - 1` pixels centred on the template cent
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.alignment import align_torch
 from models.landmarks.faceapi import ASSETS_DIR, faceapi_normalize
 from models.tfjs_weights import read_tfjs_weights, tfjs_weights_sha256
 from storage.errors import CheckpointError
@@ -110,29 +110,19 @@ def dlib_chip_transform(points: torch.Tensor, size: int = CHIP_SIZE, padding: fl
 
 
 def align_face_chips(images: torch.Tensor, points: torch.Tensor, size: int = CHIP_SIZE,
-                     padding: float = CHIP_PADDING, max_supersample: int = 8) -> torch.Tensor:
+                     padding: float = CHIP_PADDING) -> torch.Tensor:
     """dlib-style aligned face chips (N, 3, size, size) from images (N, 3, H, W) in [0, 1] and their
     (N, 68, 2) landmarks. Bilinear, zeros outside the image; differentiable in images and points.
 
-    Where the chip shrinks the face by more than 2x, dlib samples from an image pyramid; here the
-    chip is sampled on a k-times finer grid and box-averaged instead (k = ceil(shrink), at most
-    `max_supersample`), which differs slightly in the blur it applies.
+    Where the chip shrinks the face 2x or more, dlib samples from an image pyramid; here the image is
+    average-pooled first (align_torch's anti-aliasing), which blurs slightly differently.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
-    n, _, h, w = images.shape
     tform = dlib_chip_transform(points.to(images.dtype), size, padding)
-    step = float(torch.linalg.vector_norm(tform[:, :, 0], dim=1).detach().max())
-    k = 1 if step <= 2 else min(max_supersample, math.ceil(step - 1e-6))
-    # chip sample positions (pixel coordinates, k sub-samples per chip pixel)
-    sub = (torch.arange(size * k, device=images.device, dtype=images.dtype) + 0.5) / k - 0.5
-    yy, xx = torch.meshgrid(sub, sub, indexing="ij")
-    chip_xy = torch.stack([xx, yy, torch.ones_like(xx)], dim=-1).reshape(1, -1, 3)  # (1, S*S, 3)
-    img_xy = chip_xy @ tform.transpose(1, 2)  # (N, S*S, 2) image pixel coordinates
-    grid = torch.stack([(2 * img_xy[..., 0] + 1) / w - 1, (2 * img_xy[..., 1] + 1) / h - 1], dim=-1)
-    chips = F.grid_sample(images, grid.view(n, size * k, size * k, 2), mode="bilinear",
-                          padding_mode="zeros", align_corners=False)
-    return F.avg_pool2d(chips, k) if k > 1 else chips
+    last_row = torch.tensor([0.0, 0.0, 1.0], dtype=tform.dtype, device=tform.device)
+    frame_from_chip = torch.cat([tform, last_row.expand(tform.shape[0], 1, 3)], dim=1)
+    return align_torch(images, frame_from_chip, size, padding_mode="zeros", antialias=True)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 import torch
 from skimage import data
 
+from models.face_shape import MIRROR_68
 from models.identity import (
     DLIB_ALIGN_POINTS,
     DLIB_MEAN_FACE,
@@ -20,7 +21,6 @@ from models.identity import (
     identity_similarity,
     similarity_transform,
 )
-from models.landmarks.base import IBUG_MIRROR
 from storage.errors import CheckpointError
 
 
@@ -71,7 +71,7 @@ def test_alignment_from_dlib_points_reproduces_dlibs_chip(encoder, astronaut, dl
 
 def test_same_person_close_other_images_far(encoder, astronaut, dlib_refs):
     points = dlib_refs[0]
-    mirrored_points = points[:, list(IBUG_MIRROR)].clone()
+    mirrored_points = points[:, MIRROR_68].clone()
     mirrored_points[..., 0] = astronaut.shape[-1] - 1 - mirrored_points[..., 0]
     cat = torch.from_numpy(data.chelsea()).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():

@@ -8,57 +8,56 @@ Every landmark net sits behind one small interface (as face-alignment does for i
 
 Conventions shared by all backends:
 - images: float tensors (N, 3, H, W), RGB in [0, 1], any size.
-- boxes: optional (N, 4) face boxes x0, y0, x1, y1 in pixels of the input images (a face detector's
-  box). None means each image *is* the face crop (an aligned crop): the whole image, padded to a
-  square, is what the net sees.
-- points: pixel coordinates of the input images where (0, 0) is the centre of the top-left pixel
-  (dlib's and OpenCV's convention), in iBUG order (`IBUG_GROUPS`).
-- Cropping and resizing happen inside the backend with `crop_square` (grid_sample), so gradients
-  reach the input images; `backend.differentiable` says whether `points` carry them too.
+- boxes: optional (N, 4) face boxes x0, y0, x1, y1 in pixels of the input images, the project's box
+  convention (models/detection.py: a detector's box or `box_from_landmarks`). None means each image
+  *is* the face crop (an aligned crop): the whole image, padded to a square, is what the net sees.
+- points, boxes, crops: pixel coordinates with pixel centres at integers (OpenCV's and dlib's
+  convention, docs/faces.md), so a whole W x H image spans -0.5 .. W - 0.5. Points are in iBUG
+  order (`IBUG_GROUPS`; the index ranges and the mirror table live in models/face_shape.py).
+- Cropping and resizing happen inside the backend with `crop_square` (models.alignment.align_torch,
+  grid_sample), so gradients reach the input images; `backend.differentiable` says whether `points`
+  carry them too.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
+from models.alignment import align_torch
+from models.face_shape import (
+    BROW_LEFT,
+    BROW_RIGHT,
+    EYE_LEFT,
+    EYE_RIGHT,
+    JAW,
+    MOUTH_INNER,
+    MOUTH_OUTER,
+    NOSE_BRIDGE,
+    NOSE_LOWER,
+    NUM_POINTS,
+)
 from storage.errors import InputError
 
-NUM_LANDMARKS = 68
+NUM_LANDMARKS = NUM_POINTS
 
-# iBUG 300-W 68-point scheme, 0-based, end exclusive. "left"/"right" are as seen in the image: the
-# subject's right brow and eye (17-21, 36-41) are on the image's left.
-IBUG_GROUPS: dict[str, range] = {
-    "jaw": range(0, 17),
-    "brow_left": range(17, 22),
-    "brow_right": range(22, 27),
-    "nose_bridge": range(27, 31),
-    "nose_lower": range(31, 36),
-    "eye_left": range(36, 42),
-    "eye_right": range(42, 48),
-    "lip_outer": range(48, 60),
-    "lip_inner": range(60, 68),
+# The groups of the 68-point scheme in the order the landmark loss weights them (the index ranges are
+# face_shape.py's; "left"/"right" are image sides: the subject's right eye, 36-41, is eye_left).
+IBUG_GROUPS: dict[str, slice] = {
+    "jaw": JAW,
+    "brow_left": BROW_LEFT,
+    "brow_right": BROW_RIGHT,
+    "nose_bridge": NOSE_BRIDGE,
+    "nose_lower": NOSE_LOWER,
+    "eye_left": EYE_LEFT,
+    "eye_right": EYE_RIGHT,
+    "mouth_outer": MOUTH_OUTER,
+    "mouth_inner": MOUTH_INNER,
 }
-assert sum(len(r) for r in IBUG_GROUPS.values()) == NUM_LANDMARKS
-
-# The point each point becomes when the image is mirrored left-right (jaw and brows reverse, the
-# nose bridge stays, eyes and lips swap sides keeping their contour order from the outer corner).
-IBUG_MIRROR: tuple[int, ...] = (
-    *range(16, -1, -1),                      # jaw
-    *range(26, 21, -1), *range(21, 16, -1),  # brows
-    27, 28, 29, 30,                          # nose bridge
-    35, 34, 33, 32, 31,                      # lower nose
-    45, 44, 43, 42, 47, 46,                  # left eye <- right eye
-    39, 38, 37, 36, 41, 40,                  # right eye <- left eye
-    54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55,  # outer lip
-    64, 63, 62, 61, 60, 67, 66, 65,          # inner lip
-)
-assert sorted(IBUG_MIRROR) == list(range(NUM_LANDMARKS))
 
 
 def landmark_group_ids() -> torch.Tensor:
@@ -110,6 +109,23 @@ class LandmarkBackend(torch.nn.Module):
     def provenance(self) -> dict:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def predict_frame(self, frame: np.ndarray, box=None) -> np.ndarray:
+        """(68, 2) float64 landmarks of one (H, W, 3) uint8 RGB frame in `box` (x0, y0, x1, y1, or a
+        models.detection.FaceBox; None: the frame is the face crop). This is the `landmarks_fn` that
+        models.detection.FaceTracker takes: `FaceTracker(detector, backend.predict_frame)`."""
+        frame = np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB frame, got {frame.dtype} {frame.shape}")
+        param = next(self.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        image = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)[None].float() / 255
+        boxes = None
+        if box is not None:
+            coords = box.as_array() if hasattr(box, "as_array") else np.asarray(box, dtype=np.float64)
+            boxes = torch.as_tensor(coords[:4], dtype=torch.float32, device=device)[None]
+        return self(image, boxes).points[0].double().cpu().numpy()
+
     @staticmethod
     def check_inputs(images: torch.Tensor, boxes: torch.Tensor | None) -> None:
         if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
@@ -133,44 +149,36 @@ def square_boxes(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def whole_image_boxes(images: torch.Tensor) -> torch.Tensor:
-    """(N, 4) boxes covering each whole image (edges at 0 and W, H)."""
+    """(N, 4) boxes covering each whole image: -0.5, -0.5, W - 0.5, H - 0.5."""
     n, _, h, w = images.shape
-    return torch.tensor([0.0, 0.0, float(w), float(h)], device=images.device).expand(n, 4)
+    return torch.tensor([-0.5, -0.5, w - 0.5, h - 0.5], device=images.device).expand(n, 4)
 
 
-def crop_square(images: torch.Tensor, regions: torch.Tensor, size: int, max_supersample: int = 8
-                ) -> torch.Tensor:
-    """Resample square `regions` (N, 4: x0, y0, x1, y1 of pixel *edges*, so a whole W x H image is
-    0, 0, W, H) of `images` to (N, C, size, size), bilinearly, zeros outside the image.
+def crop_matrices(regions: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 3, 3) frame-from-crop matrices of `size` x `size` crops of (N, 4) regions (their outer
+    edges in image pixel coordinates): crop pixel j's centre is at x0 + (j + 0.5) (x1 - x0) / size."""
+    step = (regions[:, 2:] - regions[:, :2]) / size  # (N, 2)
+    origin = regions[:, :2] + step / 2
+    zero, one = torch.zeros_like(step[:, 0]), torch.ones_like(step[:, 0])
+    rows = [torch.stack([step[:, 0], zero, origin[:, 0]], -1),
+            torch.stack([zero, step[:, 1], origin[:, 1]], -1),
+            torch.stack([zero, zero, one], -1)]
+    return torch.stack(rows, dim=1)
 
-    Differentiable with respect to the images (and the regions). When a region is more than `size`
-    pixels wide it is sampled on a k-times finer grid and box-averaged (k = the downscale factor,
-    at most `max_supersample`), so that large faces are not aliased.
-    """
-    n, _, h, w = images.shape
-    regions = regions.to(images.dtype)
-    scale = float(((regions[:, 2] - regions[:, 0]).detach().abs().max() / size).clamp(min=1.0))
-    k = min(max_supersample, math.ceil(scale - 1e-6))
-    fine = size * k
-    t = (torch.arange(fine, device=images.device, dtype=images.dtype) + 0.5) / fine  # (fine,)
-    xs = regions[:, 0:1] + t[None] * (regions[:, 2:3] - regions[:, 0:1])  # (N, fine) edge coords
-    ys = regions[:, 1:2] + t[None] * (regions[:, 3:4] - regions[:, 1:2])
-    # grid_sample with align_corners=False: normalised -1 and 1 are the outer pixel edges.
-    gx = (2 * xs / w - 1)[:, None, :].expand(n, fine, fine)
-    gy = (2 * ys / h - 1)[:, :, None].expand(n, fine, fine)
-    grid = torch.stack([gx, gy], dim=-1)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    if k > 1:
-        out = F.avg_pool2d(out, k)
-    return out
+
+def crop_square(images: torch.Tensor, regions: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, size, size) crops of (N, 4) regions of `images`: bilinear, zeros outside the image
+    (face-api pads with black), the images average-pooled first where a region is shrunk 2x or more
+    (align_torch's anti-aliasing). Differentiable in the images (and the regions)."""
+    return align_torch(images, crop_matrices(regions.to(images.dtype), size), size,
+                       padding_mode="zeros", antialias=True)
 
 
 def crop_to_image_points(points: torch.Tensor, regions: torch.Tensor, size: int) -> torch.Tensor:
-    """Map (N, P, 2) points in pixel coordinates of a `size` x `size` crop made by `crop_square` from
-    `regions` (crop pixel j's centre at j) back to pixel coordinates of the image."""
-    x0y0 = regions[:, None, :2].to(points)
-    step = ((regions[:, 2:] - regions[:, :2]) / size)[:, None, :].to(points)
-    return x0y0 + (points + 0.5) * step - 0.5
+    """Map (N, P, 2) points in pixel coordinates of the crops `crop_square` made of `regions` back to
+    pixel coordinates of the images."""
+    m = crop_matrices(regions.to(points.dtype), size)
+    return points @ m[:, :2, :2].transpose(1, 2) + m[:, None, :2, 2]
 
 
 # ---------------------------------------------------------------------------------------------------

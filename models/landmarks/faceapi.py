@@ -163,7 +163,7 @@ class FaceApiLandmarks(LandmarkBackend):
     """face-api's landmark net behind the backend interface.
 
     Each face box is grown to a square about its centre (face-api pads the crop to a square,
-    centred), resampled to 112 x 112 (`crop_square`: bilinear, supersampled for large faces), and
+    centred), resampled to 112 x 112 (`crop_square`: bilinear, anti-aliased for large faces), and
     the net's fractions of that square are mapped back to image pixels. Fully differentiable.
     """
 

@@ -29,8 +29,8 @@ from typing import Literal
 
 import torch
 
+from models.face_shape import MIRROR_68
 from models.landmarks.base import (
-    IBUG_MIRROR,
     NUM_LANDMARKS,
     LandmarkBackend,
     LandmarkResult,
@@ -60,10 +60,11 @@ Coordinates = Literal["argmax", "soft-argmax"]
 
 
 def fan_search_dirs() -> list[Path]:
-    """Where FAN weights are looked for: the torch hub cache, then the facereenact weights dir."""
-    from storage.weights import weights_dir
+    """Where FAN weights are looked for: the torch hub cache (where face-alignment and
+    `facereenact weights fetch fan-2d` put them), then the facereenact weights dir."""
+    from storage.weights import torch_hub_checkpoints_dir, weights_dir
 
-    return [Path(torch.hub.get_dir()) / "checkpoints", weights_dir()]
+    return [torch_hub_checkpoints_dir(), weights_dir()]
 
 
 def _candidate_names() -> list[str]:
@@ -200,7 +201,7 @@ class FanLandmarks(LandmarkBackend):
         self.coordinates = coordinates
         self.flip_input = flip_input
         self.differentiable = coordinates == "soft-argmax"
-        self.register_buffer("mirror", torch.tensor(IBUG_MIRROR), persistent=False)
+        self.register_buffer("mirror", torch.from_numpy(MIRROR_68.copy()), persistent=False)
 
     @classmethod
     def from_weights(cls, weights: str | Path | None = None, coordinates: Coordinates = "soft-argmax",
