@@ -267,8 +267,8 @@ def invert(
             if not bool(finite[active].all()):
                 for i in torch.nonzero(active & ~finite).flatten().tolist():
                     bad_terms = [k for k, v in terms.items()
-                                 if k != "total" and not math.isfinite(float(v[i]))]
-                    failed[i] = (f"loss became {float(total[i])} at step {step} "
+                                 if k != "total" and not math.isfinite(float(v[i].detach()))]
+                    failed[i] = (f"loss became {float(total[i].detach())} at step {step} "
                                  f"(terms: {', '.join(bad_terms) or 'total'})")
                 active = active & finite
             optimizer.zero_grad(set_to_none=True)
