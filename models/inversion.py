@@ -251,7 +251,7 @@ def invert(
     objective = _Objective(G, config, losses, targets, landmarks)
     frozen = [param.detach().clone() for param in params]  # last values of frames that failed
     with _frozen_generator(G):
-        for step in range(config.steps):
+        for step in range(config.steps if bool(active.any()) else 0):
             lr = config.learning_rate_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
