@@ -439,7 +439,8 @@ def _read_nvidia_pickle(path: Path) -> Generator:
         raise CheckpointError("no 'G_ema' in this pickle (not a StyleGAN2 network pickle)", path=path)
     g = data["G_ema"]
     if not isinstance(g, _PersistentObject) or g.class_name != "Generator":
-        raise CheckpointError(f"G_ema is {g!r}, not a Generator", path=path)
+        what = g.class_name if isinstance(g, _PersistentObject) else type(g).__name__
+        raise CheckpointError(f"G_ema is a {what}, not a Generator", path=path)
     tensors: dict[str, torch.Tensor] = {}
     modules: dict[str, _PersistentObject] = {}
     _walk(g, "", tensors, modules, path)
