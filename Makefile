@@ -24,7 +24,6 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
 
 bench: setup
 	for f in tests/benchmarks/bench_*.py; do $(PY) $$f || exit 1; done

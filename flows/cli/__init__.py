@@ -20,6 +20,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "render images from a generator (z seeds or a W+ file)"),
     "weights": ("weights", "list, fetch, verify and convert model weights"),
+    "status": ("status", "show done / failed / pending frames of every job, from the cache alone"),
 }
 
 
@@ -30,31 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        full_name = f"flows.cli.{module_name}"
         try:
-            module = importlib.import_module(full_name)
+            module = importlib.import_module(f"flows.cli.{module_name}")
         except ModuleNotFoundError as err:
-            if err.name != full_name:  # the module exists but an import inside it failed: a bug
-                raise
-            # A row whose module has not landed yet (branches merge one by one): say so when used,
-            # instead of breaking every other subcommand.
-            p = sub.add_parser(name, help=f"{help_text} [not in this build]", add_help=False)
-            p.add_argument("_rest", nargs=argparse.REMAINDER)
-            p.set_defaults(_run=_missing_subcommand(name, full_name))
-            continue
+            if err.name != f"flows.cli.{module_name}":
+                raise  # the module exists but something it imports is missing: a real error
+            continue  # a subcommand whose module has not landed yet (parallel branches)
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.configure(p)
         p.set_defaults(_run=module.run)
     return parser
-
-
-def _missing_subcommand(name: str, module_name: str):
-    def run(args: argparse.Namespace) -> int:
-        from storage.errors import InputError
-
-        raise InputError(f"subcommand {name!r} is not available in this build ({module_name} is missing)")
-
-    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:

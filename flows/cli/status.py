@@ -1,0 +1,93 @@
+"""`facereenact status [CACHE]`: progress of every job and table, read from the cache alone.
+
+No Prefect server is needed: the zarr status arrays are the record of what is done. `--repair` marks
+done frames whose data is not finite (a damaged cache) as failed, so `--retry-failed` redoes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+DEFAULT_CACHE = os.environ.get("FACEREENACT_CACHE", ".facereenact-cache")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("cache", nargs="?", default=DEFAULT_CACHE,
+                        help=f"cache directory or URL (default: $FACEREENACT_CACHE or {DEFAULT_CACHE})")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--failed", action="store_true", help="list every failed frame with its reason")
+    parser.add_argument("--repair", action="store_true",
+                        help="mark done frames holding NaN/inf as failed (then rerun with --retry-failed)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from storage.cache import Workspace
+    from storage.errors import CacheError
+
+    if "://" not in args.cache and not Path(args.cache).exists():
+        raise CacheError("no cache here (run a job with --cache first)", path=args.cache)
+    ws = Workspace(args.cache)
+    report = collect_status(ws, repair=args.repair)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(format_status(report, show_failed=args.failed))
+    return 0
+
+
+def collect_status(ws, repair: bool = False) -> dict:
+    """Jobs and tables of a workspace with their frame counts (and failures)."""
+    tables = []
+    for table in ws.tables():
+        if repair:
+            bad = table.check_finite()
+            if bad.size:
+                table.fail(bad, "damaged data (NaN/inf) found by status --repair")
+        media_attrs = dict(ws.media(table.location.split("/")[1]).attrs)
+        tables.append({
+            "location": table.location,
+            "media": media_attrs.get("source", table.location.split("/")[1]),
+            "stage": table.stage,
+            "frames": table.num_frames,
+            **table.counts(),
+            "errors": {str(k): v for k, v in table.errors().items()},
+            "created": table.attrs.get("created"),
+        })
+    by_location = {t["location"]: t for t in tables}
+    jobs = []
+    for job_id, info in ws.jobs().items():
+        own = [by_location[loc] for loc in info.get("tables", []) if loc in by_location]
+        totals = {k: sum(t[k] for t in own) for k in ("frames", "done", "failed", "pending")}
+        jobs.append({"job": job_id, "kind": info.get("kind", "?"), "state": info.get("state", "?"),
+                     "updated": info.get("updated"), **totals})
+    return {"cache": ws.url, "jobs": jobs, "tables": tables}
+
+
+def format_status(report: dict, show_failed: bool = False) -> str:
+    lines = [f"cache {report['cache']}"]
+    if report["jobs"]:
+        lines.append("")
+        lines.append(f"{'job':40s} {'kind':10s} {'state':10s} {'frames':>7s} {'done':>6s} {'failed':>6s} "
+                     f"{'pending':>7s}")
+        for j in report["jobs"]:
+            lines.append(f"{j['job'][:40]:40s} {j['kind'][:10]:10s} {j['state'][:10]:10s} {j['frames']:7d} "
+                         f"{j['done']:6d} {j['failed']:6d} {j['pending']:7d}")
+    lines.append("")
+    if not report["tables"]:
+        lines.append("no cached results yet")
+    else:
+        lines.append(f"{'media':40s} {'stage':10s} {'frames':>7s} {'done':>6s} {'failed':>6s} "
+                     f"{'pending':>7s}")
+        for t in report["tables"]:
+            media = str(t["media"])
+            media = media if len(media) <= 40 else "..." + media[-37:]
+            lines.append(f"{media:40s} {t['stage'][:10]:10s} {t['frames']:7d} {t['done']:6d} "
+                         f"{t['failed']:6d} {t['pending']:7d}")
+            if show_failed:
+                for frame, reason in t["errors"].items():
+                    lines.append(f"    frame {frame}: {reason}")
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""Write a file under a temporary name and rename it into place only when it is complete.
+
+A crash, an exception or a kill while writing leaves the target untouched (the old file, or none);
+only a dot-named `.NAME.partial-XXXX` file may stay behind in the same directory. The rename is atomic
+because the temporary file lives in the target's directory (same filesystem).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def partial_path(target: str | Path) -> Path:
+    """A fresh temporary path beside `target` that keeps its suffix (tools pick formats by suffix)."""
+    target = Path(target)
+    return target.with_name(f".{target.stem}.partial-{secrets.token_hex(4)}{target.suffix}")
+
+
+def commit(tmp: str | Path, target: str | Path) -> None:
+    """fsync `tmp`, rename it onto `target`, and fsync the directory so the rename survives a crash."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    with contextlib.suppress(OSError):  # not every platform/filesystem can fsync a directory
+        fd = os.open(Path(target).parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(target: str | Path) -> Iterator[Path]:
+    """`with atomic_output(p) as tmp: write tmp` -> p appears complete on success, never partially.
+
+    Creates the target's parent directories. On an exception the temporary file is removed and the
+    exception propagates.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(target)
+    try:
+        yield tmp
+        commit(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
