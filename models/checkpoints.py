@@ -28,7 +28,6 @@ import json
 import math
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from models.stylegan2 import Generator, make_resample_filter, mean_w
+from storage.atomic import atomic_output
 from storage.errors import CheckpointError, InputError
 
 NATIVE_FORMAT = "facereenact.stylegan2"
@@ -439,7 +439,8 @@ def _read_nvidia_pickle(path: Path) -> Generator:
         raise CheckpointError("no 'G_ema' in this pickle (not a StyleGAN2 network pickle)", path=path)
     g = data["G_ema"]
     if not isinstance(g, _PersistentObject) or g.class_name != "Generator":
-        raise CheckpointError(f"G_ema is {g!r}, not a Generator", path=path)
+        what = g.class_name if isinstance(g, _PersistentObject) else type(g).__name__
+        raise CheckpointError(f"G_ema is a {what}, not a Generator", path=path)
     tensors: dict[str, torch.Tensor] = {}
     modules: dict[str, _PersistentObject] = {}
     _walk(g, "", tensors, modules, path)
@@ -621,11 +622,10 @@ def _read_rosinality(path: Path) -> Generator:
 
 
 def save_native(G: Generator, dst: str | os.PathLike[str]) -> Path:
-    """Write G as a native checkpoint, atomically (temp file in the same folder, then rename)."""
-    from safetensors.torch import save_file
+    """Write G as a native checkpoint, atomically (storage.atomic: complete or absent)."""
+    from safetensors.torch import save
 
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().to("cpu", torch.float32).contiguous().clone()
                for name, t in G.state_dict().items()}
     metadata = {
@@ -637,14 +637,9 @@ def save_native(G: Generator, dst: str | os.PathLike[str]) -> Path:
         "source_sha256": G.source_sha256 or "",
         "source_format": G.source_format or "",
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = save(tensors, metadata=metadata)  # bytes: save_file would create the file mode 0600
+    with atomic_output(dst) as tmp:
+        tmp.write_bytes(data)
     return dst
 
 

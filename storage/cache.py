@@ -53,12 +53,14 @@ class Field:
     """One per-frame array of a FrameTable: each frame holds an array of `shape` and `dtype`.
 
     Float fields fill with NaN (an unwritten frame can never pass for a real zero); integer fields
-    fill with `fill_value` (0 unless given).
+    fill with `fill_value` (0 unless given). NaN in a done frame is damage and refused on read, unless
+    the field declares `nan_ok` (e.g. raw landmarks of a frame where no face was found).
     """
 
     shape: tuple[int, ...]
     dtype: str = "float32"
     fill_value: float | int | None = None
+    nan_ok: bool = False
 
     def resolved_fill(self) -> float | int:
         if self.fill_value is not None:
@@ -66,7 +68,7 @@ class Field:
         return float("nan") if np.dtype(self.dtype).kind == "f" else 0
 
     def describe(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "dtype": str(np.dtype(self.dtype))}
+        return {"shape": list(self.shape), "dtype": str(np.dtype(self.dtype)), "nan_ok": self.nan_ok}
 
 
 def open_store(url: str | Path) -> LocalStore | FsspecStore:
@@ -105,7 +107,8 @@ class FrameTable:
             self.key: str = attrs["provenance_key"]
             self.num_frames: int = int(attrs["num_frames"])
             self.fields: dict[str, Field] = {
-                name: Field(tuple(spec["shape"]), spec["dtype"]) for name, spec in attrs["fields"].items()
+                name: Field(tuple(spec["shape"]), spec["dtype"], nan_ok=bool(spec.get("nan_ok", False)))
+                for name, spec in attrs["fields"].items()
             }
         except (KeyError, TypeError, ValueError) as err:
             raise CacheError(f"table metadata is incomplete ({err})", path=location) from None
@@ -232,7 +235,7 @@ class FrameTable:
         else:
             out = np.stack([np.asarray(arr[int(i)]) for i in idx]) if idx.size else np.empty(
                 (0, *self.fields[field].shape), dtype=self.fields[field].dtype)
-        if out.dtype.kind == "f" and not np.isfinite(out).all():
+        if out.dtype.kind == "f" and not self.fields[field].nan_ok and not np.isfinite(out).all():
             bad = idx[~np.isfinite(out.reshape(idx.size, -1)).all(axis=1)]
             raise CacheError(
                 f"field {field!r} holds NaN/inf in frames {_short_list(bad)} marked done; the cache "
@@ -248,7 +251,7 @@ class FrameTable:
         done = self.done_frames()
         bad: set[int] = set()
         for name, spec in self.fields.items():
-            if np.dtype(spec.dtype).kind != "f":
+            if np.dtype(spec.dtype).kind != "f" or spec.nan_ok:
                 continue
             arr = self.group[name]
             for i in done:

@@ -87,6 +87,15 @@ def test_nan_in_a_done_frame_is_reported_not_passed_on(tmp_path):
     assert t.check_finite().tolist() == [1]
 
 
+def test_nan_ok_fields_keep_their_nan(tmp_path):
+    ws = Workspace(tmp_path / "cache")
+    fields = {"points": Field((2,), nan_ok=True)}
+    t = ws.table("vid1", "landmarks", PROV, num_frames=2, fields=fields)
+    t.write([0, 1], points=np.array([[1.0, 2.0], [np.nan, np.nan]]))
+    assert np.isnan(t.read("points")[1]).all()
+    assert t.check_finite().size == 0
+
+
 def test_half_made_table_is_rebuilt(tmp_path):
     ws = Workspace(tmp_path / "cache")
     t = ws.table("vid1", "invert", PROV, num_frames=2, fields=FIELDS)

@@ -103,13 +103,18 @@ def test_pickle_to_native_gives_identical_generator(fixture, tmp_path):
 
 
 def test_registered_name_resolves_to_weights_dir(stylegan_fixture_dir, tmp_path, monkeypatch):
-    """`load_generator("ffhq-1024")` reads the registry's file under $FACEREENACT_HOME/weights."""
-    from storage.weights import REGISTRY
+    """`load_generator(NAME)` reads the registry's file under $FACEREENACT_HOME/weights."""
+    import dataclasses
 
+    from storage import weights
+
+    pkl = stylegan_fixture_dir / "sg2_tiny64.pkl"
+    facts = json.loads((stylegan_fixture_dir / "sg2_tiny64.json").read_text())
+    spec = dataclasses.replace(weights.REGISTRY["ffhq-1024"], name="sg2-tiny64-test", filename=pkl.name,
+                               size=pkl.stat().st_size, sha256=facts["sha256"])
+    monkeypatch.setitem(weights.REGISTRY, spec.name, spec)
     monkeypatch.setenv("FACEREENACT_HOME", str(tmp_path))
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    # Stand-in content: the name lookup is what is tested, not the (large) real file.
-    (weights / REGISTRY["ffhq-1024"].filename).symlink_to(stylegan_fixture_dir / "sg2_tiny64.pkl")
-    G = load_generator("ffhq-1024")
-    assert G.img_resolution == 64
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / pkl.name).symlink_to(pkl)
+    G = load_generator("sg2-tiny64-test")
+    assert G.img_resolution == 64 and G.source_sha256 == facts["sha256"]

@@ -11,8 +11,6 @@ there give the same image for the same weights. W+ files: .npy of shape (num_ws,
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 
@@ -87,19 +85,9 @@ def load_wplus(path: Path, num_ws: int, w_dim: int):
     return array.astype(np.float32)
 
 
-def save_png(image, path: Path) -> None:
-    """(3, H, W) tensor in [-1, 1] -> 8-bit PNG, written atomically (no half-written files)."""
-    import PIL.Image
-
-    array = (image.permute(1, 2, 0) * 127.5 + 128).clamp(0, 255).to("cpu").byte().numpy()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        PIL.Image.fromarray(array, "RGB").save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def to_uint8(images):
+    """(N, 3, H, W) tensor in [-1, 1] -> (N, H, W, 3) uint8 numpy, NVIDIA's rounding."""
+    return (images.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to("cpu").byte().numpy()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     from models import load_generator
     from storage.errors import InputError
+    from storage.images import save_image
 
     if args.batch < 1:
         raise InputError("--batch must be at least 1")
@@ -137,8 +126,8 @@ def run(args: argparse.Namespace) -> int:
                                truncation_cutoff=args.truncation_cutoff)
             else:
                 ws = batch
-            images = G.synthesis(ws, noise_mode=args.noise_mode)
+            images = to_uint8(G.synthesis(ws, noise_mode=args.noise_mode))
             for image, name in zip(images, names[start:start + args.batch], strict=True):
-                save_png(image, args.out / name)
+                save_image(args.out / name, image)  # atomic: a PNG is complete or absent
     print(f"wrote {len(names)} image(s) of {G.img_resolution}px to {args.out}")
     return 0
