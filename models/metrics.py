@@ -3,6 +3,7 @@ benchmarks.
 
     landmark_nme(points, targets)                   # (T,) mean point error / inter-ocular distance
     identity_similarity_to_source(frames, source)   # (T,) cosine of face-api recognition descriptors
+    identity_distance_to_source(frames, source)     # (T,) their Euclidean distance (dlib: < 0.6 same)
     landmark_jitter(points)                         # mean |second difference| of landmarks, pixels
     seconds_per_frame(seconds, num_frames)
 
@@ -92,14 +93,13 @@ def _images(frames, name: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def identity_similarity_to_source(frames, source, frame_points=None, source_points=None,
-                                  identity=None, batch: int = 16) -> torch.Tensor:
-    """(T,) cosine similarity between the face-api recognition descriptors (models.identity, a port
-    of dlib's ResNet) of each frame and of the source. Faces are cut into dlib chips from their
-    landmarks (`frame_points` (T, 68, 2), `source_points` (68, 2), pixels of the images); without them
-    the images are taken as FFHQ-aligned crops and `losses.ffhq_mean_landmarks` stands in (as the
-    identity loss does). 1 = the same descriptor; dlib calls faces the same person below a Euclidean
-    descriptor distance of 0.6. `identity`: a models.losses.IdentityLoss to reuse."""
+def identity_descriptors(frames, source, frame_points=None, source_points=None, identity=None,
+                         batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Face-api recognition descriptors (models.identity, a port of dlib's ResNet) of the frames
+    (T, 128) and of the source (1, 128). Faces are cut into dlib chips from their landmarks
+    (`frame_points` (T, 68, 2), `source_points` (68, 2), pixels of the images); without them the
+    images are taken as FFHQ-aligned crops and `losses.ffhq_mean_landmarks` stands in (as the identity
+    loss does). `identity`: a models.losses.IdentityLoss to reuse."""
     from models.losses import IdentityLoss
 
     identity = identity if identity is not None else IdentityLoss()
@@ -115,8 +115,26 @@ def identity_similarity_to_source(frames, source, frame_points=None, source_poin
         chunk = images[start:start + batch].to(device)
         fp = (None if frame_points is None else
               _points(frame_points, "frame_points")[start:start + batch].float().to(device))
-        out.append(torch.nn.functional.cosine_similarity(identity.embed(chunk, fp), ref, dim=-1).cpu())
-    return torch.cat(out)
+        out.append(identity.embed(chunk, fp).cpu())
+    return torch.cat(out), ref.cpu()
+
+
+def identity_similarity_to_source(frames, source, frame_points=None, source_points=None,
+                                  identity=None, batch: int = 16) -> torch.Tensor:
+    """(T,) cosine similarity of each frame's identity descriptor to the source's (see
+    `identity_descriptors`). 1 = the same descriptor. The descriptors are not normalised and unrelated
+    images still score high (noise against the astronaut's face: 0.88), so compare values, and see
+    `identity_distance_to_source` for dlib's own measure."""
+    descriptors, ref = identity_descriptors(frames, source, frame_points, source_points, identity, batch)
+    return torch.nn.functional.cosine_similarity(descriptors, ref, dim=-1)
+
+
+def identity_distance_to_source(frames, source, frame_points=None, source_points=None,
+                                identity=None, batch: int = 16) -> torch.Tensor:
+    """(T,) Euclidean distance of each frame's identity descriptor to the source's: dlib's measure,
+    which calls two faces the same person below 0.6."""
+    descriptors, ref = identity_descriptors(frames, source, frame_points, source_points, identity, batch)
+    return torch.linalg.vector_norm(descriptors - ref, dim=-1)
 
 
 def seconds_per_frame(seconds: float, num_frames: int) -> float:

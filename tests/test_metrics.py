@@ -8,6 +8,7 @@ import torch
 
 from models.face_shape import MEAN_SHAPE_68
 from models.metrics import (
+    identity_distance_to_source,
     identity_similarity_to_source,
     inter_ocular_distance,
     landmark_jitter,
@@ -86,6 +87,10 @@ def test_identity_similarity_known_answers(faces_fixture_dir):
     assert torch.allclose(identity_similarity_to_source(frames, chip, batch=1), sims, atol=1e-5)
     with pytest.raises(ValueError, match="uint8"):
         identity_similarity_to_source(frames.astype(np.float32), chip)
+    # dlib's measure: 0 for the same image, under 0.6 (same person) for the mirrored face, not noise
+    dist = identity_distance_to_source(frames, chip)
+    assert float(dist[0]) == pytest.approx(0.0, abs=1e-5)
+    assert float(dist[1]) < 0.6 < float(dist[2])
 
 
 def test_seconds_per_frame():

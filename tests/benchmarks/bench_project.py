@@ -1,0 +1,214 @@
+"""Projection speed and quality: the seed's published schedule against ours, side by side.
+
+    python tests/benchmarks/bench_project.py [--configs tiny,256] [--frames 8] [--threads 1]
+                                             [--ablation] [--device cpu]
+
+A cross-identity case built offline from the generator itself: the source (look) is G(w_src); the
+driving clip is a second sample moving along a latent direction, G(w_drv + t d), t = 0 .. T-1, whose
+faceapi landmarks are the driving landmarks; the targets are those retargeted onto the source
+(relative landmarks, the default), the same for every row. Rows:
+
+  published  ProjectionConfig.published(): frame 0 300 steps from w_avg, later frames 50 steps each
+             at lr 0.1 with the projector's w noise, one frame at a time (seed 000/001 as published)
+  ours       ProjectionConfig() defaults: frame 0 from the source's inversion, later frames at
+             lr 0.02 without w noise, early stopping on the landmark term (frame 0 after 100 steps,
+             later frames after 10), LPIPS on every other step of later frames
+  --ablation adds rows that switch our speed-ups on one at a time on top of the published schedule
+             (and windows of 4 frames, which pay on a GPU, not on this CPU).
+  --relative also runs the relative-landmarks study: on --pairs source/driving pairs, our defaults
+             with relative_landmarks on and off; identity similarity of the output to the source.
+
+Columns: seconds per output frame (the whole clip's wall time / T), Adam steps summed over the
+frames (a measure of work that the shared cores' load does not disturb), mean landmark NME of the output
+against the targets (models.metrics: mean point error / inter-ocular distance of the target), LPIPS
+to the look (the uncalibrated LPIPS: same cost as the calibrated one, whose weights this machine may
+lack), identity similarity to the source (face-api recognition net), output landmark jitter (pixels),
+and the ratio of the published row's seconds per frame to the row's. The source inversion that
+"ours" starts from is run here too and timed on its own line: the pipeline computes it once per
+source (the inversion stage caches it), so it is not a per-frame cost; the amortised ratio over this
+clip is printed beside it.
+
+Generators (random weights; speed does not depend on them, quality numbers are about landmark
+geometry on non-face images):
+  tiny   tests/tiny.py's generator at 32 px (what the tests use)
+  256    stylegan2-ada-pytorch's paper256 config: 256 px, 14 ws (as in bench_generator.py); slow on a
+         CPU (about 2-3 s per step): use --frames 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from models.inversion import InversionConfig, invert  # noqa: E402
+from models.landmarks import load_landmark_backend  # noqa: E402
+from models.losses import IdentityLoss, PerceptualLoss  # noqa: E402
+from models.metrics import (  # noqa: E402
+    identity_distance_to_source,
+    identity_similarity_to_source,
+    landmark_jitter,
+    landmark_nme,
+)
+from models.projection import ProjectionConfig, Projector  # noqa: E402
+from models.stylegan2 import Generator  # noqa: E402
+from tests.benchmarks.bench_generator import CONFIGS  # noqa: E402
+from tests.tiny import tiny_generator  # noqa: E402
+
+PERCEPTUAL = "uncalibrated"
+SOURCE_INVERSION_STEPS = 300
+
+
+@dataclass
+class Case:
+    G: Generator
+    look: torch.Tensor              # (1, 3, R, R) source image
+    source_points: torch.Tensor     # (68, 2)
+    driving_points: torch.Tensor    # (T, 68, 2)
+    source_latent: torch.Tensor     # its inversion
+    source_noise: list[torch.Tensor]
+    inversion_seconds: float
+
+
+def make_generator(name: str, device: str) -> Generator:
+    if name == "tiny":
+        return tiny_generator(device=device)
+    torch.manual_seed(0)
+    return Generator(**CONFIGS["256 paper256"]).eval().requires_grad_(False).to(device)
+
+
+def make_case(G: Generator, frames: int, motion: float, landmarks, inversion_steps: int, seed: int = 5
+              ) -> Case:
+    """Source G(w_src); driving G(w_drv + t d), d a fraction `motion` of the way to a third sample."""
+    g = torch.Generator().manual_seed(seed)
+    device = G.w_avg.device
+    w_src, w_drv, w_end = G.mapping(torch.randn(3, G.z_dim, generator=g).to(device))
+    drive = torch.stack([w_drv + t * motion * (w_end - w_drv) for t in range(frames)])
+    with torch.no_grad():
+        look = G.synthesis(w_src[None])
+        driving_points = torch.cat([landmarks((G.synthesis(drive[i:i + 1]) + 1) / 2).points
+                                    for i in range(frames)])
+        source_points = landmarks((look + 1) / 2).points[0]
+    began = time.perf_counter()
+    inv = invert(G, look, InversionConfig(perceptual=PERCEPTUAL, steps=inversion_steps))
+    seconds = time.perf_counter() - began
+    return Case(G, look, source_points, driving_points, inv.latents[0], [m[0] for m in inv.noise], seconds)
+
+
+def run(case: Case, config: ProjectionConfig, from_inversion: bool, landmarks, perceptual, identity
+        ) -> dict:
+    projector = Projector(case.G, config, look=case.look, source_landmarks=case.source_points,
+                          init_latent=case.source_latent if from_inversion else None,
+                          init_noise=case.source_noise if from_inversion else None,
+                          landmarks=landmarks, perceptual=perceptual)
+    began = time.perf_counter()
+    result = projector.project_frames(0, case.driving_points)
+    seconds = time.perf_counter() - began
+    frames = len(result.frames)
+    lpips = perceptual(result.images.to(case.look.device), case.look).cpu()
+    ident = identity_similarity_to_source(result.images, case.look.cpu(), identity=identity)
+    dist = identity_distance_to_source(result.images, case.look.cpu(), identity=identity)
+    return {
+        "spf": seconds / frames,
+        "nme": float(landmark_nme(result.points, result.targets).mean()),
+        "lpips": float(lpips.mean()),
+        "identity": float(ident.mean()),
+        "identity_distance": float(dist.mean()),
+        "jitter": landmark_jitter(result.points),
+        "steps": result.steps.tolist(),
+        "frame_steps": int(result.steps.sum()),
+    }
+
+
+def variants(ablation: bool) -> list[tuple[str, ProjectionConfig, bool]]:
+    published = ProjectionConfig.published(perceptual=PERCEPTUAL)
+    rows = [("published", published, False)]
+    ours = ProjectionConfig(perceptual=PERCEPTUAL)
+    if ablation:
+        warm = published.replace(learning_rate_next=ours.learning_rate_next,
+                                 initial_noise_factor_next=ours.initial_noise_factor_next)
+        stop = warm.replace(early_stop_patience=ours.early_stop_patience)
+        rows += [
+            ("+ source inversion start", published, True),
+            ("+ warm-start lr 0.02, no w noise", warm, True),
+            ("+ early stopping", stop, True),
+            ("+ LPIPS every 2nd step (= ours)", stop.replace(lpips_every=ours.lpips_every), True),
+            ("ours + windows of 4", ours.replace(batch_frames=4), True),
+        ]
+    rows.append(("ours (defaults)", ours, True))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default="tiny")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--motion", type=float, default=0.01, help="latent step per frame, fraction")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ablation", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--inversion-steps", type=int, default=SOURCE_INVERSION_STEPS)
+    parser.add_argument("--relative", action="store_true", help="run the relative-landmarks study")
+    parser.add_argument("--pairs", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"threads {args.threads}, device {args.device}, {args.frames} frames, load average "
+          f"{os.getloadavg()[0]:.1f}")
+    landmarks = load_landmark_backend("faceapi", device=args.device)
+    perceptual = PerceptualLoss.from_choice(PERCEPTUAL).to(args.device)
+    identity = IdentityLoss().to(args.device)
+    for name in args.configs.split(","):
+        G = make_generator(name, args.device)
+        case = make_case(G, args.frames, args.motion, landmarks, args.inversion_steps)
+        print(f"\n{name} ({G.img_resolution} px, {G.num_ws} ws): source inversion "
+              f"{args.inversion_steps} steps {case.inversion_seconds:.1f} s (once per source)")
+        print("| variant | s/frame | frame-steps | NME | LPIPS to look | identity to source | jitter px | "
+              "speed-up | speed-up incl. inversion |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        base = None
+        steps = {}
+        for label, config, from_inversion in variants(args.ablation):
+            row = run(case, config, from_inversion, landmarks, perceptual, identity)
+            base = base or row["spf"]
+            with_inv = row["spf"] + (case.inversion_seconds / args.frames if from_inversion else 0)
+            steps[label] = row["steps"]
+            print(f"| {label} | {row['spf']:.2f} | {row['frame_steps']} | {row['nme']:.4f} | "
+                  f"{row['lpips']:.4f} | {row['identity']:.4f} | {row['jitter']:.3f} | "
+                  f"{base / row['spf']:.2f}x | {base / with_inv:.2f}x |", flush=True)
+        for label, counts in steps.items():
+            print(f"steps per frame, {label}: {counts}")
+        if args.relative:
+            relative_study(G, args, landmarks, perceptual, identity)
+
+
+def relative_study(G: Generator, args, landmarks, perceptual, identity) -> None:
+    """Cross-identity pairs: identity similarity to the source with relative landmarks on and off."""
+    print(f"\nrelative landmarks, {args.pairs} source/driving pairs, {args.frames} frames, our defaults")
+    print("| pair | relative | identity similarity | identity distance | LPIPS to look | "
+          "NME to its targets | source-driving NME |")
+    print("|---|---|---|---|---|---|---|")
+    totals: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for pair in range(args.pairs):
+        case = make_case(G, args.frames, args.motion, landmarks, args.inversion_steps, seed=100 + pair)
+        gap = float(landmark_nme(case.source_points, case.driving_points[0]))
+        for relative in (False, True):
+            config = ProjectionConfig(perceptual=PERCEPTUAL, relative_landmarks=relative)
+            row = run(case, config, True, landmarks, perceptual, identity)
+            totals[relative].append((row["identity"], row["identity_distance"]))
+            print(f"| {pair} | {relative} | {row['identity']:.4f} | {row['identity_distance']:.4f} | "
+                  f"{row['lpips']:.4f} | {row['nme']:.4f} | {gap:.3f} |", flush=True)
+    for relative, values in totals.items():
+        sim = sum(v[0] for v in values) / len(values)
+        dist = sum(v[1] for v in values) / len(values)
+        print(f"mean over pairs, relative={relative}: identity similarity {sim:.4f}, distance {dist:.4f}")
+
+
+if __name__ == "__main__":
+    main()
