@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +150,12 @@ class FrameTable:
             mask |= s == FAILED
         return np.flatnonzero(mask)
 
+    def first_not_done(self) -> int:
+        """The first frame that is not done (`num_frames` when every frame is): where a sequential
+        stage such as tracking resumes."""
+        not_done = np.flatnonzero(self.status() != DONE)
+        return int(not_done[0]) if not_done.size else self.num_frames
+
     def is_complete(self) -> bool:
         return bool((self.status() == DONE).all())
 
@@ -197,6 +203,16 @@ class FrameTable:
         for i in idx:
             errors[int(i)] = ""
             status[int(i)] = DONE
+
+    def write_stream(self, records: Iterable[tuple[int, Mapping[str, np.ndarray]]]) -> int:
+        """Write `(frame, {field: value})` records as they come, each frame marked done as soon as it
+        is written, so a crash loses at most the frame in flight. Values are shaped like the fields
+        (no frame axis). Returns how many frames were written."""
+        count = 0
+        for frame, values in records:
+            self.write([frame], **{name: np.asarray(v)[None] for name, v in values.items()})
+            count += 1
+        return count
 
     def fail(self, frames: int | Sequence[int] | np.ndarray, reason: str) -> None:
         """Mark `frames` failed with a one-line reason; their data stays NaN/unused."""
@@ -389,6 +405,18 @@ class Workspace:
             with contextlib.suppress(zarr.errors.ContainsArrayError, FileExistsError):
                 group.create_array(fname, **spec)
         group = group.update_attributes(attrs)  # one write: the table appears whole or not at all
+        return FrameTable(group, location)
+
+    def open_table(self, location: str) -> FrameTable:
+        """An existing table by its location ("media/<key>/<stage>-<pkey>", `FrameTable.location`):
+        how a later stage finds the table an earlier one filled."""
+        try:
+            group = zarr.open_group(self.store, path=location, mode="r+")
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+            raise CacheError("no such table in the cache", path=f"{self.url}/{location}") from None
+        if "provenance_key" not in group.attrs:
+            raise CacheError("table is half-made (its creation was interrupted)",
+                             path=f"{self.url}/{location}")
         return FrameTable(group, location)
 
     def _wait_until_made(self, group: zarr.Group) -> bool:

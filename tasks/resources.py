@@ -1,0 +1,40 @@
+"""Heavy models, loaded once per process and shared by every task that needs them.
+
+Tasks ask here instead of loading weights themselves: a flow over a hundred videos loads the
+landmark net once, and a worker process running many task runs keeps it warm. Keyed by what makes
+them differ (name, weights file, resolved device); `clear()` forgets them (tests, freeing a GPU).
+Nothing here imports Prefect: the cache is a plain functools.lru_cache.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from models.detection import FaceDetector, make_detector
+from models.device import resolve_device
+from models.landmarks import LandmarkBackend, load_landmark_backend
+
+__all__ = ["clear", "face_detector", "landmark_backend"]
+
+
+def landmark_backend(name: str = "faceapi", device: str = "auto",
+                     weights: str | None = None) -> LandmarkBackend:
+    """The landmark backend `name` on `device` ("auto", "cpu", "cuda", ...), in eval mode, shared."""
+    return _landmark_backend(name, str(resolve_device(device)), weights)
+
+
+@lru_cache(maxsize=8)
+def _landmark_backend(name: str, device: str, weights: str | None) -> LandmarkBackend:
+    return load_landmark_backend(name, device=device, weights=weights).requires_grad_(False)
+
+
+@lru_cache(maxsize=8)
+def face_detector(name: str = "haar") -> FaceDetector:
+    """The face detector `name` with its default settings, shared (detectors hold no per-video state)."""
+    return make_detector(name)
+
+
+def clear() -> None:
+    """Forget every loaded model."""
+    _landmark_backend.cache_clear()
+    face_detector.cache_clear()
