@@ -37,6 +37,19 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's small nets on one thread. On this shared 2-core machine under load, two torch
+    threads made face-api's landmark net 60-100x slower (0.7-1.0 s instead of 0.01 s per frame:
+    OpenMP threads waiting on each other while other processes hold the cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
