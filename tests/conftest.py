@@ -3,7 +3,9 @@
 - `shared_dir`: ../shared beside the repository root (the fixtures of DESIGN.md); tests that need it
   skip with a clear reason when it is absent.
 - `run_cli`: runs `python -m flows.cli ...` in a subprocess, the way a user runs `facereenact`.
-- `prefect_harness`: one session-wide Prefect test server with PREFECT_HOME in a temp dir.
+- `prefect_harness`: one session-wide Prefect test server with PREFECT_HOME in a temp dir;
+  `prefect_api_env`: the environment that points CLI subprocesses at it.
+- `one_torch_thread`: run a module's small nets on one torch thread.
 """
 
 from __future__ import annotations
@@ -85,3 +87,13 @@ def prefect_harness():
 
     with prefect_test_harness():
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api_env(prefect_harness) -> dict[str, str]:
+    """Environment for CLI subprocesses that run flows: use the session's Prefect test server
+    instead of each starting a temporary one (10-20 s apiece here), and one torch thread (see
+    `one_torch_thread`)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {"PREFECT_API_URL": str(PREFECT_API_URL.value()), "OMP_NUM_THREADS": "1"}

@@ -66,7 +66,17 @@ def run(args: argparse.Namespace) -> int:
     if args.face_index < 0:
         raise InputError(f"--face-index must be 0 or more, got {args.face_index}")
     smoothing = smoothing_options(args)
-    media = [open_medium(path) for path in args.inputs]  # every file checked before any work
+    media, unusable = [], []
+    for path in args.inputs:  # every file checked before any work starts, all problems told at once
+        try:
+            media.append(open_medium(path))
+        except InputError as err:
+            unusable.append(err)
+    if len(unusable) == 1:
+        raise unusable[0]
+    if unusable:
+        raise InputError(f"{len(unusable)} of {len(args.inputs)} inputs are unusable: "
+                         + "; ".join(str(err) for err in unusable))
     for medium in media:
         for warning in medium.warnings:
             print(f"facereenact: warning: {medium.path}: {warning}", file=sys.stderr)
