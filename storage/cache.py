@@ -100,6 +100,7 @@ class FrameTable:
     def __init__(self, group: zarr.Group, location: str) -> None:
         self.group = group
         self.location = location  # "media/<key>/<stage>-<pkey>", for messages
+        self._arrays: dict[str, zarr.Array] = {}
         attrs = dict(group.attrs)
         try:
             self.stage: str = attrs["stage"]
@@ -118,6 +119,15 @@ class FrameTable:
                 path=location,
             )
 
+    def _array(self, name: str) -> zarr.Array:
+        """A field's (or status / error) array, opened once: each lookup through the group reads
+        its metadata from the store again (about 0.5 ms locally, a round trip on object stores),
+        and an array's metadata never changes after the table is made."""
+        array = self._arrays.get(name)
+        if array is None:
+            array = self._arrays[name] = self.group[name]
+        return array
+
     def __repr__(self) -> str:
         c = self.counts()
         return (f"FrameTable({self.location!r}, frames={self.num_frames}, done={c['done']}, "
@@ -127,7 +137,7 @@ class FrameTable:
     def status(self) -> np.ndarray:
         """(T,) uint8 status of every frame (PENDING / DONE / FAILED)."""
         try:
-            return np.asarray(self.group["status"][:], dtype=np.uint8)
+            return np.asarray(self._array("status")[:], dtype=np.uint8)
         except Exception as err:  # a chunk that cannot be decoded: refuse to guess
             raise CacheError(f"status array is unreadable ({type(err).__name__}: {err})",
                              path=self.location) from None
@@ -164,7 +174,7 @@ class FrameTable:
         failed = self.failed_frames()
         if failed.size == 0:
             return {}
-        texts = self.group["error"]
+        texts = self._array("error")
         return {int(i): str(texts[int(i)]) for i in failed}
 
     # -- writing ----------------------------------------------------------------------------------
@@ -195,11 +205,11 @@ class FrameTable:
                                  f"{(idx.size, *spec.shape)}, got {arr.shape}")
             arrays[name] = arr
         for name, arr in arrays.items():
-            target = self.group[name]
+            target = self._array(name)
             for row, i in enumerate(idx):
                 target[int(i)] = arr[row]
-        errors = self.group["error"]
-        status = self.group["status"]
+        errors = self._array("error")
+        status = self._array("status")
         for i in idx:
             errors[int(i)] = ""
             status[int(i)] = DONE
@@ -217,15 +227,15 @@ class FrameTable:
     def fail(self, frames: int | Sequence[int] | np.ndarray, reason: str) -> None:
         """Mark `frames` failed with a one-line reason; their data stays NaN/unused."""
         reason = " ".join(str(reason).split())[:500] or "failed"
-        errors = self.group["error"]
-        status = self.group["status"]
+        errors = self._array("error")
+        status = self._array("status")
         for i in self._frames(frames):
             errors[int(i)] = reason
             status[int(i)] = FAILED
 
     def reset(self, frames: int | Sequence[int] | np.ndarray) -> None:
         """Mark `frames` pending again (their old data is overwritten when recomputed)."""
-        status = self.group["status"]
+        status = self._array("status")
         for i in self._frames(frames):
             status[int(i)] = PENDING
 
@@ -245,7 +255,7 @@ class FrameTable:
             raise CacheError(
                 f"frames {_short_list(not_done)} are not done ({self.counts()}); run the job again to "
                 "compute them", path=self.location)
-        arr = self.group[field]
+        arr = self._array(field)
         if idx.size == self.num_frames and np.array_equal(idx, np.arange(self.num_frames)):
             out = np.asarray(arr[:])
         else:
@@ -269,7 +279,7 @@ class FrameTable:
         for name, spec in self.fields.items():
             if np.dtype(spec.dtype).kind != "f" or spec.nan_ok:
                 continue
-            arr = self.group[name]
+            arr = self._array(name)
             for i in done:
                 if not np.isfinite(np.asarray(arr[int(i)])).all():
                     bad.add(int(i))
