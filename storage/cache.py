@@ -256,8 +256,8 @@ class FrameTable:
                 f"frames {_short_list(not_done)} are not done ({self.counts()}); run the job again to "
                 "compute them", path=self.location)
         arr = self._array(field)
-        if idx.size == self.num_frames and np.array_equal(idx, np.arange(self.num_frames)):
-            out = np.asarray(arr[:])
+        if idx.size and np.array_equal(idx, np.arange(idx[0], idx[0] + idx.size)):
+            out = np.asarray(arr[int(idx[0]):int(idx[0]) + idx.size])  # a run: chunks fetched together
         else:
             out = np.stack([np.asarray(arr[int(i)]) for i in idx]) if idx.size else np.empty(
                 (0, *self.fields[field].shape), dtype=self.fields[field].dtype)

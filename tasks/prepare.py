@@ -126,10 +126,10 @@ def track_landmarks(medium: dict[str, Any], cache: str, landmarks: str = "faceap
         computed = table.write_stream(_progress(records, table.num_frames - start,
                                                 f"landmarks {source.path.name}", progress))
         _fail_missing(table, range(start + computed, table.num_frames), "tracking")
-    return _landmarks_summary(table, source, computed)
+    return _landmarks_summary(table, source, computed, face_index)
 
 
-def _landmarks_summary(table: FrameTable, source: Medium, computed: int) -> dict[str, Any]:
+def _landmarks_summary(table: FrameTable, source: Medium, computed: int, face_index: int) -> dict[str, Any]:
     if table.failed_frames().size:
         errors = table.errors()
         raise JobFailedError(f"landmarks failed for {len(errors)} frame(s), e.g. frame {min(errors)}: "
@@ -138,6 +138,8 @@ def _landmarks_summary(table: FrameTable, source: Medium, computed: int) -> dict
     if (flags == FaceFlag.LOST).all():
         table.reset(range(table.num_frames))  # a medium without a face is an input error: nothing done
         what = "in the image" if source.kind == "image" else f"in any of the {table.num_frames} frames"
+        if face_index:
+            what += f" at face index {face_index} (0 is the largest face, 1 the next, ...)"
         raise NoFaceError(f"no face found {what}; a face must be visible", path=source.path)
     counts = np.bincount(flags, minlength=len(FaceFlag))
     return {"table": table.location, "key": table.key, "frames": table.num_frames, "computed": computed,

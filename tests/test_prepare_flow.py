@@ -162,6 +162,8 @@ def test_image_largest_face_by_default_and_selectable(tmp_path):
     assert face_width(small_points) == pytest.approx(face_width(big_points) / 2, rel=0.1)
     crops = ws.open_table(big["crops"]["table"])
     assert crops.provenance["smoothing"] == {"method": "none"} and crops.read("interpolated").tolist() == [0]
+    with pytest.raises(NoFaceError, match="no face found in the image at face index 2"):
+        prepare_image(str(tmp_path / "two.png"), str(cache), resolution=R, face_index=2)
 
 
 def test_no_face_is_an_error_and_nothing_is_done(tmp_path):
