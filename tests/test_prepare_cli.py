@@ -89,10 +89,11 @@ def test_no_face_through_the_cli(tmp_path, run_cli, prefect_api_env):
 
 
 def test_second_run_does_no_work(tmp_path, run_cli, prefect_api_env, clip):
+    from flows.prepare import prepare_video
+
     cache = tmp_path / "cache"
-    first = run_cli("prepare", clip, "--cache", cache, "--resolution", "64", env=prefect_api_env, check=True)
-    assert f"{FRAMES} of {FRAMES} frames tracked and {FRAMES} cropped in this run" in first.stdout
-    assert "frame/s" in first.stderr  # the progress bar
+    first = prepare_video(str(clip), str(cache), resolution=64)  # in-process: the CLI's defaults match it
+    assert first["landmarks"]["computed"] == FRAMES and first["crops"]["computed"] == FRAMES
     chunks = chunk_mtimes(cache)
     assert len(chunks) > 2 * FRAMES
     second = run_cli("prepare", clip, "--cache", cache, "--resolution", "64", "--quiet", env=prefect_api_env,
@@ -106,7 +107,7 @@ def test_second_run_does_no_work(tmp_path, run_cli, prefect_api_env, clip):
 def test_killed_run_resumes_to_the_same_arrays(tmp_path, run_cli, prefect_api_env, clip):
     from flows.prepare import prepare_video
 
-    args = ["prepare", str(clip), "--resolution", "64", "--quiet"]
+    args = ["prepare", str(clip), "--resolution", "64"]
     reference = tmp_path / "reference"
     prepare_video(str(clip), str(reference), resolution=64)  # in-process, one torch thread like the CLI's
 
@@ -126,6 +127,7 @@ def test_killed_run_resumes_to_the_same_arrays(tmp_path, run_cli, prefect_api_en
     assert 5 <= at_kill < FRAMES, f"the kill came too late to test anything ({at_kill} frames done)"
 
     resumed = run_cli(*args, "--cache", killed, env=prefect_api_env, check=True)
+    assert "frame/s" in resumed.stderr  # the progress bar
     tracked = int(resumed.stdout.split(" of ")[0].rsplit(" ", 1)[-1])
     assert 0 < tracked <= FRAMES - at_kill + 1  # only what was left (+ the frame in flight)
 
