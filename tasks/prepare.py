@@ -21,7 +21,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from models.detection import FaceFlag, FaceSelector, FaceTracker
+from models.detection import FaceFlag, FaceSelector, FaceTracker, TrackerState
 from models.face_shape import NUM_POINTS
 from models.face_track import crop_frames, history_start, plan_crops, state_from_history, track_frames
 from models.smoothing import SmoothingConfig
@@ -119,14 +119,19 @@ def track_landmarks(medium: dict[str, Any], cache: str, landmarks: str = "faceap
                                    source.frame_count, LANDMARK_FIELDS)
     start, computed = table.first_not_done(), 0
     if start < table.num_frames:
-        seed = history_start(table.read("flag", range(start)))
-        state = state_from_history(*(table.read(f, range(seed, start)) for f in ("points", "box", "flag")))
-        faces = enumerate(track_frames(source.frames(start), tracker, state), start)
+        faces = enumerate(track_frames(source.frames(start), tracker, _resume_state(table, start)), start)
         records = ((i, face.fields()) for i, face in faces)
         computed = table.write_stream(_progress(records, table.num_frames - start,
                                                 f"landmarks {source.path.name}", progress))
         _fail_missing(table, range(start + computed, table.num_frames), "tracking")
     return _landmarks_summary(table, source, computed, face_index)
+
+
+def _resume_state(table: FrameTable, start: int) -> TrackerState:
+    """The tracker's state after the done frames before `start`, read back from the table (only the
+    frames from the last detection on matter)."""
+    seed = history_start(table.read("flag", range(start)))
+    return state_from_history(*(table.read(name, range(seed, start)) for name in ("points", "box", "flag")))
 
 
 def _landmarks_summary(table: FrameTable, source: Medium, computed: int, face_index: int) -> dict[str, Any]:
