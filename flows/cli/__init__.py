@@ -32,12 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        try:
-            module = importlib.import_module(f"flows.cli.{module_name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"flows.cli.{module_name}":
-                raise  # the module exists but something it imports is missing: a real error
-            continue  # a subcommand whose module has not landed yet (parallel branches)
+        module = importlib.import_module(f"flows.cli.{module_name}")
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.configure(p)
         p.set_defaults(_run=module.run)

@@ -1,0 +1,120 @@
+"""Generator speed on this machine: seconds per image, forward and forward+backward, real configs.
+
+    python tests/benchmarks/bench_generator.py [--threads 2] [--repeats 2] [--device cpu]
+
+Random weights (speed does not depend on their values), official FFHQ channel counts:
+  256 paper256   stylegan2-ada-pytorch's `--cfg paper256`: channel_base 16384, channel_max 512
+  256 config-f   config F at 256 px:                       channel_base 32768, channel_max 512
+  1024 config-f  the official ffhq.pkl:                    channel_base 32768, channel_max 512
+(default: paper256 and 1024; `--configs` picks others)
+8 mapping layers, noise_mode const, float32. "fwd" is G.synthesis under no_grad; "fwd+bwd" also back-
+propagates a loss to ws (weights frozen), which is what inversion and projection do per step. Both
+modulated-conv strategies are timed side by side (fused = per-sample weights in one grouped conv;
+unfused = activation scaling around one shared conv), and the default picks fused for batch 1 only.
+NVIDIA's CPU numbers from DESIGN.md (their code, batch 1) are printed beside ours as a ratio; they come
+from another machine, so the ratio is indicative only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from models.stylegan2 import Generator  # noqa: E402
+
+CONFIGS = {
+    "256 paper256": dict(img_resolution=256, channel_base=16384, channel_max=512),
+    "256 config-f": dict(img_resolution=256, channel_base=32768, channel_max=512),
+    "1024 config-f": dict(img_resolution=1024, channel_base=32768, channel_max=512),
+}
+DEFAULT_CONFIGS = "256 paper256,1024 config-f"
+NVIDIA_CPU = {256: (0.35, 1.1), 1024: (1.1, 3.6)}  # DESIGN.md: seconds, batch 1, (fwd, fwd+bwd)
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up (allocator, kernels)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)  # the least disturbed run: this machine's cores are shared
+
+
+def bench(G: Generator, batch: int, fused: bool, backward: bool, repeats: int, device: str) -> float:
+    ws = G.w_avg.expand(batch, G.num_ws, -1).clone()
+
+    def forward():
+        with torch.no_grad():
+            G.synthesis(ws, fused_modconv=fused)
+
+    def forward_backward():
+        w = ws.clone().requires_grad_(True)
+        G.synthesis(w, fused_modconv=fused).square().mean().backward()
+
+    def run():
+        (forward_backward if backward else forward)()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return _time(run, repeats) / batch
+
+
+def tune_malloc() -> None:
+    """Keep glibc from mmap-ing (and page-faulting afresh) every large tensor: at 1024 px each
+    activation is 100+ MB, above glibc's mmap threshold, and the first-touch page faults of each new
+    one cost more system time than the convolutions' user time (measured here: sys 11 s -> 1 s)."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, (1 << 31) - 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"of: {', '.join(CONFIGS)}")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tune-malloc", action="store_true",
+                        help="raise glibc's mmap/trim thresholds first (Linux; see tune_malloc)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.tune_malloc:
+        tune_malloc()
+    batches = [int(b) for b in args.batches.split(",")]
+    print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}, "
+          f"best of {args.repeats} after a warm-up; seconds per image; "
+          f"load average {os.getloadavg()[0]:.1f} at start; "
+          f"malloc {'tuned' if args.tune_malloc else 'default'}")
+    header = (f"{'config':<14} {'batch':>5} {'pass':<8} {'fused':>8} {'unfused':>8} {'default':>8} "
+              f"{'NVIDIA b1':>9} {'ours/NV':>7}")
+    print(header)
+    print("-" * len(header))
+    for name in args.configs.split(","):
+        torch.manual_seed(0)
+        G = Generator(**CONFIGS[name]).eval().requires_grad_(False).to(args.device)
+        for batch in batches:
+            for backward in (False, True):
+                fused = bench(G, batch, True, backward, args.repeats, args.device)
+                unfused = bench(G, batch, False, backward, args.repeats, args.device)
+                default = fused if batch == 1 else unfused
+                nvidia = NVIDIA_CPU[G.img_resolution][int(backward)]
+                print(f"{name:<14} {batch:>5} {'fwd+bwd' if backward else 'fwd':<8} {fused:>8.3f} "
+                      f"{unfused:>8.3f} {default:>8.3f} {nvidia:>9.2f} {default / nvidia:>7.2f}",
+                      flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at end (above the thread count: timings are inflated)")
+
+
+if __name__ == "__main__":
+    main()
