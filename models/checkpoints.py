@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.device import resolve_device
 from models.stylegan2 import Generator, make_resample_filter, mean_w
 from storage.atomic import atomic_output
 from storage.errors import CheckpointError, InputError
@@ -80,12 +81,6 @@ def resolve_weights(path_or_name: str | os.PathLike[str]) -> Path:
     return require(text)
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_generator(path_or_name: str | os.PathLike[str], device: str | torch.device = "cpu") -> Generator:
     """Load a StyleGAN2 generator from a file (any supported format) or a registered weight name.
 
@@ -98,7 +93,7 @@ def load_generator(path_or_name: str | os.PathLike[str], device: str | torch.dev
     G = read_checkpoint(path)
     G.source_path = str(path.resolve())
     G.source_sha256 = sha256_file(path)
-    return G.eval().requires_grad_(False).to(_resolve_device(device))
+    return G.eval().requires_grad_(False).to(resolve_device(device))
 
 
 def detect_format(path: Path) -> str:

@@ -42,8 +42,9 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Run a module's small nets on one thread. On this shared 2-core machine under load, two torch
-    threads made face-api's landmark net 60-100x slower (0.7-1.0 s instead of 0.01 s per frame:
-    OpenMP threads waiting on each other while other processes hold the cores)."""
+    threads made face-api's landmark net 60-100x slower (0.7-1.0 s instead of 0.01 s per frame) and
+    inversion steps of the tiny generator 5-10x slower (0.2 s instead of 0.02 s): OpenMP threads
+    waiting on each other while other processes hold the cores."""
     import torch
 
     before = torch.get_num_threads()

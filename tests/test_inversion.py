@@ -26,14 +26,8 @@ BATCH_ATOL = 1e-3
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these are many small ops, and with two threads on shared, busy cores
-    OpenMP's hand-offs made them 5-10x slower (measured: 0.02 s vs 0.2 s per inversion step)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One torch thread: these are many small ops (conftest.one_torch_thread has the measurements).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def G():  # noqa: N802 (the generator's usual name)
