@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from models.checkpoints import load_generator, resolve_weights
 from models.detection import FaceDetector, make_detector
 from models.device import resolve_device
 from models.landmarks import LandmarkBackend, load_landmark_backend
+from models.stylegan2 import Generator
+from storage.provenance import sha256_file
 
-__all__ = ["clear", "face_detector", "landmark_backend"]
+__all__ = ["clear", "face_detector", "generator", "landmark_backend"]
 
 
 def landmark_backend(name: str = "faceapi", device: str = "auto",
@@ -34,7 +37,20 @@ def face_detector(name: str = "haar") -> FaceDetector:
     return make_detector(name)
 
 
+def generator(weights: str, device: str = "auto") -> Generator:
+    """The StyleGAN2 generator of a checkpoint file or registered name on `device`, shared. Keyed by
+    the file's sha256 as well, so a file replaced under the same name is loaded again."""
+    path = resolve_weights(weights).resolve()
+    return _generator(str(path), sha256_file(path), str(resolve_device(device)))
+
+
+@lru_cache(maxsize=4)
+def _generator(path: str, sha256: str, device: str) -> Generator:
+    return load_generator(path, device=device)
+
+
 def clear() -> None:
     """Forget every loaded model."""
     _landmark_backend.cache_clear()
     face_detector.cache_clear()
+    _generator.cache_clear()
