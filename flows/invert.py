@@ -223,6 +223,7 @@ def _summary(job: str, ws: Workspace, plans: list[dict[str, Any]], batches: list
             "inverted": written, "failed_now": failed_now, "skipped": skipped,
             "computed": sum(b["computed"] for b in batches),  # frames run, incl. done ones of split batches
             "batches": len([b for b in batches if b["computed"]]),
+            "workers": sorted({b["worker"] for b in batches if b["computed"]}),  # host:pid that ran them
             "failed_frames": failures, "failed_videos": failed_videos, "seconds": round(seconds, 2),
             "tables": [p["table"] for p in plans]}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -86,7 +87,8 @@ def invert_batch(cache: str, table: str, crops_table: str, media_key: str, name:
     frames = np.arange(start, stop)
     todo = np.intersect1d(frames, latents.todo_frames(retry_failed))
     summary = {"table": table, "name": name, "start": start, "stop": stop, "computed": 0, "written": 0,
-               "failed": {}, "seconds": 0.0, "pid": os.getpid()}
+               "failed": {}, "seconds": 0.0,
+               "worker": f"{socket.gethostname()}:{os.getpid()}"}
     if todo.size == 0:  # done meanwhile (another run of the same job)
         return summary
     logger.info(f"inverting frames {start}-{stop - 1} of {name} ({todo.size} to do)")
