@@ -2,7 +2,8 @@
 
     for each video:  prepare_video (landmarks, crops at the generator's resolution; a no-op when done)
                      --open-latents--> its latent table, the fixed batches with frames left
-                     --invert-batch (tag "gpu"), submitted to the task runner--> latents, loss, status
+                     --invert-batches (tag "gpu"; a few fixed batches per task), submitted to the
+                       task runner--> latents, loss, status, each batch stored when it is done
 
     invert_dataset.with_options(task_runner=task_runner("dask:2"))(dataset, cache, weights, ...)
 
@@ -36,18 +37,18 @@ from storage.errors import FacereenactError, InputError, JobFailedError
 from storage.manifests import collect_videos
 from storage.provenance import code_version, provenance_key
 from tasks import resources
-from tasks.invert import invert_batch, open_latents, settings_of
+from tasks.invert import invert_batches, open_latents, settings_of
 
 __all__ = ["GPU_RESOURCES", "format_summary", "invert_dataset", "job_id", "task_runner"]
 
-GPU_RESOURCES = {"GPU": 1}  # dask worker resources one inversion batch holds (`--gpu-resources`)
+GPU_RESOURCES = {"GPU": 1}  # dask worker resources one inversion task holds (`--gpu-resources`)
 
 
 def task_runner(spec: str = "threads", gpu_resources: bool = False) -> TaskRunner:
     """The task runner of a `--runner` value.
 
-    - "threads" / "threads:N": a ThreadPoolTaskRunner with N threads (default 1: one batch at a time
-      on the one GPU or on the CPU's threads; more overlap batches on a GPU with memory to spare);
+    - "threads" / "threads:N": a ThreadPoolTaskRunner with N threads (default 1: one task at a time
+      on the one GPU or on the CPU's threads; more overlap tasks on a GPU with memory to spare);
     - "dask" / "dask:N": a local Dask cluster of N single-threaded worker processes (default 1),
       each declaring the resource GPU=1 when `gpu_resources`;
     - "tcp://host:port" (or tls://): an existing Dask scheduler; its workers must see the cache and
@@ -85,7 +86,7 @@ def job_id(videos: list[str], cache_settings: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def _gpu_annotation(enabled: bool) -> Iterator[None]:
-    """Dask annotation of the batches submitted inside: each holds one GPU of its worker."""
+    """Dask annotation of the tasks submitted inside: each holds one GPU of its worker."""
     if not enabled:
         yield
         return
@@ -97,7 +98,7 @@ def _gpu_annotation(enabled: bool) -> Iterator[None]:
 
 @flow(name="invert-dataset")
 def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, batch_size: int = 4,
-                   retry_failed: bool = False, perceptual: str = "lpips-vgg",
+                   batches_per_task: int = 4, retry_failed: bool = False, perceptual: str = "lpips-vgg",
                    loss_weights: dict[str, float] | None = None, seed: int = 303,
                    max_loss: float | None = None, device: str = "auto", landmarks: str = "faceapi",
                    face_index: int = 0, gpu_resources: bool = False, progress: bool = False
@@ -112,8 +113,9 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, ba
     """
     logger = get_run_logger()
     began = time.monotonic()
-    if batch_size < 1:
-        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    if batch_size < 1 or batches_per_task < 1:
+        raise InputError(f"batch size and batches per task must be >= 1, got {batch_size} and "
+                         f"{batches_per_task}")
     videos = [str(p) for p in collect_videos(dataset)]
     try:
         config = InversionConfig(steps=steps, perceptual=perceptual, seed=seed, **(loss_weights or {}))
@@ -160,18 +162,20 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, ba
             logger.info(f"{name}: {plan['frames']} frames, {plan['done_before']} done and "
                         f"{plan['failed_before']} failed before this run, {plan['todo']} to invert in "
                         f"{len(plan['batches'])} batch(es)")
+            groups = [plan["batches"][i:i + batches_per_task]
+                      for i in range(0, len(plan["batches"]), batches_per_task)]
             if bar is not None:
                 bar.total = (bar.total or 0) + plan["todo"]
                 bar.refresh()
             with _gpu_annotation(gpu_resources):
                 futures.extend(
-                    invert_batch.submit(cache, plan["table"], plan["crops_table"], plan["media"], name,
-                                        weights_path, settings, start, stop, retry_failed, max_loss, device)
-                    for start, stop in plan["batches"])
-        batches = []
+                    invert_batches.submit(cache, plan["table"], plan["crops_table"], plan["media"], name,
+                                          weights_path, settings, group, retry_failed, max_loss, device)
+                    for group in groups)
+        tasks = []
         for future in as_completed(futures):
             result = future.result()
-            batches.append(result)
+            tasks.append(result)
             if bar is not None:
                 bar.update(result["written"] + len(result["failed"]))
     except BaseException:
@@ -181,7 +185,7 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, ba
         if bar is not None:
             bar.close()
 
-    summary = _summary(this_job, ws, plans, batches, failed_videos, retry_failed, time.monotonic() - began)
+    summary = _summary(this_job, ws, plans, tasks, failed_videos, retry_failed, time.monotonic() - began)
     logger.info(format_summary(summary))
     failed = summary["failed"] or summary["failed_videos"]
     note("failed" if failed else "finished", summary=summary)
@@ -200,7 +204,7 @@ def _progress_bar(enabled: bool):
     return tqdm(total=0, desc="inverting", unit="frame", file=sys.stderr, dynamic_ncols=True)
 
 
-def _summary(job: str, ws: Workspace, plans: list[dict[str, Any]], batches: list[dict[str, Any]],
+def _summary(job: str, ws: Workspace, plans: list[dict[str, Any]], tasks: list[dict[str, Any]],
              failed_videos: dict[str, str], retry_failed: bool, seconds: float) -> dict[str, Any]:
     """Counts of the whole job, read back from the tables (the truth), plus what this run did."""
     from storage.latents import LatentCache
@@ -216,14 +220,14 @@ def _summary(job: str, ws: Workspace, plans: list[dict[str, Any]], batches: list
         errors = latents.errors()
         if errors:
             failures[plan["path"]] = {str(i): reason for i, reason in sorted(errors.items())}
-    written = sum(b["written"] for b in batches)
-    failed_now = sum(len(b["failed"]) for b in batches)
+    written = sum(t["written"] for t in tasks)
+    failed_now = sum(len(t["failed"]) for t in tasks)
     skipped = sum(p["done_before"] + (0 if retry_failed else p["failed_before"]) for p in plans)
     return {"job": job, "videos": len(plans) + len(failed_videos), **totals,
             "inverted": written, "failed_now": failed_now, "skipped": skipped,
-            "computed": sum(b["computed"] for b in batches),  # frames run, incl. done ones of split batches
-            "batches": len([b for b in batches if b["computed"]]),
-            "workers": sorted({b["worker"] for b in batches if b["computed"]}),  # host:pid that ran them
+            "computed": sum(t["computed"] for t in tasks),  # frames run, incl. done ones of split batches
+            "batches": sum(t["batches"] for t in tasks),
+            "workers": sorted({t["worker"] for t in tasks if t["computed"]}),  # host:pid that ran them
             "failed_frames": failures, "failed_videos": failed_videos, "seconds": round(seconds, 2),
             "tables": [p["table"] for p in plans]}
 

@@ -134,10 +134,16 @@ class FrameTable:
                 f"failed={c['failed']}, pending={c['pending']})")
 
     # -- status -----------------------------------------------------------------------------------
-    def status(self) -> np.ndarray:
-        """(T,) uint8 status of every frame (PENDING / DONE / FAILED)."""
+    def status(self, frames: int | Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """(T,) uint8 status of every frame (PENDING / DONE / FAILED), or of `frames` only (one chunk
+        per frame: a task working on a few frames of a long video reads only theirs)."""
         try:
-            return np.asarray(self._array("status")[:], dtype=np.uint8)
+            array = self._array("status")
+            if frames is None:
+                return np.asarray(array[:], dtype=np.uint8)
+            return np.asarray(_take(array, self._frames(frames)), dtype=np.uint8)
+        except (IndexError, ValueError):
+            raise
         except Exception as err:  # a chunk that cannot be decoded: refuse to guess
             raise CacheError(f"status array is unreadable ({type(err).__name__}: {err})",
                              path=self.location) from None
@@ -249,18 +255,13 @@ class FrameTable:
         if field not in self.fields:
             raise KeyError(f"{self.location} has no field {field!r} (has {sorted(self.fields)})")
         idx = np.arange(self.num_frames) if frames is None else self._frames(frames)
-        status = self.status()[idx]
+        status = self.status(idx)
         if (status != DONE).any():
             not_done = idx[status != DONE]
             raise CacheError(
                 f"frames {_short_list(not_done)} are not done ({self.counts()}); run the job again to "
                 "compute them", path=self.location)
-        arr = self._array(field)
-        if idx.size and np.array_equal(idx, np.arange(idx[0], idx[0] + idx.size)):
-            out = np.asarray(arr[int(idx[0]):int(idx[0]) + idx.size])  # a run: chunks fetched together
-        else:
-            out = np.stack([np.asarray(arr[int(i)]) for i in idx]) if idx.size else np.empty(
-                (0, *self.fields[field].shape), dtype=self.fields[field].dtype)
+        out = _take(self._array(field), idx)
         if out.dtype.kind == "f" and not self.fields[field].nan_ok and not np.isfinite(out).all():
             bad = idx[~np.isfinite(out.reshape(idx.size, -1)).all(axis=1)]
             raise CacheError(
@@ -288,6 +289,15 @@ class FrameTable:
     @property
     def attrs(self) -> Mapping[str, Any]:
         return self.group.attrs
+
+
+def _take(array: zarr.Array, idx: np.ndarray) -> np.ndarray:
+    """array[idx] along the frame axis; a run of frames is one slice (its chunks fetched together)."""
+    if idx.size and np.array_equal(idx, np.arange(idx[0], idx[0] + idx.size)):
+        return np.asarray(array[int(idx[0]):int(idx[0]) + idx.size])
+    if idx.size:
+        return np.stack([np.asarray(array[int(i)]) for i in idx])
+    return np.empty((0, *array.shape[1:]), dtype=array.dtype)
 
 
 def _short_list(idx: np.ndarray, limit: int = 8) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from storage.cache import Field, FrameTable, Workspace
+from storage.cache import FAILED, PENDING, Field, FrameTable, Workspace
 from storage.errors import CacheError
 
 __all__ = ["LATENT_STAGE", "SEED_RULE", "LatentCache", "fixed_batches", "frame_seed", "latent_fields",
@@ -132,8 +132,15 @@ class LatentCache:
     def counts(self) -> dict[str, int]:
         return self.table.counts()
 
-    def todo_frames(self, retry_failed: bool = False) -> np.ndarray:
-        return self.table.todo_frames(retry_failed)
+    def todo_frames(self, retry_failed: bool = False, frames: Sequence[int] | np.ndarray | None = None
+                    ) -> np.ndarray:
+        """Frames still to invert (pending; failed too when `retry_failed`), among `frames` when given
+        (only their status is read: a batch of a long video reads its own frames' chunks)."""
+        if frames is None:
+            return self.table.todo_frames(retry_failed)
+        idx = np.atleast_1d(np.asarray(frames, dtype=np.int64))
+        status = self.table.status(idx)
+        return idx[(status == PENDING) | ((status == FAILED) & retry_failed)]
 
     def done_frames(self) -> np.ndarray:
         return self.table.done_frames()

@@ -1,9 +1,9 @@
-"""Tasks of the dataset inversion: open a video's latent table, invert one fixed batch of its frames.
+"""Tasks of the dataset inversion: open a video's latent table, invert fixed batches of its frames.
 
 Both return small summaries (table locations, counts, failure reasons), never tensors. The zarr
 status decides what is left, so the tasks opt out of Prefect's result caching (NO_CACHE).
 
-`invert_batch` is tagged "gpu": a Prefect tag concurrency limit (`prefect concurrency-limit create
+`invert_batches` is tagged "gpu": a Prefect tag concurrency limit (`prefect concurrency-limit create
 gpu 1`) bounds how many run at once across every flow run on the server. It loads the generator and
 loss nets through tasks/resources.py (once per worker process) and checks that what it loaded gives
 the provenance the table was made with, so a worker with another weights file can never write into
@@ -32,7 +32,7 @@ from storage.latents import LatentCache, fixed_batches, frame_seed, latents_prov
 from storage.provenance import canonical_json
 from tasks import resources
 
-__all__ = ["GPU_TAG", "config_from_settings", "invert_batch", "open_latents"]
+__all__ = ["GPU_TAG", "config_from_settings", "invert_batches", "open_latents", "settings_of"]
 
 GPU_TAG = "gpu"
 
@@ -68,42 +68,68 @@ def open_latents(prepared: dict[str, Any], cache: str, weights: str, settings: d
             "batches": [list(b) for b in fixed_batches(latents.num_frames, batch_size, todo)]}
 
 
-@task(name="invert-batch", tags=[GPU_TAG], cache_policy=NO_CACHE,
-      task_run_name="invert-{name}-frames-{start}-{stop}")
-def invert_batch(cache: str, table: str, crops_table: str, media_key: str, name: str, weights: str,
-                 settings: dict[str, Any], start: int, stop: int, retry_failed: bool = False,
-                 max_loss: float | None = None, device: str = "auto") -> dict[str, Any]:
-    """Invert frames [start, stop) of one video (a fixed batch) and store those not done yet.
+def _batches_run_name() -> str:
+    from prefect.runtime import task_run
+
+    p = task_run.parameters
+    return f"invert-{p['name']}-frames-{p['batches'][0][0]}-{p['batches'][-1][1] - 1}"
+
+
+@task(name="invert-batches", tags=[GPU_TAG], cache_policy=NO_CACHE, task_run_name=_batches_run_name)
+def invert_batches(cache: str, table: str, crops_table: str, media_key: str, name: str, weights: str,
+                   settings: dict[str, Any], batches: list[list[int]], retry_failed: bool = False,
+                   max_loss: float | None = None, device: str = "auto") -> dict[str, Any]:
+    """Invert some fixed batches [start, stop) of one video, one after the other, each stored as soon as
+    it is done (a crash loses at most the batch in flight). One task for several batches: Prefect's
+    bookkeeping per task run (0.1-0.2 s here) is paid once for them."""
+    logger = get_run_logger()
+    began = time.perf_counter()
+    ws = Workspace(cache)
+    latents = LatentCache.at(ws, table)
+    summary: dict[str, Any] = {"table": table, "name": name, "batches": 0, "computed": 0, "written": 0,
+                               "failed": {}, "seconds": 0.0,
+                               "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    crops, config, G = None, config_from_settings(settings), None
+    for start, stop in batches:
+        frames = np.arange(start, stop)
+        todo = latents.todo_frames(retry_failed, frames)
+        if todo.size == 0:  # done meanwhile (another run of the same job)
+            continue
+        logger.info(f"inverting frames {start}-{stop - 1} of {name} ({todo.size} to do)")
+        if G is None:
+            G = resources.generator(weights, device)
+            crops = ws.open_table(crops_table)
+            _check_provenance(latents, _provenance(G, config, crops.key, G.w_avg.device))
+        t0 = time.perf_counter()
+        written, failed = _invert_batch(G, config, latents, crops, media_key, frames, todo, max_loss, logger)
+        summary["batches"] += 1
+        summary["computed"] += int(frames.size)
+        summary["written"] += written
+        summary["failed"].update(failed)
+        logger.info(f"frames {start}-{stop - 1} of {name}: {written} done, {len(failed)} failed "
+                    f"in {time.perf_counter() - t0:.1f} s")
+    summary["seconds"] = time.perf_counter() - began
+    return summary
+
+
+def _invert_batch(G: Generator, config: InversionConfig, latents: LatentCache, crops, media_key: str,
+                  frames: np.ndarray, todo: np.ndarray, max_loss: float | None, logger
+                  ) -> tuple[int, dict[int, str]]:
+    """Invert one fixed batch and store its frames that are to do; (frames stored, {frame: reason}).
 
     The whole batch is inverted even when some of its frames are done (a half-written batch after a
     crash), so every frame is computed in the batch it belongs to: the same bits as an uninterrupted
     run. A frame whose inversion fails (non-finite loss, an exception) or whose final total loss is
     above `max_loss` is marked failed with the reason; the others are stored.
     """
-    logger = get_run_logger()
-    began = time.perf_counter()
-    ws = Workspace(cache)
-    latents = LatentCache.at(ws, table)
-    frames = np.arange(start, stop)
-    todo = np.intersect1d(frames, latents.todo_frames(retry_failed))
-    summary = {"table": table, "name": name, "start": start, "stop": stop, "computed": 0, "written": 0,
-               "failed": {}, "seconds": 0.0,
-               "worker": f"{socket.gethostname()}:{os.getpid()}"}
-    if todo.size == 0:  # done meanwhile (another run of the same job)
-        return summary
-    logger.info(f"inverting frames {start}-{stop - 1} of {name} ({todo.size} to do)")
-    G = resources.generator(weights, device)
-    config = config_from_settings(settings)
-    crops = ws.open_table(crops_table)
-    _check_provenance(latents, _provenance(G, config, crops.key, G.w_avg.device))
+    start = int(frames[0])
     targets = torch.from_numpy(crops.read("crop", frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
     points = torch.from_numpy(crops.read("crop_landmarks", frames))
     seeds = [frame_seed(media_key, int(i), config.seed) for i in frames]
-
     reasons, result_latents, result_losses = _invert_or_isolate(G, targets, points, seeds, config, logger)
-    keep = {int(i) - start for i in todo}
     done: list[int] = []
-    for row in sorted(keep):
+    failed: dict[int, str] = {}
+    for row in sorted(int(i) - start for i in todo):
         reason = reasons[row]
         if reason is None and max_loss is not None and not result_losses[row] <= max_loss:
             reason = f"final loss {result_losses[row]:.6g} above --max-loss {max_loss:g}"
@@ -111,14 +137,11 @@ def invert_batch(cache: str, table: str, crops_table: str, media_key: str, name:
             done.append(row)
         else:
             latents.fail(start + row, reason)
-            summary["failed"][start + row] = reason
+            failed[start + row] = reason
     if done:
         latents.write([start + row for row in done], result_latents[done], result_losses[done],
                       [seeds[row] for row in done])
-    summary.update(computed=int(frames.size), written=len(done), seconds=time.perf_counter() - began)
-    logger.info(f"frames {start}-{stop - 1} of {name}: {len(done)} done, {len(summary['failed'])} failed "
-                f"in {summary['seconds']:.1f} s")
-    return summary
+    return len(done), failed
 
 
 def _invert_or_isolate(G: Generator, targets: torch.Tensor, points: torch.Tensor, seeds: list[int],

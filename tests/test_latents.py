@@ -49,6 +49,10 @@ def test_write_fail_and_read_only_done(ws):
     assert frames.tolist() == [1, 2] and values.shape == (2, NUM_WS, W_DIM)
     assert cache.todo_frames().tolist() == [0, 3, 5]
     assert cache.todo_frames(retry_failed=True).tolist() == [0, 3, 4, 5]
+    # Of some frames only (a batch reads its own frames' status chunks).
+    assert cache.todo_frames(frames=[2, 3, 4]).tolist() == [3]
+    assert cache.todo_frames(retry_failed=True, frames=[2, 3, 4]).tolist() == [3, 4]
+    assert cache.table.status([4, 1]).tolist() == [FAILED, DONE]
     # A pending frame is NaN underneath: an unwritten latent can never pass for a real one.
     assert np.isnan(np.asarray(cache.table.group["latents"][0])).all()
     # A failed inversion cannot be stored as done.

@@ -31,6 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=1000, help="optimisation steps per frame (default 1000)")
     parser.add_argument("--batch-size", type=int, default=4, metavar="B",
                         help="frames per batch, fixed by frame index: [k*B, (k+1)*B) (default 4)")
+    parser.add_argument("--batches-per-task", type=int, default=4, metavar="K",
+                        help="fixed batches per Prefect task (default 4): fewer task runs cost less "
+                             "bookkeeping, more spread a short job over more workers")
     parser.add_argument("--retry-failed", action="store_true", help="also redo frames that failed before")
     parser.add_argument("--max-loss", type=float, metavar="X",
                         help="quality gate: fail frames whose final total loss is above X (default: none)")
@@ -61,7 +64,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from storage.errors import InputError, JobFailedError, WeightsMissingError
 
-    for name, low in (("steps", 1), ("batch_size", 1)):
+    for name, low in (("steps", 1), ("batch_size", 1), ("batches_per_task", 1)):
         if getattr(args, name) < low:
             raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     if args.face_index < 0:
@@ -99,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     flow = invert_dataset.with_options(task_runner=task_runner(args.runner, args.gpu_resources))
     try:
         summary = flow(args.dataset, args.cache, args.weights, steps=args.steps, batch_size=args.batch_size,
+                       batches_per_task=args.batches_per_task,
                        retry_failed=args.retry_failed, perceptual=config.perceptual,
                        loss_weights=loss_weights, seed=args.seed, max_loss=args.max_loss, device=args.device,
                        landmarks=args.landmarks, face_index=args.face_index,
