@@ -299,14 +299,23 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("resample_filter", make_resample_filter(), persistent=False)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const",
-                fused_modconv: bool = True) -> torch.Tensor:
+                fused_modconv: bool = True, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """`noise`: explicit (N, 1, R, R) unit noise for this call (e.g. one map per sample, as an
+        optimiser holds them); it replaces `noise_const` / `noise_mode` and is scaled by
+        noise_strength like them. Ignored by a layer without noise input."""
         in_res = self.resolution // self.up
         if x.shape[1:] != (self.in_channels, in_res, in_res):
             raise ValueError(f"synthesis layer {self.resolution}px: got input {tuple(x.shape)}, "
                              f"expected (N, {self.in_channels}, {in_res}, {in_res})")
         styles = self.affine(w)
-        noise = None
-        if self.use_noise and noise_mode == "random":
+        explicit, noise = noise, None
+        if self.use_noise and explicit is not None:
+            if explicit.shape != (x.shape[0], 1, self.resolution, self.resolution):
+                raise ValueError(f"synthesis layer {self.resolution}px: noise must be (N, 1, "
+                                 f"{self.resolution}, {self.resolution}) with N={x.shape[0]}, "
+                                 f"got {tuple(explicit.shape)}")
+            noise = explicit * self.noise_strength
+        elif self.use_noise and noise_mode == "random":
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device,
                                 dtype=torch.float32) * self.noise_strength
         elif self.use_noise and noise_mode == "const":
@@ -392,6 +401,7 @@ class SynthesisBlock(nn.Module):
         noise_mode: str = "const",
         force_fp32: bool = False,
         fused_modconv: bool | None = None,  # None: fused for batch 1 (see SynthesisNetwork.forward)
+        noise: list[torch.Tensor] | None = None,  # num_conv explicit (N, 1, R, R) maps (see SynthesisLayer)
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = ws.shape[0]
         if ws.shape[1:] != (self.num_conv + self.num_torgb, self.w_dim):
@@ -402,17 +412,20 @@ class SynthesisBlock(nn.Module):
         if fused_modconv is None:
             fused_modconv = n == 1
         w_iter = iter(ws.unbind(dim=1))
+        if noise is not None and len(noise) != self.num_conv:
+            raise ValueError(f"block {self.resolution}px: {len(noise)} noise maps for {self.num_conv} layers")
+        noise0, noise1 = (None, None) if noise is None else (noise[0], noise[-1])
 
         if self.in_channels == 0:
             x = self.const.to(dtype).unsqueeze(0).repeat(n, 1, 1, 1)
-            x = self.conv1(x, next(w_iter), noise_mode, fused_modconv)
+            x = self.conv1(x, next(w_iter), noise_mode, fused_modconv, noise1)
         else:
             if x is None or x.shape != (n, self.in_channels, self.resolution // 2, self.resolution // 2):
                 raise ValueError(f"block {self.resolution}px: got x "
                                  f"{None if x is None else tuple(x.shape)}")
             x = x.to(dtype)
-            x = self.conv0(x, next(w_iter), noise_mode, fused_modconv)
-            x = self.conv1(x, next(w_iter), noise_mode, fused_modconv)
+            x = self.conv0(x, next(w_iter), noise_mode, fused_modconv, noise0)
+            x = self.conv1(x, next(w_iter), noise_mode, fused_modconv, noise1)
 
         if img is not None:
             img = upsample_2d(img, self.resample_filter)
@@ -463,6 +476,17 @@ class SynthesisNetwork(nn.Module):
     def blocks(self) -> list[SynthesisBlock]:
         return [getattr(self, f"b{r}") for r in self.block_resolutions]
 
+    def noise_layers(self) -> list[tuple[str, SynthesisLayer]]:
+        """The layers with a noise input, in the order `forward(noise=...)` takes their maps:
+        ("b4.conv1", layer), ("b8.conv0", layer), ...; `layer.resolution` is the map's size."""
+        layers = []
+        for block in self.blocks():
+            for name in ("conv0", "conv1"):
+                layer = getattr(block, name, None)
+                if layer is not None and layer.use_noise:
+                    layers.append((f"b{block.resolution}.{name}", layer))
+        return layers
+
     def forward(
         self,
         ws: torch.Tensor,                   # (N, num_ws, w_dim): W (all rows equal) or W+
@@ -470,19 +494,32 @@ class SynthesisNetwork(nn.Module):
                                             # "none": no noise; "random": fresh N(0,1) noise per call
         force_fp32: bool = False,           # ignore the float16 blocks even on CUDA
         fused_modconv: bool | None = None,  # None: fused for batch 1, activation scaling otherwise
+        noise: list[torch.Tensor] | None = None,  # explicit per-sample noise: one (N, 1, r, r) map per
+                                            # entry of noise_layers(), in that order; replaces
+                                            # noise_mode (an inversion optimises one map per frame)
     ) -> torch.Tensor:
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
             raise ValueError(f"synthesis: ws must be (N, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}")
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        noise_iter = None
+        if noise is not None:
+            expected = len(self.noise_layers())
+            if len(noise) != expected:
+                raise ValueError(f"synthesis: {len(noise)} noise maps given, the generator has {expected} "
+                                 f"noise inputs (see noise_layers())")
+            noise_iter = iter(noise)
         ws = ws.to(torch.float32)
         x = img = None
         w_idx = 0
         for block in self.blocks():
             block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
             w_idx += block.num_conv
+            block_noise = None
+            if noise_iter is not None and block.conv1.use_noise:
+                block_noise = [next(noise_iter) for _ in range(block.num_conv)]
             x, img = block(x, img, block_ws, noise_mode=noise_mode, force_fp32=force_fp32,
-                           fused_modconv=fused_modconv)
+                           fused_modconv=fused_modconv, noise=block_noise)
         return img
 
     def extra_repr(self) -> str:
@@ -603,11 +640,26 @@ def mean_w(G: Generator, num_samples: int = 10_000, seed: int = 123, batch: int 
 
     Returns (w_dim,) on G's device. Used where a checkpoint carries no w_avg.
     """
+    return mapped_w_stats(G, num_samples, seed, batch)[0]
+
+
+def mapped_w_stats(G: Generator, num_samples: int = 10_000, seed: int = 123, batch: int = 1000
+                   ) -> tuple[torch.Tensor, float]:
+    """Mean (w_dim,) and spread of mapped w over `num_samples` z ~ N(0, I) drawn with numpy
+    RandomState(seed), as NVIDIA's projector computes them: the spread is the scalar
+    sqrt(mean_i |w_i - mean|^2) (the RMS distance from the mean, over all w_dim coordinates), which
+    scales the projector's latent noise. Mean on G's device; sums in float64."""
     device = G.w_avg.device
     z_all = np.random.RandomState(seed).randn(num_samples, G.z_dim).astype(np.float32)
     total = torch.zeros(G.w_dim, dtype=torch.float64, device=device)
+    total_sq = torch.zeros(G.w_dim, dtype=torch.float64, device=device)
     with torch.no_grad():
         for start in range(0, num_samples, batch):
             z = torch.from_numpy(z_all[start:start + batch]).to(device)
-            total += G.mapping(z)[:, 0].sum(dim=0).double()
-    return (total / num_samples).float()
+            w = G.mapping(z)[:, 0].double()
+            total += w.sum(dim=0)
+            total_sq += w.square().sum(dim=0)
+    mean = total / num_samples
+    # sum_i |w_i - m|^2 = sum_i |w_i|^2 - n |m|^2
+    spread = ((total_sq.sum() - num_samples * mean.square().sum()).clamp(min=0) / num_samples).sqrt()
+    return mean.float(), float(spread)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from models import load_generator
 from models.checkpoints import convert_checkpoint, save_native, to_rosinality
-from models.stylegan2 import Generator, mean_w
+from models.stylegan2 import Generator, mapped_w_stats, mean_w
 from storage.errors import CheckpointError, InputError, WeightsMissingError
 from tests.tiny import tiny_generator
 
@@ -107,6 +107,41 @@ def test_gradients_reach_ws_and_noise_buffers():
     for name, buf in noise_bufs.items():
         assert buf.grad is not None and buf.grad.abs().max() > 0, name
     assert all(p.grad is None for p in G.parameters())  # weights stay frozen
+
+
+def test_explicit_per_sample_noise(gen):
+    G = gen
+    ws = G.mapping(_z(3, G.z_dim, seed=2))
+    layers = G.synthesis.noise_layers()
+    assert [name for name, _ in layers][:3] == ["b4.conv1", "b8.conv0", "b8.conv1"]
+    assert len(layers) == 2 * int(math.log2(G.img_resolution)) - 3
+    # the stored buffers given explicitly reproduce noise_mode="const"
+    const = [layer.noise_const.expand(3, 1, -1, -1) for _, layer in layers]
+    torch.testing.assert_close(G.synthesis(ws, noise=const), G.synthesis(ws), rtol=0, atol=0)
+    # one map per sample: a batch is its samples rendered alone, and the maps matter
+    gen_ = torch.Generator().manual_seed(0)
+    own = [torch.randn(3, 1, layer.resolution, layer.resolution, generator=gen_) for _, layer in layers]
+    batch = G.synthesis(ws, noise=own, fused_modconv=False)
+    singles = torch.cat([G.synthesis(ws[i:i + 1], noise=[n[i:i + 1] for n in own]) for i in range(3)])
+    torch.testing.assert_close(batch, singles, rtol=0, atol=1e-5)
+    assert (batch - G.synthesis(ws, fused_modconv=False)).abs().max() > 1e-3
+    # gradients reach the maps
+    maps = [n.clone().requires_grad_(True) for n in own]
+    G.synthesis(ws, noise=maps).square().mean().backward()
+    assert all(m.grad is not None and m.grad[:, 0].abs().amax(dim=(1, 2)).min() > 0 for m in maps)
+    with pytest.raises(ValueError, match="noise maps"):
+        G.synthesis(ws, noise=own[:-1])
+    with pytest.raises(ValueError, match="noise must be"):
+        G.synthesis(ws, noise=[n[:1] for n in own])
+
+
+def test_mapped_w_stats_match_a_direct_computation(gen):
+    mean, spread = mapped_w_stats(gen, num_samples=500, seed=7, batch=128)
+    z = torch.from_numpy(np.random.RandomState(7).randn(500, gen.z_dim).astype(np.float32))
+    w = gen.mapping(z)[:, 0].double()
+    torch.testing.assert_close(mean, w.mean(0).float(), rtol=0, atol=1e-5)
+    assert spread == pytest.approx(float((w - w.mean(0)).square().sum(1).mean().sqrt()), rel=1e-6)
+    torch.testing.assert_close(mean_w(gen, num_samples=500, seed=7), mean, rtol=0, atol=0)
 
 
 def test_update_w_avg_tracks_the_batch_mean():
