@@ -575,16 +575,25 @@ def load_torch_weights_only(path: str | os.PathLike[str], *, safe_globals: tuple
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch's message wraps the unpickler's reason in advice (re-run with weights_only=False)
+        # that must not reach a user: keep the reason line only.
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        reason = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
-        raise CheckpointError(f"refused by the weights-only loader: {reason[:200]} "
-                              "(nothing from the file was executed)", path=path) from None
+        named = next((line for line in lines if "global" in line.lower()
+                      and "weights only" not in line.lower() and "weights_only" not in line), None)
+        if named is not None:  # the file names a function or class: what a hostile file does
+            raise CheckpointError(f"refused by the weights-only loader: {named[:200]} "
+                                  "(nothing from the file was executed)", path=path) from None
+        reason = next((line for line in lines if line.startswith("Unsupported operand")),
+                      lines[-1] if lines else type(err).__name__)
+        raise CheckpointError(f"truncated or corrupt torch file (not a readable pickle: {reason[:200]})",
+                              path=path) from None
     except FileNotFoundError:
         raise CheckpointError("no such file", path=path) from None
     except IsADirectoryError:
         raise CheckpointError("is a directory, not a checkpoint file", path=path) from None
     except Exception as err:
-        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        # first sentence only: torch's zip reader appends paragraphs of speculation
+        reason = " ".join(str(err).split()).split(". ")[0][:200] or type(err).__name__
         raise CheckpointError(f"truncated or corrupt torch file ({reason})", path=path) from None
 
 

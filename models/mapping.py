@@ -354,7 +354,10 @@ class LandmarkMappingNetwork(nn.Module):
             difference = torch.cat([difference, torch.zeros_like(difference[:1])])
         delta = self.out(self.act(self.hidden(self.encoder.encode(difference))))
         if self.zero_at_rest:
-            delta = delta[:n] - delta[n:]
+            # f(d) - f(0); rows without any motion are set to 0 outright (the batched matmuls would
+            # leave ~1e-8 of rounding where exactly 0 is meant)
+            moving = difference[:n].flatten(1).any(dim=1)
+            delta = torch.where(moving[:, None], delta[:n] - delta[n:], 0.0)
         delta = delta.reshape(n, self.num_delta_ws, self.w_dim)
         if self.num_delta_ws < self.num_ws:
             delta = torch.cat([delta, delta.new_zeros(n, self.num_ws - self.num_delta_ws, self.w_dim)], dim=1)
@@ -728,8 +731,8 @@ class MappingTrainer:
         device: str | torch.device = "cpu",
     ) -> MappingTrainer:
         """A trainer in the state `save` left: the next steps are the ones an uninterrupted run takes."""
-        ckpt = read_mapping_checkpoint(path)
-        model = _model_from_checkpoint(ckpt, path).to(device)
+        ckpt, model = _read_checkpoint(path)
+        model = model.to(device)
         try:
             config = MappingTrainConfig(**ckpt["train_config"])
         except (TypeError, ValueError) as err:
@@ -804,7 +807,12 @@ _REQUIRED = {"model_config": dict, "model": dict, "optimizer": dict, "step": int
 
 def read_mapping_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The checkpoint dict, read with torch.load(weights_only=True) (nothing in the file can run) and
-    checked for its format and fields; anything else is a one-line CheckpointError."""
+    checked (format, fields, model weights against the model config); anything else is a one-line
+    CheckpointError."""
+    return _read_checkpoint(path)[0]
+
+
+def _read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], LandmarkMappingNetwork]:
     from models.checkpoints import load_torch_weights_only
 
     path = Path(path)
@@ -822,7 +830,7 @@ def read_mapping_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         if not isinstance(ckpt.get(key), kind):
             raise CheckpointError(f"mapping checkpoint lacks {key!r} (or it is not a {kind.__name__})",
                                   path=path)
-    return ckpt
+    return ckpt, _model_from_checkpoint(ckpt, path)
 
 
 def _model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> LandmarkMappingNetwork:
@@ -865,9 +873,8 @@ def load_mapping_network(
     generator: Generator | None = None,     # when given: must be the generator it was trained for
 ) -> LandmarkMappingNetwork:
     """The trained network of a checkpoint, in eval mode with requires_grad off."""
-    ckpt = read_mapping_checkpoint(path)
+    ckpt, model = _read_checkpoint(path)
     _check_generator_fingerprint(ckpt, generator, path)
-    model = _model_from_checkpoint(ckpt, path)
     model.provenance = ckpt["provenance"]
     return model.to(device).eval().requires_grad_(False)
 
