@@ -83,8 +83,7 @@ def plot_curves(
     def py(yv: float) -> float:
         return height - bottom - (yv - y0) / (y1 - y0) * (height - top - bottom)
 
-    # axes, ticks, grid
-    draw.rectangle([left, top, width - right, height - bottom], outline=(0, 0, 0))
+    # grid and ticks, then the frame over the grid lines that fall on it
     for tx in _nice_ticks(x0, x1):
         draw.line([px(tx), height - bottom, px(tx), height - bottom + 4], fill=(0, 0, 0))
         draw.text((px(tx) - 10, height - bottom + 6), _label(tx), fill=(0, 0, 0), font=font)
@@ -92,6 +91,7 @@ def plot_curves(
     for ty in y_ticks:
         draw.line([left, py(ty), width - right, py(ty)], fill=(225, 225, 225))
         draw.text((4, py(ty) - 6), _label(10.0 ** ty if log_y else ty), fill=(0, 0, 0), font=font)
+    draw.rectangle([left, top, width - right, height - bottom], outline=(0, 0, 0))
     if title:
         draw.text((left, 12), title, fill=(0, 0, 0), font=font)
     if xlabel:
