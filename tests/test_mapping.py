@@ -38,16 +38,6 @@ from tests.tiny import tiny_generator
 TINY_OPTIONS = {"coords": {}, "raster": {"size": 16, "channels": 8}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Small nets on one torch thread: on this shared 2-core machine under load, two threads made a
-    training step of these nets 10-20x slower (OpenMP threads waiting on each other). The prepare
-    branch adds the same fixture to conftest as `one_torch_thread`."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def G():  # noqa: N802 (the generator is G everywhere in the project)
