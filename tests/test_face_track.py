@@ -23,7 +23,6 @@ from storage.errors import NoFaceError
 from storage.video import read_frames
 from tests.clips import FPS, clip_frames, write_test_clip
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def backend():

@@ -26,8 +26,6 @@ BATCH_ATOL = 1e-3
 
 
 
-# One torch thread: these are many small ops (conftest.one_torch_thread has the measurements).
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def G():  # noqa: N802 (the generator's usual name)

@@ -20,8 +20,6 @@ from tests.clips import write_test_clip
 from tests.helpers import REPO_ROOT, assert_user_error
 from tests.test_prepare_flow import chunk_mtimes
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as OMP_NUM_THREADS=1 in prefect_api_env
-
 FRAMES = 30
 
 

@@ -20,7 +20,7 @@ from storage.provenance import sha256_file
 from storage.video import VideoWriter
 from tests.clips import BLANK_GREY, photo, write_test_clip
 
-pytestmark = pytest.mark.usefixtures("prefect_harness", "one_torch_thread")
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 FRAMES, BLANK, R = 20, 9, 64
 

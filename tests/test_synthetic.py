@@ -20,8 +20,6 @@ from models.synthetic import (
 from storage.video import probe, read_frames
 from tests.clips import base_points, photo
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def test_thin_plate_spline_interpolates_and_keeps_affine_maps():
     rng = np.random.default_rng(0)
