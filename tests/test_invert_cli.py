@@ -23,15 +23,13 @@ from tests.helpers import REPO_ROOT, assert_user_error
 from tests.invert_data import BATCH, CLI_SETTINGS, FRAMES, latents_by_video
 from tests.test_prepare_flow import chunk_mtimes
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # as OMP_NUM_THREADS=1 in prefect_api_env
-
 TOTAL = sum(n for _, n in FRAMES.values())
 STARTED = re.compile(r"inverting frames (\d+)-(\d+) of (\S+) \(")
 FINISHED = re.compile(r"frames (\d+)-(\d+) of (\S+): \d+ done")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, prefect_harness, one_torch_thread) -> invert_data.Dataset:
+def data(tmp_path_factory, prefect_harness) -> invert_data.Dataset:
     return invert_data.dataset(tmp_path_factory)
 
 

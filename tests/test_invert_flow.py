@@ -22,13 +22,13 @@ from tests import invert_data
 from tests.invert_data import BATCH, FRAMES, SETTINGS, STEPS, latents_by_video
 from tests.test_prepare_flow import chunk_mtimes
 
-pytestmark = pytest.mark.usefixtures("prefect_harness", "one_torch_thread")
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 TOTAL = sum(n for _, n in FRAMES.values())
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, prefect_harness, one_torch_thread) -> invert_data.Dataset:
+def data(tmp_path_factory, prefect_harness) -> invert_data.Dataset:
     return invert_data.dataset(tmp_path_factory)
 
 
@@ -91,10 +91,16 @@ def test_second_run_does_nothing_and_tasks_carry_the_gpu_tag(data, tmp_path):
     assert latent_chunks(cache) == before  # not one chunk rewritten
     assert summary["job"] == data.summary["job"]  # same videos and settings: the same job
 
-    # Every invert-batch task run of the job that did the work is tagged "gpu" (so a tag concurrency
+    # Every invert-batches task run of the job that did the work is tagged "gpu" (so a tag concurrency
     # limit bounds them); the other tasks are not.
-    expected = sorted(f"invert-{name}-frames-{start}-{stop}" for name, (_, n) in FRAMES.items()
-                      for start, stop in fixed_batches(n, BATCH, range(n)))
+    per_task = SETTINGS.get("batches_per_task", 4)  # the flow's default: four fixed batches per task
+    expected = []
+    for name, (_, n) in FRAMES.items():
+        batches = list(fixed_batches(n, BATCH, range(n)))
+        for i in range(0, len(batches), per_task):
+            group = batches[i:i + per_task]
+            expected.append(f"invert-{name}-frames-{group[0][0]}-{group[-1][1] - 1}")
+    expected.sort()
     with get_client(sync_client=True) as client:
         deadline = time.monotonic() + 20
         while True:  # task-run records reach the server asynchronously
