@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.device import resolve_device
 from models.stylegan2 import Generator, make_resample_filter, mean_w
 from storage.atomic import atomic_output
 from storage.errors import CheckpointError, InputError
@@ -80,12 +81,6 @@ def resolve_weights(path_or_name: str | os.PathLike[str]) -> Path:
     return require(text)
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_generator(path_or_name: str | os.PathLike[str], device: str | torch.device = "cpu") -> Generator:
     """Load a StyleGAN2 generator from a file (any supported format) or a registered weight name.
 
@@ -98,7 +93,7 @@ def load_generator(path_or_name: str | os.PathLike[str], device: str | torch.dev
     G = read_checkpoint(path)
     G.source_path = str(path.resolve())
     G.source_sha256 = sha256_file(path)
-    return G.eval().requires_grad_(False).to(_resolve_device(device))
+    return G.eval().requires_grad_(False).to(resolve_device(device))
 
 
 def detect_format(path: Path) -> str:
@@ -562,20 +557,44 @@ def _rosinality_config(sd: dict[str, torch.Tensor], path: Path) -> dict[str, Any
                 use_noise="conv1.noise.weight" in sd)
 
 
-def _torch_load(path: Path) -> Any:
+def load_torch_weights_only(path: str | os.PathLike[str], *, safe_globals: tuple = ()) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU, every failure a one-line CheckpointError.
+
+    The weights-only unpickler builds tensors, dicts, lists, tuples and plain scalars only (plus the
+    classes in `safe_globals`); a file that names anything else is refused before it runs. Used for
+    every torch file the project reads (rosinality generators, mapping-network checkpoints).
+    """
+    path = Path(path)
     try:
-        # argparse.Namespace: rosinality's training snapshots store their `args`; it is plain data.
-        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(safe_globals)):
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch's message wraps the unpickler's reason in advice (re-run with weights_only=False)
+        # that must not reach a user: keep the reason line only.
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        reason = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
-        raise CheckpointError(f"refused by the weights-only loader: {reason[:200]} "
-                              "(nothing from the file was executed)", path=path) from None
+        named = next((line for line in lines if "global" in line.lower()
+                      and "weights only" not in line.lower() and "weights_only" not in line), None)
+        if named is not None:  # the file names a function or class: what a hostile file does
+            raise CheckpointError(f"refused by the weights-only loader: {named[:200]} "
+                                  "(nothing from the file was executed)", path=path) from None
+        reason = next((line for line in lines if line.startswith("Unsupported operand")),
+                      lines[-1] if lines else type(err).__name__)
+        raise CheckpointError(f"truncated or corrupt torch file (not a readable pickle: {reason[:200]})",
+                              path=path) from None
+    except FileNotFoundError:
+        raise CheckpointError("no such file", path=path) from None
+    except IsADirectoryError:
+        raise CheckpointError("is a directory, not a checkpoint file", path=path) from None
     except Exception as err:
-        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        # first sentence only: torch's zip reader appends paragraphs of speculation
+        reason = " ".join(str(err).split()).split(". ")[0][:200] or type(err).__name__
         raise CheckpointError(f"truncated or corrupt torch file ({reason})", path=path) from None
+
+
+def _torch_load(path: Path) -> Any:
+    # argparse.Namespace: rosinality's training snapshots store their `args`; it is plain data.
+    return load_torch_weights_only(path, safe_globals=(argparse.Namespace,))
 
 
 def _read_rosinality(path: Path) -> Generator:

@@ -38,6 +38,7 @@ __all__ = [
     "FaceTracker",
     "HaarCascadeDetector",
     "TrackResult",
+    "TrackerState",
     "box_from_landmarks",
     "interpolate_missing",
     "make_detector",
@@ -324,6 +325,30 @@ class TrackResult:
     residual: float = float("nan")
 
 
+@dataclass(frozen=True)
+class TrackerState:
+    """What FaceTracker carries from one frame to the next; enough to resume a video mid-way.
+
+    landmarks:    the previous frame's accepted landmarks (None after a LOST frame, or at the start)
+    last_box:     the last known face box, kept across LOST frames (re-detection looks near it)
+    since_detect: accepted frames since the last detection (drives periodic re-detection)
+
+    `advance` is the tracker's one rule for moving it on, so a state rebuilt from stored per-frame
+    results (`TrackerState().advance(r0).advance(r1)...`) is the state the tracker had.
+    """
+
+    landmarks: np.ndarray | None = None
+    last_box: FaceBox | None = None
+    since_detect: int = 0
+
+    def advance(self, result: TrackResult) -> TrackerState:
+        """The state after a frame with this result."""
+        if result.flag == FaceFlag.LOST or result.landmarks is None:
+            return TrackerState(None, self.last_box, self.since_detect)
+        since = 0 if result.flag == FaceFlag.DETECTED else self.since_detect + 1
+        return TrackerState(result.landmarks, result.box, since)
+
+
 @dataclass
 class FaceTracker:
     """Detect once, then follow the face from frame to frame with the landmark function.
@@ -365,9 +390,16 @@ class FaceTracker:
 
     def reset(self) -> None:
         """Forget the face (start of a new video)."""
-        self._prev: np.ndarray | None = None  # last accepted landmarks
-        self._last_box: FaceBox | None = None  # last known face box, kept across LOST frames
-        self._since_detect = 0
+        self._state = TrackerState()
+
+    @property
+    def state(self) -> TrackerState:
+        """The state carried into the next frame (see TrackerState)."""
+        return self._state
+
+    def restore(self, state: TrackerState) -> None:
+        """Continue from `state`, e.g. rebuilt from the stored results of the frames before."""
+        self._state = state
 
     def settings(self) -> dict:
         """What determines the tracker's output besides the landmark backend, for cache provenance."""
@@ -390,17 +422,18 @@ class FaceTracker:
     def update(self, frame: np.ndarray) -> TrackResult:
         """Process the next frame of the video."""
         frame = _check_frame(frame)
+        state = self._state
         tracked: TrackResult | None = None
-        if self._prev is not None:
-            box = box_from_landmarks(self._prev, self.margin)
+        if state.landmarks is not None:
+            box = box_from_landmarks(state.landmarks, self.margin)
             tracked = self._try(frame, box, FaceFlag.TRACKED)
-            due = self.redetect_every > 0 and self._since_detect + 1 >= self.redetect_every
+            due = self.redetect_every > 0 and state.since_detect + 1 >= self.redetect_every
             if tracked is not None and not due:
                 return self._accept(tracked)
 
         boxes = self.detector.detect(frame)
-        if self._last_box is not None:
-            pick = nearest_box(boxes, self._last_box)
+        if state.last_box is not None:
+            pick = nearest_box(boxes, state.last_box)
             if tracked is not None and pick is not None and pick.iou(tracked.box) < 0.3:
                 pick = None  # the detector found someone else; stay with the tracked face
         else:
@@ -410,13 +443,10 @@ class FaceTracker:
             return self._accept(detected)
         if tracked is not None:
             return self._accept(tracked)
-        self._prev = None
-        return TrackResult(None, pick, FaceFlag.LOST)
+        return self._accept(TrackResult(None, pick, FaceFlag.LOST))
 
     def _accept(self, result: TrackResult) -> TrackResult:
-        self._prev = result.landmarks
-        self._last_box = result.box
-        self._since_detect = 0 if result.flag == FaceFlag.DETECTED else self._since_detect + 1
+        self._state = self._state.advance(result)
         return result
 
     def _try(self, frame: np.ndarray, box: FaceBox, flag: FaceFlag) -> TrackResult | None:

@@ -124,6 +124,14 @@ def check_points(points: np.ndarray, name: str = "points") -> np.ndarray:
     return points
 
 
+def mouth_opening(points: np.ndarray) -> np.ndarray:
+    """Inner-lip gap of (..., 68, 2) landmarks in their units: the mean distance of the three
+    facing inner-lip pairs (61-67, 62-66, 63-65). About 0 for a closed mouth."""
+    p = check_points(points)
+    upper, lower = p[..., [61, 62, 63], :], p[..., [67, 66, 65], :]
+    return np.linalg.norm(lower - upper, axis=-1).mean(axis=-1)
+
+
 def procrustes_residual(points: np.ndarray, template: np.ndarray = MEAN_SHAPE_68) -> float:
     """Full Procrustes distance between `points` (68, 2) and `template`, in [0, 1].
 

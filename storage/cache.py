@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,7 @@ class FrameTable:
     def __init__(self, group: zarr.Group, location: str) -> None:
         self.group = group
         self.location = location  # "media/<key>/<stage>-<pkey>", for messages
+        self._arrays: dict[str, zarr.Array] = {}
         attrs = dict(group.attrs)
         try:
             self.stage: str = attrs["stage"]
@@ -118,16 +119,31 @@ class FrameTable:
                 path=location,
             )
 
+    def _array(self, name: str) -> zarr.Array:
+        """A field's (or status / error) array, opened once: each lookup through the group reads
+        its metadata from the store again (about 0.5 ms locally, a round trip on object stores),
+        and an array's metadata never changes after the table is made."""
+        array = self._arrays.get(name)
+        if array is None:
+            array = self._arrays[name] = self.group[name]
+        return array
+
     def __repr__(self) -> str:
         c = self.counts()
         return (f"FrameTable({self.location!r}, frames={self.num_frames}, done={c['done']}, "
                 f"failed={c['failed']}, pending={c['pending']})")
 
     # -- status -----------------------------------------------------------------------------------
-    def status(self) -> np.ndarray:
-        """(T,) uint8 status of every frame (PENDING / DONE / FAILED)."""
+    def status(self, frames: int | Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """(T,) uint8 status of every frame (PENDING / DONE / FAILED), or of `frames` only (one chunk
+        per frame: a task working on a few frames of a long video reads only theirs)."""
         try:
-            return np.asarray(self.group["status"][:], dtype=np.uint8)
+            array = self._array("status")
+            if frames is None:
+                return np.asarray(array[:], dtype=np.uint8)
+            return np.asarray(_take(array, self._frames(frames)), dtype=np.uint8)
+        except (IndexError, ValueError):
+            raise
         except Exception as err:  # a chunk that cannot be decoded: refuse to guess
             raise CacheError(f"status array is unreadable ({type(err).__name__}: {err})",
                              path=self.location) from None
@@ -150,6 +166,12 @@ class FrameTable:
             mask |= s == FAILED
         return np.flatnonzero(mask)
 
+    def first_not_done(self) -> int:
+        """The first frame that is not done (`num_frames` when every frame is): where a sequential
+        stage such as tracking resumes."""
+        not_done = np.flatnonzero(self.status() != DONE)
+        return int(not_done[0]) if not_done.size else self.num_frames
+
     def is_complete(self) -> bool:
         return bool((self.status() == DONE).all())
 
@@ -158,7 +180,7 @@ class FrameTable:
         failed = self.failed_frames()
         if failed.size == 0:
             return {}
-        texts = self.group["error"]
+        texts = self._array("error")
         return {int(i): str(texts[int(i)]) for i in failed}
 
     # -- writing ----------------------------------------------------------------------------------
@@ -189,27 +211,37 @@ class FrameTable:
                                  f"{(idx.size, *spec.shape)}, got {arr.shape}")
             arrays[name] = arr
         for name, arr in arrays.items():
-            target = self.group[name]
+            target = self._array(name)
             for row, i in enumerate(idx):
                 target[int(i)] = arr[row]
-        errors = self.group["error"]
-        status = self.group["status"]
+        errors = self._array("error")
+        status = self._array("status")
         for i in idx:
             errors[int(i)] = ""
             status[int(i)] = DONE
 
+    def write_stream(self, records: Iterable[tuple[int, Mapping[str, np.ndarray]]]) -> int:
+        """Write `(frame, {field: value})` records as they come, each frame marked done as soon as it
+        is written, so a crash loses at most the frame in flight. Values are shaped like the fields
+        (no frame axis). Returns how many frames were written."""
+        count = 0
+        for frame, values in records:
+            self.write([frame], **{name: np.asarray(v)[None] for name, v in values.items()})
+            count += 1
+        return count
+
     def fail(self, frames: int | Sequence[int] | np.ndarray, reason: str) -> None:
         """Mark `frames` failed with a one-line reason; their data stays NaN/unused."""
         reason = " ".join(str(reason).split())[:500] or "failed"
-        errors = self.group["error"]
-        status = self.group["status"]
+        errors = self._array("error")
+        status = self._array("status")
         for i in self._frames(frames):
             errors[int(i)] = reason
             status[int(i)] = FAILED
 
     def reset(self, frames: int | Sequence[int] | np.ndarray) -> None:
         """Mark `frames` pending again (their old data is overwritten when recomputed)."""
-        status = self.group["status"]
+        status = self._array("status")
         for i in self._frames(frames):
             status[int(i)] = PENDING
 
@@ -223,18 +255,13 @@ class FrameTable:
         if field not in self.fields:
             raise KeyError(f"{self.location} has no field {field!r} (has {sorted(self.fields)})")
         idx = np.arange(self.num_frames) if frames is None else self._frames(frames)
-        status = self.status()[idx]
+        status = self.status(idx)
         if (status != DONE).any():
             not_done = idx[status != DONE]
             raise CacheError(
                 f"frames {_short_list(not_done)} are not done ({self.counts()}); run the job again to "
                 "compute them", path=self.location)
-        arr = self.group[field]
-        if idx.size == self.num_frames and np.array_equal(idx, np.arange(self.num_frames)):
-            out = np.asarray(arr[:])
-        else:
-            out = np.stack([np.asarray(arr[int(i)]) for i in idx]) if idx.size else np.empty(
-                (0, *self.fields[field].shape), dtype=self.fields[field].dtype)
+        out = _take(self._array(field), idx)
         if out.dtype.kind == "f" and not self.fields[field].nan_ok and not np.isfinite(out).all():
             bad = idx[~np.isfinite(out.reshape(idx.size, -1)).all(axis=1)]
             raise CacheError(
@@ -253,7 +280,7 @@ class FrameTable:
         for name, spec in self.fields.items():
             if np.dtype(spec.dtype).kind != "f" or spec.nan_ok:
                 continue
-            arr = self.group[name]
+            arr = self._array(name)
             for i in done:
                 if not np.isfinite(np.asarray(arr[int(i)])).all():
                     bad.add(int(i))
@@ -262,6 +289,15 @@ class FrameTable:
     @property
     def attrs(self) -> Mapping[str, Any]:
         return self.group.attrs
+
+
+def _take(array: zarr.Array, idx: np.ndarray) -> np.ndarray:
+    """array[idx] along the frame axis; a run of frames is one slice (its chunks fetched together)."""
+    if idx.size and np.array_equal(idx, np.arange(idx[0], idx[0] + idx.size)):
+        return np.asarray(array[int(idx[0]):int(idx[0]) + idx.size])
+    if idx.size:
+        return np.stack([np.asarray(array[int(i)]) for i in idx])
+    return np.empty((0, *array.shape[1:]), dtype=array.dtype)
 
 
 def _short_list(idx: np.ndarray, limit: int = 8) -> str:
@@ -389,6 +425,18 @@ class Workspace:
             with contextlib.suppress(zarr.errors.ContainsArrayError, FileExistsError):
                 group.create_array(fname, **spec)
         group = group.update_attributes(attrs)  # one write: the table appears whole or not at all
+        return FrameTable(group, location)
+
+    def open_table(self, location: str) -> FrameTable:
+        """An existing table by its location ("media/<key>/<stage>-<pkey>", `FrameTable.location`):
+        how a later stage finds the table an earlier one filled."""
+        try:
+            group = zarr.open_group(self.store, path=location, mode="r+")
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+            raise CacheError("no such table in the cache", path=f"{self.url}/{location}") from None
+        if "provenance_key" not in group.attrs:
+            raise CacheError("table is half-made (its creation was interrupted)",
+                             path=f"{self.url}/{location}")
         return FrameTable(group, location)
 
     def _wait_until_made(self, group: zarr.Group) -> bool:

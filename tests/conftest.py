@@ -3,7 +3,8 @@
 - `shared_dir`: ../shared beside the repository root (the fixtures of DESIGN.md); tests that need it
   skip with a clear reason when it is absent.
 - `run_cli`: runs `python -m flows.cli ...` in a subprocess, the way a user runs `facereenact`.
-- `prefect_harness`: one session-wide Prefect test server with PREFECT_HOME in a temp dir.
+- `prefect_harness`: one session-wide Prefect test server with PREFECT_HOME in a temp dir;
+  `prefect_api_env`: the environment that points CLI subprocesses at it.
 """
 
 from __future__ import annotations
@@ -30,11 +31,17 @@ os.environ.setdefault("FACEREENACT_HOME", tempfile.mkdtemp(prefix="facereenact-h
 os.environ.setdefault("TORCH_HOME", tempfile.mkdtemp(prefix="facereenact-torch-"))
 
 
+# One torch thread in the tests and in every process they start. The nets here are small; on a
+# shared 2-core machine under load two threads made face-api's landmark net 60-100x slower (0.7-1.0 s
+# instead of 0.01 s per frame) and tiny-generator inversion steps 5-10x slower: OpenMP threads waiting
+# on each other while other processes hold the cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     import torch
 
-    # Two cores here; keep torch from oversubscribing when tests run side by side.
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +79,12 @@ def prefect_harness():
 
     with prefect_test_harness():
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api_env(prefect_harness) -> dict[str, str]:
+    """Environment for CLI subprocesses that run flows: use the session's Prefect test server
+    instead of each starting a temporary one (10-20 s apiece here)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {"PREFECT_API_URL": str(PREFECT_API_URL.value())}

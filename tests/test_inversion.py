@@ -26,14 +26,6 @@ BATCH_ATOL = 1e-3
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these are many small ops, and with two threads on shared, busy cores
-    OpenMP's hand-offs made them 5-10x slower (measured: 0.02 s vs 0.2 s per inversion step)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def G():  # noqa: N802 (the generator's usual name)

@@ -35,15 +35,6 @@ def _images(n: int, size: int, seed: int) -> torch.Tensor:
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these are many small ops, and with two threads on shared, busy cores
-    OpenMP's hand-offs made them 5-10x slower (measured: 0.02 s vs 0.2 s per inversion step)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 @pytest.fixture
 def no_downloads(monkeypatch):
     """Fail loudly if anything tries to fetch weights (the code under test must not)."""

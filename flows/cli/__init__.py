@@ -20,6 +20,8 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "render images from a generator (z seeds or a W+ file)"),
     "weights": ("weights", "list, fetch, verify and convert model weights"),
+    "prepare": ("prepare", "track landmarks and align face crops of videos and source images into the cache"),
+    "invert": ("invert", "invert every frame of a folder, glob or manifest of videos into W+ latents"),
     "status": ("status", "show done / failed / pending frames of every job, from the cache alone"),
 }
 

@@ -119,6 +119,8 @@ class LandmarkBackend(torch.nn.Module):
             raise ValueError(f"expected an (H, W, 3) uint8 RGB frame, got {frame.dtype} {frame.shape}")
         param = next(self.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
+        if not frame.flags.writeable:  # torch warns about read-only arrays (e.g. from PIL); we never write
+            frame = frame.copy()
         image = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)[None].float() / 255
         boxes = None
         if box is not None:

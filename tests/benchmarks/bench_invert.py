@@ -15,15 +15,23 @@ Generators (random weights; speed does not depend on their values):
 LPIPS runs as the "uncalibrated" opt-in (VGG-16 with a random backbone: the same cost as the
 calibrated net, whose weights this machine may not have).
 
-The Prefect row is a placeholder for the dataset flow (see `prefect_overhead`).
+The Prefect row times the dataset flow (`flows.invert.invert_dataset`, threads runner) on one clip of
+N frames whose crops are already prepared, tiny generator, a few steps, against calling
+`models.inversion.invert` directly on the same crops, batches, landmarks and seeds (crops read
+beforehand, nothing stored): what the flow adds is Prefect's runs, the prepare check, table
+bookkeeping and the zarr writes. The two are measured side by side, alternating direct / flow three times
+(each flow run into a fresh copy of the prepared cache; the fastest of each), on a throwaway Prefect
+test server.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,11 +70,61 @@ def seconds_per_step(G: Generator, batch: int, config: InversionConfig, steps: i
     return statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
 
 
-def prefect_overhead(num_frames: int) -> tuple[float, float] | None:
-    """Dataset-flow engineer: time the inversion flow on `num_frames` frames against calling
-    `invert` directly on the same frames and settings (same batch size), and return (flow seconds,
-    direct seconds). None = not measured yet; the table prints a placeholder row."""
-    return None
+def prefect_overhead(num_frames: int, steps: int = 10, batch: int = 4, repeats: int = 3
+                     ) -> tuple[float, float]:
+    """(flow seconds, direct seconds), the fastest of `repeats` alternating runs each (on this shared
+    machine other jobs only ever add time, so the minimum is the least disturbed estimate): the
+    inversion flow on one prepared clip of `num_frames` frames against `invert` called directly on
+    the same crops."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.invert import invert_dataset
+    from flows.prepare import prepare_video
+    from models.checkpoints import save_native
+    from storage.cache import Workspace
+    from storage.latents import fixed_batches, frame_seed
+    from tests.clips import write_test_clip
+
+    settings = {"steps": steps, "batch_size": batch, "perceptual": "uncalibrated", "device": "cpu"}
+    with tempfile.TemporaryDirectory(prefix="bench-invert-") as tmp, prefect_test_harness():
+        work = Path(tmp)
+        clip = work / "clip.mp4"
+        write_test_clip(clip, "all", frames=num_frames)
+        G = tiny_generator()
+        weights = save_native(G, work / "tiny.safetensors")
+        prepared = work / "prepared"
+        info = prepare_video(str(clip), str(prepared), resolution=G.img_resolution, device="cpu")
+        (crops,) = Workspace(prepared).tables(info["key"], "crops")
+        targets = torch.from_numpy(crops.read("crop")).permute(0, 3, 1, 2).float() / 127.5 - 1
+        points = torch.from_numpy(crops.read("crop_landmarks"))
+        seeds = [frame_seed(info["key"], i, 303) for i in range(num_frames)]
+        config = InversionConfig(steps=steps, perceptual="uncalibrated")
+        inversion_losses(config, "cpu")
+
+        def direct() -> None:
+            for start, stop in fixed_batches(num_frames, batch, range(num_frames)):
+                invert(G, targets[start:stop], config, landmarks=points[start:stop], seeds=seeds[start:stop])
+
+        def flow(cache: Path) -> None:
+            summary = invert_dataset(str(clip), str(cache), str(weights), **settings)
+            assert summary["inverted"] == num_frames, summary
+
+        for run in range(-1, repeats):  # fresh copies of the prepared cache, made outside the timings
+            shutil.copytree(prepared, work / f"run{run}")
+        flow(work / "run-1")  # warm: the flow machinery, the loaders and the server's first runs
+        t_flow, t_direct = [], []
+        for run in range(repeats):
+            began = time.perf_counter()
+            direct()
+            t_direct.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            flow(work / f"run{run}")
+            t_flow.append(time.perf_counter() - began)
+        print(f"  (Prefect row, seconds per run: flow {', '.join(f'{t:.1f}' for t in t_flow)}; direct "
+              f"{', '.join(f'{t:.1f}' for t in t_direct)})")
+        return min(t_flow), min(t_direct)
 
 
 def main() -> None:
@@ -75,7 +133,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement (+1 warm-up)")
     parser.add_argument("--configs", default="tiny,256")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--prefect-frames", type=int, default=16)
+    parser.add_argument("--prefect-frames", type=int, default=100, help="frames of the Prefect row's clip")
+    parser.add_argument("--prefect-steps", type=int, default=10, help="steps per frame in the Prefect row")
+    parser.add_argument("--no-prefect", action="store_true", help="skip the Prefect row")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = InversionConfig(perceptual="uncalibrated")
@@ -93,13 +153,10 @@ def main() -> None:
             single = step if batch == 1 else single
             ratio = step / (batch * single)
             print(f"{name:<10} {batch:>5} {step:>9.3f} {step / batch:>13.4f} {ratio:>10.2f}", flush=True)
-    measured = prefect_overhead(args.prefect_frames)
-    if measured is None:
-        print(f"{'Prefect overhead: flow on N frames vs calling the model directly':<60} (not measured yet)")
-    else:
-        flow, direct = measured
-        print(f"Prefect overhead: flow on {args.prefect_frames} frames {flow:.2f} s vs direct "
-              f"{direct:.2f} s: x{flow / direct:.2f}")
+    if not args.no_prefect:
+        flow, direct = prefect_overhead(args.prefect_frames, args.prefect_steps)
+        print(f"Prefect overhead: flow on {args.prefect_frames} frames ({args.prefect_steps} steps, batch 4, "
+              f"tiny) {flow:.2f} s vs direct {direct:.2f} s: ratio {flow / direct:.3f}")
     print(f"load average {os.getloadavg()[0]:.1f} at end (above the thread count: timings are inflated)")
 
 

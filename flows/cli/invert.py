@@ -1,0 +1,118 @@
+"""`facereenact invert DATASET --cache PATH`: every frame of a dataset of videos into W+ latents.
+
+DATASET is a folder (searched recursively), a glob ('clips/*.mp4'), a CSV or JSONL manifest with a
+`path` column / key, or one video. Each video is prepared (landmarks, crops at the generator's
+resolution) and each frame not done yet is inverted, in fixed batches, on the chosen task runner.
+Rerunning the same command resumes an interrupted job; `--retry-failed` also redoes failed frames.
+The summary is printed at the end; failed frames make the exit code 6 (after the summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEFAULT_CACHE = os.environ.get("FACEREENACT_CACHE", ".facereenact-cache")
+DEFAULT_WEIGHTS = "ffhq-1024"
+PERCEPTUAL = {"lpips": "lpips-vgg", "lpips-alex": "lpips-alex", "uncalibrated": "uncalibrated",
+              "uncalibrated-alex": "uncalibrated-alex"}
+LOSS_WEIGHTS = ("lambda_mse", "lambda_lpips", "lambda_id", "lambda_dreg")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", metavar="DATASET",
+                        help="folder of videos, glob pattern, CSV/JSONL manifest (column 'path'), or a video")
+    parser.add_argument("--cache", default=DEFAULT_CACHE,
+                        help=f"cache directory or URL (default: $FACEREENACT_CACHE or {DEFAULT_CACHE})")
+    parser.add_argument("--weights", default=DEFAULT_WEIGHTS, metavar="NAME|PATH",
+                        help=f"generator checkpoint or registered name (default {DEFAULT_WEIGHTS}); its "
+                             "resolution is the crops' resolution")
+    parser.add_argument("--steps", type=int, default=1000, help="optimisation steps per frame (default 1000)")
+    parser.add_argument("--batch-size", type=int, default=4, metavar="B",
+                        help="frames per batch, fixed by frame index: [k*B, (k+1)*B) (default 4)")
+    parser.add_argument("--batches-per-task", type=int, default=4, metavar="K",
+                        help="fixed batches per Prefect task (default 4): fewer task runs cost less "
+                             "bookkeeping, more spread a short job over more workers")
+    parser.add_argument("--retry-failed", action="store_true", help="also redo frames that failed before")
+    parser.add_argument("--max-loss", type=float, metavar="X",
+                        help="quality gate: fail frames whose final total loss is above X (default: none)")
+    parser.add_argument("--runner", default="threads", metavar="threads[:N]|dask[:N]|tcp://HOST:PORT",
+                        help="where batches run: N threads here (default 1), a local Dask cluster of N "
+                             "worker processes, or an existing Dask scheduler")
+    parser.add_argument("--gpu-resources", action="store_true",
+                        help="each batch holds Dask resource GPU=1 (local dask workers declare GPU=1; "
+                             "remote workers must be started with --resources GPU=1)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--perceptual", choices=sorted(PERCEPTUAL), default="lpips",
+                        help="LPIPS backbone: lpips (VGG-16, default), lpips-alex; 'uncalibrated' runs "
+                             "without the backbone weights (random backbone; recorded in provenance)")
+    parser.add_argument("--resolution", type=int,
+                        help="expected crop resolution; must be the generator's (default: the generator's)")
+    parser.add_argument("--seed", type=int, default=303,
+                        help="base seed; each frame's seed derives from (video, frame, base seed)")
+    weights = parser.add_argument_group("loss weights (default: seed 003's 0.1, 1.5, 0.05, 0.002)")
+    for name in LOSS_WEIGHTS:
+        weights.add_argument(f"--{name.replace('_', '-')}", type=float, metavar="W")
+    parser.add_argument("--landmarks", choices=["faceapi", "fan"], default="faceapi",
+                        help="landmark backend of the prepare stage (default faceapi)")
+    parser.add_argument("--face-index", type=int, default=0, help="which face: 0 = largest (default)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true", help="show Prefect's log lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    from storage.errors import InputError, JobFailedError, WeightsMissingError
+
+    for name, low in (("steps", 1), ("batch_size", 1), ("batches_per_task", 1)):
+        if getattr(args, name) < low:
+            raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    if args.face_index < 0:
+        raise InputError(f"--face-index must be 0 or more, got {args.face_index}")
+    if args.max_loss is not None and not args.max_loss >= 0:
+        raise InputError(f"--max-loss must be a number >= 0, got {args.max_loss}")
+    loss_weights = {n: getattr(args, n) for n in LOSS_WEIGHTS if getattr(args, n) is not None}
+
+    from models.inversion import InversionConfig, inversion_losses
+    from storage.manifests import collect_videos
+    from tasks import resources
+
+    collect_videos(args.dataset)  # no videos, a bad manifest: fail now
+    try:
+        config = InversionConfig(steps=args.steps, perceptual=PERCEPTUAL[args.perceptual], seed=args.seed,
+                                 **loss_weights)
+    except ValueError as err:
+        raise InputError(f"bad inversion settings: {err}") from None
+    G = resources.generator(args.weights, args.device)  # missing / unsafe weights, no GPU: fail now
+    if args.resolution is not None and args.resolution != G.img_resolution:
+        raise InputError(f"--resolution {args.resolution} does not match the generator's "
+                         f"{G.img_resolution} px (the generator's resolution is the crops')",
+                         path=args.weights)
+    try:
+        inversion_losses(config, G.w_avg.device)
+    except WeightsMissingError as err:
+        raise WeightsMissingError(str(err).replace("choose perceptual 'uncalibrated'",
+                                                   "pass --perceptual uncalibrated")) from None
+    resources.landmark_backend(args.landmarks, args.device)
+
+    if not args.verbose:  # Prefect's console lines (and its tracebacks of our one-line errors) off
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    from flows.invert import format_summary, invert_dataset, task_runner
+
+    flow = invert_dataset.with_options(task_runner=task_runner(args.runner, args.gpu_resources))
+    try:
+        summary = flow(args.dataset, args.cache, args.weights, steps=args.steps, batch_size=args.batch_size,
+                       batches_per_task=args.batches_per_task,
+                       retry_failed=args.retry_failed, perceptual=config.perceptual,
+                       loss_weights=loss_weights, seed=args.seed, max_loss=args.max_loss, device=args.device,
+                       landmarks=args.landmarks, face_index=args.face_index,
+                       gpu_resources=args.gpu_resources, progress=not args.quiet)
+    except JobFailedError as err:
+        summary = getattr(err, "summary", None)
+        if summary is not None:
+            print(format_summary(summary), flush=True)
+        raise
+    print(format_summary(summary))
+    if not args.quiet:
+        print(f"cache {args.cache}; see `facereenact status {args.cache}`", file=sys.stderr)
+    return 0

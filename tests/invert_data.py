@@ -1,0 +1,96 @@
+"""A small inversion dataset shared by the flow and CLI tests of `facereenact invert`.
+
+Three short synthetic clips (8, 7 and 6 frames: last batches of 4, 3 and 2 frames at batch size 4),
+a tiny generator saved as a native checkpoint (32 px: the crops' resolution), a cache where the
+clips are prepared (landmarks + crops), and a reference cache where an uninterrupted inversion job
+has run, made once per test session (the prepare and reference runs take ~15 s here).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FRAMES = {"a.mp4": ("all", 8), "b.mp4": ("mouth", 7), "c.mp4": ("rotate", 6)}
+STEPS, BATCH = 4, 4
+# The settings every test run uses: the uncalibrated AlexNet LPIPS (no weights in tests; its random
+# backbone builds in 0.4 s where VGG-16's takes 3-5 s here) with seed 003's loss weights.
+SETTINGS: dict[str, Any] = {"steps": STEPS, "batch_size": BATCH, "perceptual": "uncalibrated-alex",
+                            "device": "cpu"}
+CLI_SETTINGS = ["--steps", str(STEPS), "--batch-size", str(BATCH), "--perceptual", "uncalibrated-alex",
+                "--device", "cpu"]
+
+
+@dataclass
+class Dataset:
+    root: Path
+    videos: Path            # folder of the three clips
+    weights: Path           # tiny generator, native format
+    prepared: Path          # cache with landmarks + crops of every clip done, no latents
+    reference: Path         # cache after an uninterrupted job with SETTINGS
+    summary: dict[str, Any]  # that job's summary
+    flow_run_id: Any        # that job's flow run (its task runs are on the session's Prefect server)
+
+    def fresh_cache(self, dst: Path, reference: bool = False) -> Path:
+        """A copy of the prepared (or reference) cache at `dst`."""
+        shutil.copytree(self.reference if reference else self.prepared, dst)
+        return dst
+
+    def reference_latents(self) -> dict[str, np.ndarray]:
+        return latents_by_video(self.reference)
+
+    def reference_losses(self) -> dict[str, np.ndarray]:
+        from storage.cache import Workspace
+        from storage.latents import LatentCache
+
+        return {_source(Workspace(self.reference), c): c.read_losses()
+                for c in LatentCache.all(Workspace(self.reference))}
+
+
+_DATASET: Dataset | None = None
+
+
+def _source(ws, cache) -> str:
+    return Path(ws.media(cache.location.split("/")[1]).attrs["source"]).name
+
+
+def latents_by_video(cache_dir: Path) -> dict[str, np.ndarray]:
+    """Latents of every latent table of a cache by clip name (every frame must be done)."""
+    from storage.cache import Workspace
+    from storage.latents import LatentCache
+
+    ws = Workspace(cache_dir)
+    return {_source(ws, c): c.read() for c in LatentCache.all(ws)}
+
+
+def dataset(tmp_path_factory) -> Dataset:
+    """The session's dataset (made on first use; needs the Prefect test server)."""
+    global _DATASET
+    if _DATASET is None:
+        _DATASET = _make(tmp_path_factory.mktemp("invert-data"))
+    return _DATASET
+
+
+def _make(root: Path) -> Dataset:
+    from flows.invert import invert_dataset
+    from flows.prepare import prepare
+    from models.checkpoints import save_native
+    from tests.clips import write_test_clip
+    from tests.tiny import tiny_generator
+
+    videos = root / "videos"
+    videos.mkdir()
+    for name, (kind, frames) in FRAMES.items():
+        write_test_clip(videos / name, kind, frames=frames)
+    weights = save_native(tiny_generator(), root / "tiny-G.safetensors")
+    prepared = root / "prepared"
+    prepare([str(videos / name) for name in FRAMES], str(prepared), resolution=32, device="cpu")
+    reference = root / "reference"
+    shutil.copytree(prepared, reference)
+    state = invert_dataset(str(videos), str(reference), str(weights), return_state=True, **SETTINGS)
+    return Dataset(root, videos, weights, prepared, reference, state.result(),
+                   state.state_details.flow_run_id)

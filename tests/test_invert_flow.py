@@ -1,0 +1,201 @@
+"""The dataset inversion flow on a Prefect test server: tables and provenance, latents equal to the
+model called directly, the job record, the "gpu" tag, a second run that does nothing, frames failed by
+the --max-loss quality gate and retried, and a two-worker Dask cluster with GPU resources."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from flows.invert import invert_dataset, task_runner
+from models.inversion import InversionConfig, invert
+from storage.cache import Workspace
+from storage.errors import InputError, JobFailedError
+from storage.latents import SEED_RULE, LatentCache, fixed_batches, frame_seed
+from storage.manifests import collect_videos
+from tests import invert_data
+from tests.invert_data import BATCH, FRAMES, SETTINGS, STEPS, latents_by_video
+from tests.test_prepare_flow import chunk_mtimes
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+TOTAL = sum(n for _, n in FRAMES.values())
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, prefect_harness) -> invert_data.Dataset:
+    return invert_data.dataset(tmp_path_factory)
+
+
+def latent_chunks(cache) -> dict[str, int]:
+    return {k: v for k, v in chunk_mtimes(cache).items() if "/latents-" in k}
+
+
+def test_job_end_to_end(data, tmp_path):
+    from flows.cli.status import collect_status
+    from models import load_generator
+
+    summary, ws = data.summary, Workspace(data.reference)
+    assert summary["frames"] == summary["done"] == summary["inverted"] == TOTAL
+    assert summary["failed"] == summary["skipped"] == summary["pending"] == 0
+    assert summary["batches"] == sum(-(-n // BATCH) for _, n in FRAMES.values())  # 2 + 2 + 2
+    caches = list(LatentCache.all(ws))
+    assert len(caches) == 3 and sorted(summary["tables"]) == sorted(c.location for c in caches)
+    G = load_generator(data.weights)
+    for cache in caches:
+        media_key = cache.location.split("/")[1]
+        (crops,) = ws.tables(media_key, "crops")
+        # Provenance: the inversion's (settings, generator, loss nets, uncalibrated LPIPS), the crops
+        # it inverted, the seed rule; the code version beside it.
+        p = cache.provenance
+        assert p["crops_table"] == crops.key and p["frame_seeds"] == SEED_RULE
+        assert p["settings"]["steps"] == STEPS and p["settings"]["perceptual"] == "uncalibrated-alex"
+        assert p["calibrated"] is False and p["losses"]["perceptual"]["calibrated"] is False
+        assert p["generator"] == G.fingerprint() and cache.code_version
+        # The latents are those of the model called directly on the same crops, batches and seeds.
+        seeds = [frame_seed(media_key, i, 303) for i in range(cache.num_frames)]
+        assert cache.read_seeds().tolist() == seeds
+        config = InversionConfig(steps=STEPS, perceptual="uncalibrated-alex")
+        for start, stop in fixed_batches(cache.num_frames, BATCH, range(cache.num_frames)):
+            targets = torch.from_numpy(crops.read("crop", range(start, stop))).permute(0, 3, 1, 2) / 127.5 - 1
+            points = torch.from_numpy(crops.read("crop_landmarks", range(start, stop)))
+            direct = invert(G, targets.float(), config, landmarks=points, seeds=seeds[start:stop])
+            np.testing.assert_array_equal(cache.read(range(start, stop)), direct.latents.numpy())
+            np.testing.assert_array_equal(cache.read_losses(range(start, stop)),
+                                          direct.losses["total"].numpy())
+    # The job is recorded in the workspace; `facereenact status` shows it.
+    (job,) = ws.jobs().values()
+    assert job["kind"] == "invert" and job["state"] == "finished" and sorted(job["tables"]) == sorted(
+        summary["tables"])
+    (row,) = collect_status(ws)["jobs"]
+    assert row["job"] == summary["job"] and (row["frames"], row["done"], row["failed"]) == (TOTAL, TOTAL, 0)
+
+
+def test_second_run_does_nothing_and_tasks_carry_the_gpu_tag(data, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    cache = data.fresh_cache(tmp_path / "cache", reference=True)
+    before = latent_chunks(cache)
+    manifest = tmp_path / "videos.jsonl"  # the same videos through a manifest: the same tables
+    manifest.write_text("".join(f'{{"path": "{data.videos / name}"}}\n' for name in FRAMES))
+    state = invert_dataset(str(manifest), str(cache), str(data.weights), return_state=True, **SETTINGS)
+    summary = state.result()
+    assert summary["inverted"] == summary["computed"] == 0 and summary["skipped"] == TOTAL
+    assert sorted(summary["tables"]) == sorted(data.summary["tables"])
+    assert latent_chunks(cache) == before  # not one chunk rewritten
+    assert summary["job"] == data.summary["job"]  # same videos and settings: the same job
+
+    # Every invert-batches task run of the job that did the work is tagged "gpu" (so a tag concurrency
+    # limit bounds them); the other tasks are not.
+    per_task = SETTINGS.get("batches_per_task", 4)  # the flow's default: four fixed batches per task
+    expected = []
+    for name, (_, n) in FRAMES.items():
+        batches = list(fixed_batches(n, BATCH, range(n)))
+        for i in range(0, len(batches), per_task):
+            group = batches[i:i + per_task]
+            expected.append(f"invert-{name}-frames-{group[0][0]}-{group[-1][1] - 1}")
+    expected.sort()
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 20
+        while True:  # task-run records reach the server asynchronously
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[data.flow_run_id])))
+            batches = [r for r in runs if r.name.startswith("invert-") and "-frames-" in r.name]
+            if len(batches) == len(expected) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert sorted(r.name for r in batches) == expected
+    assert all(r.tags == ["gpu"] for r in batches)
+    assert all("gpu" not in r.tags for r in runs if r not in batches)
+
+
+def test_quality_gate_fails_frames_and_retry_redoes_only_those(data, tmp_path):
+    """Frames fail legitimately through the --max-loss quality gate: a frame whose final total loss is
+    above it is marked failed with the loss in its reason (no mocking of the inversion)."""
+    video, total = data.videos / "a.mp4", FRAMES["a.mp4"][1]
+    losses = data.reference_losses()["a.mp4"]
+    threshold = float(np.median(losses))
+    expected = np.flatnonzero(losses > threshold).tolist()
+    n_failed = len(expected)
+    assert 0 < n_failed < total
+
+    cache = data.fresh_cache(tmp_path / "cache")
+    with pytest.raises(JobFailedError, match=f"{n_failed} of {total} frames failed") as raised:
+        invert_dataset(str(video), str(cache), str(data.weights), max_loss=threshold, **SETTINGS)
+    summary = raised.value.summary
+    assert summary["failed"] == summary["failed_now"] == n_failed and summary["done"] == total - n_failed
+    (frames,) = summary["failed_frames"].values()
+    assert [int(f) for f in frames] == expected
+    for frame, reason in frames.items():
+        assert reason == f"final loss {losses[int(frame)]:.6g} above --max-loss {threshold:g}"
+    ws = Workspace(cache)
+    assert {j["state"] for j in ws.jobs().values()} == {"failed"}
+
+    # Without --retry-failed the failed frames stay failed: nothing is computed, the job still fails.
+    with pytest.raises(JobFailedError) as again:
+        invert_dataset(str(video), str(cache), str(data.weights), max_loss=threshold, **SETTINGS)
+    assert again.value.summary["computed"] == 0 and again.value.summary["skipped"] == total
+
+    # --retry-failed with a looser gate: only the failed frames are stored again.
+    done_chunks = {k: v for k, v in latent_chunks(cache).items()}
+    summary = invert_dataset(str(video), str(cache), str(data.weights), retry_failed=True, **SETTINGS)
+    assert summary["inverted"] == n_failed and summary["failed"] == 0 and summary["done"] == total
+    assert summary["skipped"] == total - n_failed
+    rewritten = sorted(int(k.split("/latents/c/")[1].split("/")[0]) for k, v in latent_chunks(cache).items()
+                       if "/latents/c/" in k and done_chunks.get(k) != v)
+    assert rewritten == expected
+    # ... and every frame ends as the uninterrupted, ungated run made it (bitwise: same batches).
+    np.testing.assert_array_equal(latents_by_video(cache)["a.mp4"], data.reference_latents()["a.mp4"])
+    assert {j["state"] for j in ws.jobs().values()} == {"finished"}
+
+
+def test_two_worker_dask_cluster_with_gpu_resources(data, tmp_path):
+    """A local Dask cluster of two worker processes, one declaring the resource GPU=1: with
+    gpu_resources every batch runs on that one (the annotation reaches the scheduler), and the
+    latents are those of the threads run, bit for bit."""
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+
+    workers = {"gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}}},
+               "cpu": {"cls": Nanny, "options": {"nthreads": 1}}}
+    cache = data.fresh_cache(tmp_path / "cache")
+    with SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": None}}, workers=workers,
+                     silence_logs=40) as cluster, Client(cluster) as client:
+        pids = client.run(os.getpid)  # worker address -> pid
+        gpu_worker = next(a for a, w in client.scheduler_info()["workers"].items() if w["resources"])
+        flow = invert_dataset.with_options(task_runner=task_runner(cluster.scheduler_address))
+        summary = flow(str(data.videos / "c.mp4"), str(cache), str(data.weights), gpu_resources=True,
+                       **SETTINGS)
+    assert summary["inverted"] == FRAMES["c.mp4"][1] and summary["failed"] == 0 and summary["batches"] == 2
+    assert summary["workers"] == [f"{socket.gethostname()}:{pids[gpu_worker]}"]
+    np.testing.assert_array_equal(latents_by_video(cache)["c.mp4"], data.reference_latents()["c.mp4"])
+
+
+def test_task_runner_specs():
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    assert isinstance(task_runner("threads"), ThreadPoolTaskRunner)
+    assert task_runner("threads:3")._max_workers == 3
+    local = task_runner("dask:2", gpu_resources=True)
+    assert isinstance(local, DaskTaskRunner)
+    assert local.cluster_kwargs["n_workers"] == 2 and local.cluster_kwargs["resources"] == {"GPU": 1}
+    assert "resources" not in task_runner("dask").cluster_kwargs
+    assert task_runner("tcp://10.0.0.5:8786").address == "tcp://10.0.0.5:8786"
+    for bad in ("dask:0", "threads:x", "gpus", "tcp://"):
+        with pytest.raises(InputError, match="--runner"):
+            task_runner(bad)
+
+
+def test_dataset_specs_and_settings_errors(data, tmp_path):
+    with pytest.raises(InputError, match="no videos found"):
+        invert_dataset(str(tmp_path), str(tmp_path / "cache"), str(data.weights), **SETTINGS)
+    with pytest.raises(InputError, match="bad inversion settings"):
+        invert_dataset(str(data.videos), str(tmp_path / "cache"), str(data.weights),
+                       loss_weights={"lambda_mse": -1.0}, **SETTINGS)
+    assert collect_videos(str(data.videos / "*.mp4")) == collect_videos(str(data.videos))
