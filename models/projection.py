@@ -107,7 +107,7 @@ class ProjectionConfig:
     steps_first: int = 300              # Adam steps on frame 0 (seed 000)
     steps_next: int = 50                # at most this many steps on each later frame (seed 000)
     learning_rate: float = 0.1          # frame 0's peak lr (seed code)
-    learning_rate_next: float = 0.02    # later frames' peak lr (seed code: 0.1; warm starts want less)
+    learning_rate_next: float = 0.01    # later frames' peak lr (seed code: 0.1; warm starts want less)
     initial_noise_factor: float = 0.05  # frame 0's w-noise std at step 0, in units of the spread of w
     initial_noise_factor_next: float = 0.0  # later frames' (seed code: 0.05)
     lr_rampup: float = 0.05
