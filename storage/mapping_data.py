@@ -217,7 +217,7 @@ def _video(ws: Workspace, media_key: str, cache: LatentCache) -> TrainingVideo:
         interpolated = both[crops.read("interpolated", both).astype(bool)]
         landmarks[interpolated] = np.nan
     frames = np.setdiff1d(both, interpolated)
-    frames = frames[np.isfinite(landmarks[frames]).reshape(frames.size, -1).all(axis=1)]
+    frames = frames[np.isfinite(landmarks[frames]).all(axis=(1, 2))]
     resolution = int(crops.fields["crop"].shape[0]) if "crop" in crops.fields else int(
         crops.provenance.get("resolution", 0))
     return TrainingVideo(media_key, _source_name(ws, media_key), cache.location, location, resolution,
