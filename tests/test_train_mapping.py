@@ -221,3 +221,27 @@ def test_cli_resumes_after_sigkill_to_the_uninterrupted_weights(cache, tmp_path,
         assert torch.equal(tensor, b["model"][name]), name
     assert torch.equal(a["history"]["mse"], b["history"]["mse"])
     assert loss_plot_path(out).exists()
+
+
+def test_reads_what_the_dataset_inversion_wrote(tmp_path_factory, tmp_path, prefect_harness):
+    """The real `invert_dataset` output (tests/invert_data.py): latents linked to their crops tables."""
+    from tests import invert_data
+
+    data = invert_data.dataset(tmp_path_factory)
+    plan = plan_training(str(data.reference), {"held_out": 0.34, **SMALL})
+    assert plan.split == "video" and len(plan.data.videos) == len(invert_data.FRAMES)
+    ws = Workspace(data.reference)
+    for video in plan.data.videos:
+        crops = ws.open_table(video.crops_table)
+        assert crops.stage == "crops"
+        assert video.crops_table.split("/")[1] == video.latents_table.split("/")[1]  # same video
+        usable = video.frames
+        np.testing.assert_array_equal(video.landmarks[usable], crops.read("crop_landmarks", usable))
+        latents = LatentCache.at(ws, video.latents_table).read(usable)
+        np.testing.assert_array_equal(video.latents[usable], latents)
+        assert usable.size == invert_data.FRAMES[video.name][1] - video.counts["interpolated"]
+    from models.checkpoints import load_generator
+
+    assert plan.data.generator["weights_sha256"] == load_generator(data.weights).weights_sha256()
+    result = train_to(tmp_path / "m.pt", plan, 3, 3, log=lambda _: None)
+    assert result["steps"] == 3 and np.isfinite(result["train_mse"])
