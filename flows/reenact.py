@@ -20,13 +20,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefect import flow, get_run_logger
 
 from flows.prepare import prepare_image, prepare_video
 from models.inversion import InversionConfig
-from models.reenact import VARIANTS
+from models.reenact import VARIANTS, projection_config
 from storage.cache import Workspace
 from storage.errors import InputError, JobFailedError
 from storage.latents import LatentCache
@@ -42,6 +42,15 @@ SOURCE_INVERSION_OPTIONS = {"invert_steps": "steps"}
 DEFAULT_INVERT_STEPS = 1000
 
 
+class Mode(NamedTuple):
+    """One way of making the latents: `check(variant, options)` refuses bad settings before any work
+    (InputError); `run(cache, weights, source, driving, variant, options, device, landmarks, progress)`
+    fills a reenact table (storage/reenact.py) and returns its task summary."""
+
+    check: Callable[[str, dict[str, Any]], Any]
+    run: Callable[..., dict[str, Any]]
+
+
 def _project(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
              options: dict[str, Any], device: str, landmarks: str, progress: bool) -> dict[str, Any]:
     """mode="projection": landmark projection (seeds 000/001); `options` are ProjectionConfig fields."""
@@ -49,8 +58,8 @@ def _project(cache: str, weights: str, source: dict[str, Any], driving: dict[str
                            landmarks=landmarks, progress=progress)
 
 
-# mode -> the function that fills the reenact table; the one place a new mode is added.
-REENACTORS: dict[str, Callable[..., dict[str, Any]]] = {"projection": _project}
+# mode -> how it checks its settings and fills the reenact table: the one place a new mode is added.
+REENACTORS: dict[str, Mode] = {"projection": Mode(projection_config, _project)}
 
 
 def invert_source(prepared: dict[str, Any], cache: str, weights: str, steps: int, perceptual: str,
@@ -102,6 +111,7 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str, mo
     invert_steps = int(options.pop("invert_steps", DEFAULT_INVERT_STEPS))
     preview = options.pop("preview", None) or str(Path(output).with_suffix(".preview.png"))
     perceptual = options.get("perceptual", "lpips-vgg")
+    REENACTORS[mode].check(variant, dict(options))  # bad settings: fail before any work
     G = resources.generator(weights, device)  # missing or broken weights: fail before any work
     weights_path = str(G.source_path or weights)
     resolution = G.img_resolution
@@ -112,7 +122,7 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str, mo
     source_face = invert_source(source_prepared, cache, weights_path, invert_steps, perceptual, device)
     driving_info = {"key": driving_prepared["key"], "path": driving_prepared["path"],
                     "fps": driving_prepared["fps"], "crops": driving_prepared["crops"]["table"]}
-    projected = REENACTORS[mode](cache, weights_path, source_face, driving_info, variant, options, device,
+    projected = REENACTORS[mode].run(cache, weights_path, source_face, driving_info, variant, options, device,
                                  landmarks, progress)
     if projected["done"] == 0:
         reason = next(iter(projected["failed_now"].values()), "")

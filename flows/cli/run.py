@@ -78,7 +78,6 @@ def check_inputs(source: str, driving: str, output: str, mode: str, variant: str
     from pathlib import Path
 
     from models.losses import PERCEPTUAL_CHOICES
-    from models.reenact import projection_config
     from storage.errors import InputError, WeightsMissingError
     from storage.media import open_medium
     from storage.weights import require
@@ -98,7 +97,7 @@ def check_inputs(source: str, driving: str, output: str, mode: str, variant: str
         raise InputError("the driving input must be a video", path=driving)
     for warning in medium.warnings:
         print(f"facereenact: warning: {medium.path}: {warning}", file=sys.stderr)
-    projection_config(variant, **{k: v for k, v in options.items() if k != "invert_steps"})
+    REENACTORS[mode].check(variant, {k: v for k, v in options.items() if k != "invert_steps"})
     from tasks import resources
 
     resources.generator(weights, device)  # missing / unsafe weights, no GPU: fail now
