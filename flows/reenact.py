@@ -59,7 +59,9 @@ def _project(cache: str, weights: str, source: dict[str, Any], driving: dict[str
 
 
 # mode -> how it checks its settings and fills the reenact table: the one place a new mode is added.
-REENACTORS: dict[str, Mode] = {"projection": Mode(projection_config, _project)}
+REENACTORS: dict[str, Mode] = {
+    "projection": Mode(lambda variant, options: projection_config(variant, **options), _project),
+}
 
 
 def invert_source(prepared: dict[str, Any], cache: str, weights: str, steps: int, perceptual: str,
