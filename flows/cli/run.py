@@ -54,14 +54,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.verbose:  # Prefect's console lines (and its tracebacks of our one-line errors) off;
+        # before anything imports Prefect (its logging is configured on import)
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     options: dict = {"perceptual": PERCEPTUAL[args.perceptual], "invert_steps": args.invert_steps}
     for name in ("steps_first", "steps_next"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     check_inputs(args.source, args.driving, args.output, args.mode, args.variant, args.weights, args.device,
                  args.landmarks, options)
-    if not args.verbose:  # Prefect's console lines (and its tracebacks of our one-line errors) off
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     from flows.reenact import reenact
 
     summary = reenact(args.source, args.driving, args.output, args.cache, args.weights, mode=args.mode,
