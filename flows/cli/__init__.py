@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "weights": ("weights", "list, fetch, verify and convert model weights"),
     "prepare": ("prepare", "track landmarks and align face crops of videos and source images into the cache"),
     "invert": ("invert", "invert every frame of a folder, glob or manifest of videos into W+ latents"),
+    "run": ("run", "reenact a source photo with the motion of a driving video into an mp4"),
+    "demo": ("demo", "run the whole pipeline on the bundled sample photo (writes DIR/reenacted.mp4)"),
     "train-mapping": ("train_mapping", "train the landmark-to-latent mapping network on inverted latents"),
     "evaluate": ("evaluate", "landmark NME, identity similarity, jitter and speed of a result video"),
     "status": ("status", "show done / failed / pending frames of every job, from the cache alone"),

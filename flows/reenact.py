@@ -1,0 +1,150 @@
+"""The reenact flow: a source face performs the motion of a driving clip (the README's main job).
+
+    driving clip --prepare_video--> landmarks, aligned crops             (cached, resumable)
+    source photo --prepare_image--> its crop --open-latents + invert-batches--> w_src   (cached)
+    mode "projection" --project--> one W+ latent per driving frame       (cached per frame, resumable)
+    --render--> mp4 (driving fps, x2 with sub-frames, driving audio) + preview PNG + out.mp4.json
+    --report--> Prefect artifacts (per-frame table, output and preview)
+
+    reenact("face.jpg", "clip.mp4", "out.mp4", cache="cache/", weights="ffhq-1024")
+
+Rerunning the same call does no work: every stage reads what is done from the zarr status, and the
+render is skipped when the output and its sidecar were made from the same finished table. A run
+killed mid-way resumes at the frame where it stopped (docs/reenact.md). `mode` picks how the latents
+are made; each mode is one function in `REENACTORS` that fills a reenact table (storage/reenact.py)
+which the render reads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from prefect import flow, get_run_logger
+
+from flows.prepare import prepare_image, prepare_video
+from models.inversion import InversionConfig
+from models.reenact import VARIANTS, projection_config
+from storage.cache import Workspace
+from storage.errors import InputError, JobFailedError
+from storage.latents import LatentCache
+from storage.render import LAYOUTS
+from tasks import resources
+from tasks.invert import invert_batches, open_latents, settings_of
+from tasks.reenact import project_driving, render_output, report_run
+
+__all__ = ["REENACTORS", "reenact"]
+
+# Options of `reenact(**options)` that are not the mode's: the source inversion's and the preview's.
+SOURCE_INVERSION_OPTIONS = {"invert_steps": "steps"}
+DEFAULT_INVERT_STEPS = 1000
+
+
+class Mode(NamedTuple):
+    """One way of making the latents: `check(variant, options)` refuses bad settings before any work
+    (InputError); `run(cache, weights, source, driving, variant, options, device, landmarks, progress)`
+    fills a reenact table (storage/reenact.py) and returns its task summary."""
+
+    check: Callable[[str, dict[str, Any]], Any]
+    run: Callable[..., dict[str, Any]]
+
+
+def _project(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
+             options: dict[str, Any], device: str, landmarks: str, progress: bool) -> dict[str, Any]:
+    """mode="projection": landmark projection (seeds 000/001); `options` are ProjectionConfig fields."""
+    return project_driving(cache, weights, source, driving, variant, options, device=device,
+                           landmarks=landmarks, progress=progress)
+
+
+# mode -> how it checks its settings and fills the reenact table: the one place a new mode is added.
+REENACTORS: dict[str, Mode] = {
+    "projection": Mode(lambda variant, options: projection_config(variant, **options), _project),
+}
+
+
+def invert_source(prepared: dict[str, Any], cache: str, weights: str, steps: int, perceptual: str,
+                  device: str) -> dict[str, Any]:
+    """The source's W+ inversion through the dataset inversion's tasks (one frame, cached)."""
+    try:
+        config = InversionConfig(steps=steps, perceptual=perceptual)
+    except ValueError as err:
+        raise InputError(f"bad source inversion settings: {err}") from None
+    settings = settings_of(config)
+    plan = open_latents(prepared, cache, weights, settings, batch_size=1, device=device)
+    if plan["todo"]:
+        invert_batches(cache, plan["table"], plan["crops_table"], plan["media"], Path(prepared["path"]).name,
+                       weights, settings, plan["batches"], device=device)
+    latents = LatentCache.at(Workspace(cache), plan["table"])
+    if not latents.is_complete():
+        reason = next(iter(latents.errors().values()), "not inverted")
+        raise JobFailedError(f"the source could not be inverted: {reason}", path=prepared["path"])
+    return {"key": prepared["key"], "path": prepared["path"], "crops": prepared["crops"]["table"],
+            "latents": plan["table"], "latents_key": plan["key"], "computed": plan["todo"]}
+
+
+@flow(name="reenact")
+def reenact(source: str, driving: str, output: str, cache: str, weights: str, mode: str = "projection",
+            variant: str = "identity", layout: str = "result", paste_back: bool = False,
+            subframes: bool = False, device: str = "auto", landmarks: str = "faceapi", progress: bool = False,
+            **options: Any) -> dict[str, Any]:
+    """Reenact the face of `source` (a photo) with the motion of `driving` (a video) into `output`.
+
+    mode:      how the latents are made ("projection": seeds 000/001); unknown modes are an InputError
+    variant:   "identity" (keep the source's look) or "free" (seed 000's identity-free variant)
+    layout:    "result" or "side-by-side" (look | driving | result); `paste_back` puts the result
+               into the original driving frames; `subframes` doubles the frame rate (latent midpoints)
+    options:   the mode's settings (projection: ProjectionConfig fields, e.g. steps_first=300,
+               steps_next=50, perceptual="lpips-vgg"), `invert_steps` (the source inversion's steps,
+               default 1000; it uses the same `perceptual`), `preview` (PNG path; default
+               OUTPUT.preview.png)
+    Returns the run's summary: output, frames, fps, seconds, metric means, tables used.
+    """
+    logger = get_run_logger()
+    began = time.monotonic()
+    if mode not in REENACTORS:
+        raise InputError(f"unknown mode {mode!r} (known: {', '.join(REENACTORS)})")
+    if variant not in VARIANTS:
+        raise InputError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+    if layout not in LAYOUTS:
+        raise InputError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
+    options = dict(options)
+    invert_steps = int(options.pop("invert_steps", DEFAULT_INVERT_STEPS))
+    preview = options.pop("preview", None) or str(Path(output).with_suffix(".preview.png"))
+    perceptual = options.get("perceptual", "lpips-vgg")
+    REENACTORS[mode].check(variant, dict(options))  # bad settings: fail before any work
+    G = resources.generator(weights, device)  # missing or broken weights: fail before any work
+    weights_path = str(G.source_path or weights)
+    resolution = G.img_resolution
+
+    prep = {"resolution": resolution, "landmarks": landmarks, "device": device, "progress": progress}
+    driving_prepared = prepare_video(driving, cache, **prep)
+    source_prepared = prepare_image(source, cache, **prep)
+    source_face = invert_source(source_prepared, cache, weights_path, invert_steps, perceptual, device)
+    driving_info = {"key": driving_prepared["key"], "path": driving_prepared["path"],
+                    "fps": driving_prepared["fps"], "crops": driving_prepared["crops"]["table"]}
+    projected = REENACTORS[mode].run(cache, weights_path, source_face, driving_info, variant, options, device,
+                                 landmarks, progress)
+    if projected["done"] == 0:
+        reason = next(iter(projected["failed_now"].values()), "")
+        raise JobFailedError(f"no frame could be reenacted: {reason}", path=driving)
+    rendered = render_output(cache, weights_path, projected, source_face, driving_info, str(output),
+                             layout=layout, paste_back=paste_back, subframes=subframes, preview=preview,
+                             device=device, progress=progress)
+    report_run(rendered)
+    summary = {
+        "output": rendered["output"], "preview": rendered["preview"], "sidecar": rendered["sidecar"],
+        "frames": rendered["frames"], "fps": rendered["fps"], "size": rendered["size"],
+        "seconds": round(time.monotonic() - began, 2), "metrics": rendered["metrics"],
+        "failed_frames": projected["failed"], "held_frames": rendered["held_frames"],
+        "interpolated_frames": int(sum(rendered["per_frame"]["interpolated"])),
+        "computed": {"source_inverted": source_face["computed"], "projected": projected["computed"],
+                     "resumed_from": projected["resumed_from"], "rendered": rendered["rendered"]},
+        "tables": {"driving_crops": driving_info["crops"], "source_crops": source_face["crops"],
+                   "source_latents": source_face["latents"], "reenact": projected["table"]},
+        "mode": mode, "variant": variant,
+    }
+    logger.info(f"reenacted {summary['frames']} frames into {summary['output']} in {summary['seconds']} s "
+                f"(projected {projected['computed']} frames in this run)")
+    return summary

@@ -1,0 +1,280 @@
+"""Reenactment end to end over the cache: project every driving frame into a ReenactCache (resumable),
+then render the cached latents into a video. Plain torch + storage; no Prefect (tasks/reenact.py
+wraps these functions, flows/reenact.py composes them).
+
+    source = SourceFace(crop, landmarks, latent)              # the source's crop, crop landmarks, W+
+    projector = make_projector(G, projection_config("identity", steps_first=300), source)
+    table = ReenactCache.require(ws, driving_key, projection_provenance(projector, ...), T, ...)
+    project_to_cache(projector, table, driving_points, interpolated)   # resumes at table.resume_frame()
+    render_video(G, table, source.crop, driving_path, driving_crops, "out.mp4", layout="side-by-side")
+
+Frames without a face in the driving clip: the prepare stage fills their landmarks by interpolating
+between the neighbouring frames and flags them (`interpolated`); they are projected like any other
+frame toward those interpolated landmarks and keep the flag in the reenact table, the sidecar and the
+artifact table. A frame whose landmarks are still not finite fails alone (Projector's rule: NaN row,
+reason stored, the chain goes on from the last good frame); the video then holds the last good frame
+there, so the output keeps every frame, its timing and its audio sync, and the run reports the held
+frames.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.alignment import AlignTransform, paste_back
+from models.metrics import identity_similarity_to_source, landmark_jitter, landmark_nme
+from models.projection import STATE_FORMAT, ProjectionConfig, Projector, interpolate_subframes
+from models.stylegan2 import Generator
+from storage.cache import FrameTable
+from storage.errors import CacheError, InputError
+from storage.reenact import ReenactCache
+from storage.render import LAYOUTS, preview_grid, side_by_side, to_uint8
+
+__all__ = ["MODES", "VARIANTS", "SourceFace", "make_projector", "project_to_cache", "projection_config",
+           "projection_provenance", "render_video", "synthesize"]
+
+MODES = ("projection",)  # flows/reenact.py dispatches on these (mode="mapping" comes next)
+VARIANTS = ("identity", "free")
+
+
+@dataclass
+class SourceFace:
+    """The source face as the reenactment uses it: its aligned crop at G's resolution (R, R, 3)
+    uint8, the crop's 68 landmarks (crop pixels) and its W+ inversion (num_ws, w_dim) or None."""
+
+    crop: np.ndarray
+    landmarks: np.ndarray
+    latent: np.ndarray | None = None
+
+
+def projection_config(variant: str = "identity", **options: Any) -> ProjectionConfig:
+    """The ProjectionConfig of a variant ("identity": keep the source's look; "free": seed 000's
+    identity-free variant) with `options` (ProjectionConfig fields) over its defaults. Unknown or
+    bad options are an InputError naming them."""
+    if variant not in VARIANTS:
+        raise InputError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+    make = ProjectionConfig.identity_free if variant == "free" else ProjectionConfig
+    if "group_weights" in options:
+        options["group_weights"] = tuple(options["group_weights"])
+    if "adam_betas" in options:
+        options["adam_betas"] = tuple(options["adam_betas"])
+    try:
+        return make(**options)
+    except TypeError as err:
+        raise InputError(f"unknown projection option ({err})") from None
+    except ValueError as err:
+        raise InputError(f"bad projection settings: {err}") from None
+
+
+def make_projector(G: Generator, config: ProjectionConfig, source: SourceFace, landmarks=None,
+                   perceptual=None) -> Projector:
+    """A Projector for `source` (its crop is the look, its inversion the start of frame 0)."""
+    return Projector(G, config, look=source.crop, source_landmarks=source.landmarks,
+                     init_latent=source.latent, landmark_resolution=G.img_resolution, landmarks=landmarks,
+                     perceptual=perceptual)
+
+
+def projection_provenance(projector: Projector, driving_crops_key: str, source_key: str,
+                          source_latents_key: str | None) -> dict[str, Any]:
+    """What the reenacted latents depend on: the projector's provenance (settings, generator
+    fingerprint, landmark and LPIPS nets, a digest of the look / source landmarks / start latent),
+    the driving crops (their table key hashes tracking, smoothing and resolution; the table lives
+    under the driving clip's content key) and the source (content key and inversion table)."""
+    return {**projector.provenance(), "mode": "projection", "driving_crops": driving_crops_key,
+            "source": source_key, "source_latents": source_latents_key}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Projection into the cache
+
+
+def _resume(projector: Projector, table: ReenactCache) -> int:
+    """Load the projector's state for the first pending frame; returns the frame to start at."""
+    start = table.resume_frame()
+    if start == 0 or start >= table.num_frames:
+        return start
+    state = table.load_state()
+    if state is None or state["projector_key"] != projector.provenance_key():
+        # The state beside the table is gone (or was made by another projector): the chain cannot go
+        # on from the middle, so it starts again at frame 0 (the same frames come out again).
+        table.reset_all()
+        return 0
+    start = projector.config.window_start(start)  # windows are aligned to absolute frame indices
+    prev = table.last_done_before(start)
+    projector.load_state_dict({
+        "format": STATE_FORMAT, "provenance_key": projector.provenance_key(), "frame": start - 1,
+        "latent": None if prev is None else table.read("latents", [prev])[0],
+        "noise": state["noise"], "driving_reference": state["driving_reference"]})
+    return start
+
+
+def project_to_cache(projector: Projector, table: ReenactCache, driving_points: np.ndarray,
+                     interpolated: np.ndarray | None = None,
+                     on_frames: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Project every pending frame of `table` in order, storing each window as soon as it is done.
+
+    driving_points: (T, 68, 2) the driving crops' landmarks (crop pixels at G's resolution);
+    interpolated:   (T,) 1 where the driving frame had no face (prepare's flag), kept per frame;
+    on_frames(n):   called after each stored window with its frame count (progress bars).
+    Returns {"start", "computed", "failed": {frame: reason}, "seconds"}.
+    """
+    began = time.perf_counter()
+    T = table.num_frames
+    points = np.asarray(driving_points, dtype=np.float32)
+    if points.shape != (T, 68, 2):
+        raise ValueError(f"driving_points: expected ({T}, 68, 2), got {points.shape}")
+    flags = np.zeros(T, np.uint8) if interpolated is None else np.asarray(interpolated, np.uint8)
+    start = _resume(projector, table)
+    summary: dict[str, Any] = {"start": start, "computed": 0, "failed": {}, "seconds": 0.0}
+    state_saved = start > 0
+    config = projector.config
+    frame = start
+    while frame < T:
+        stop = min(T, config.window_start(frame) + (1 if frame == 0 else config.batch_frames))
+        result = projector.project_frames(frame, points[frame:stop])
+        if not state_saved and (projector.noise is not None or not projector.noise_layers):
+            # before any frame is marked done: a done frame always has its state on disk
+            state = projector.state_dict()
+            table.save_state(state["noise"], state["driving_reference"], projector.provenance_key())
+            state_saved = True
+        pending = set(np.flatnonzero(table.table.status(np.arange(frame, stop)) == 0) + frame)
+        good = [j for j, f in enumerate(result.frames) if result.failed[j] is None and f in pending]
+        for j, f in enumerate(result.frames):
+            if result.failed[j] is not None and f in pending:
+                table.fail(f, result.failed[j])
+                summary["failed"][f] = result.failed[j]
+        if good:
+            rows = torch.tensor(good)
+            targets = result.targets[rows] if result.targets is not None else None
+            nme = landmark_nme(result.points[rows], points[[result.frames[j] for j in good]]).float().numpy()
+            nme_target = (landmark_nme(result.points[rows], targets).float().numpy() if targets is not None
+                          else np.full(len(good), np.nan, np.float32))
+            frames = [result.frames[j] for j in good]
+            table.write(frames, latents=result.latents[rows].numpy(),
+                        loss=result.losses["total"][rows].numpy(), points=result.points[rows].numpy(),
+                        nme=nme, nme_target=nme_target, steps=result.steps[rows].numpy().astype(np.int32),
+                        seconds=np.full(len(good), result.seconds / len(result.frames), np.float32),
+                        interpolated=flags[frames])
+        summary["computed"] += len(result.frames)
+        if on_frames is not None:
+            on_frames(stop - frame)
+        frame = stop
+    summary["seconds"] = time.perf_counter() - began
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rendering
+
+
+@torch.no_grad()
+def synthesize(G: Generator, latents: torch.Tensor, noise: list[np.ndarray] | None) -> torch.Tensor:
+    """(n, 3, R, R) renders of (n, num_ws, w_dim) latents with the noise maps frozen by the
+    projection (one (r, r) map per G.synthesis.noise_layers()), or G's own constant noise when None:
+    what `Projector.render` draws, without building a Projector."""
+    device = G.w_avg.device
+    ws = latents.to(device, torch.float32)
+    maps = None
+    if noise is not None:
+        n = ws.shape[0]
+        maps = [torch.as_tensor(np.asarray(m), dtype=torch.float32, device=device)
+                .reshape(1, 1, *m.shape[-2:]).expand(n, -1, -1, -1) for m in noise]
+    return G.synthesis(ws, noise=maps).float().cpu()
+
+
+def _driving_frames(path: str, paste: bool):
+    """The driving clip's original frames, one per key frame, when pasting back (else Nones)."""
+    if not paste:
+        while True:
+            yield None
+    from storage.media import open_medium
+
+    yield from open_medium(path).frames()
+
+
+def render_video(G: Generator, table: ReenactCache, source_crop: np.ndarray, driving_path: str,
+                 driving_crops: FrameTable, fps: Fraction, output: str | Path, *, layout: str = "result",
+                 paste: bool = False, subframes: bool = False, preview: str | Path | None = None,
+                 batch: int = 8, identity=None, on_frames: Callable[[int], None] | None = None
+                 ) -> dict[str, Any]:
+    """Render the cached latents of a finished table into `output` (H.264 at the driving fps, twice it
+    with `subframes`, the driving clip's audio kept) and, when given, a preview PNG (look | driving |
+    result of the first, middle and last frames). The video appears only when complete (VideoWriter
+    writes a temporary file and renames it).
+
+    layout "result": the generated frame; "side-by-side": look | driving | result. `paste`: the
+    generated crop pasted into the original driving frame (models.alignment.paste_back with the
+    crop's stored transform), which then stands for "driving" and "result" at the frame's size.
+    Sub-frames (latent midpoints) show the driving frame before them. Returns the frame count, fps,
+    frame size, the mean identity similarity of the key frames to the source and the render time.
+    """
+    from storage.images import save_image
+    from storage.video import VideoWriter
+
+    if layout not in LAYOUTS:
+        raise InputError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
+    began = time.perf_counter()
+    state = table.load_state()
+    if state is None:
+        raise CacheError("the projector state (noise maps) is missing; delete the table and run again",
+                         path=table.location)
+    latents, held = table.held_latents()
+    T, R = table.num_frames, G.img_resolution
+    ws = torch.from_numpy(latents)
+    if subframes:
+        ws = interpolate_subframes(ws, repeat_last=True)  # 2T: the clip keeps its duration
+    step = 2 if subframes else 1
+    key_frames = {0, T // 2, T - 1}
+    if identity is None:
+        from models.losses import IdentityLoss
+
+        identity = IdentityLoss()
+    similarities: list[float] = []
+    rows: list[list[np.ndarray]] = []
+    originals = _driving_frames(driving_path, paste)
+    frame_size = None
+    with VideoWriter(output, Fraction(fps) * step, audio_from=driving_path) as writer:
+        current = None  # the driving frame (original) of the key frame being written
+        for first in range(0, ws.shape[0], batch):
+            images = synthesize(G, ws[first:first + batch], state["noise"])
+            crops = to_uint8(images)
+            indices = [(first + k) // step for k in range(images.shape[0])]
+            keys = [k for k in range(images.shape[0]) if (first + k) % step == 0]
+            if keys:
+                sims = identity_similarity_to_source(images[keys], source_crop, identity=identity)
+                similarities.extend(float(s) for s in sims)
+            driving = driving_crops.read("crop", sorted(set(indices)))
+            driving_of = {i: driving[n] for n, i in enumerate(sorted(set(indices)))}
+            for k, i in enumerate(indices):
+                is_key = (first + k) % step == 0
+                result, shown = crops[k], driving_of[i]
+                if paste:
+                    if is_key:
+                        current = next(originals)
+                        transform = AlignTransform(driving_crops.read("quad", [i])[0], R)
+                    result = paste_back(current, crops[k], transform)
+                    shown = current
+                frame = result if layout == "result" else side_by_side([source_crop, shown, result])
+                writer.write(frame)
+                frame_size = (frame.shape[1], frame.shape[0])
+                if is_key and i in key_frames and preview is not None:
+                    rows.append([source_crop, shown, result])
+            if on_frames is not None:
+                on_frames(images.shape[0])
+    if preview is not None:
+        save_image(preview, preview_grid(rows, height=max(256, R if not paste else 256)))
+    done = np.flatnonzero(table.table.status() == 1)
+    points = table.read("points", done) if done.size >= 3 else None
+    return {"frames": int(ws.shape[0]), "key_frames": T, "fps": str(Fraction(fps) * step),
+            "size": list(frame_size) if frame_size else None, "held": [int(i) for i in held],
+            "identity_similarity": float(np.mean(similarities)) if similarities else None,
+            "landmark_jitter": None if points is None else landmark_jitter(points),
+            "seconds": time.perf_counter() - began}
