@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("prepare", "track landmarks and align face crops of videos and source images into the cache"),
     "invert": ("invert", "invert every frame of a folder, glob or manifest of videos into W+ latents"),
     "status": ("status", "show done / failed / pending frames of every job, from the cache alone"),
+    "resume": ("resume", "run a recorded job again: only its missing and failed frames are computed"),
+    "batch": ("batch", "run a batch manifest of reenactment jobs, each isolated; failed jobs listed"),
 }
 
 
