@@ -26,6 +26,8 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +48,8 @@ PENDING, DONE, FAILED = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 
 _RESERVED_FIELDS = {"status", "error"}
+# errnos of a write refused for want of room: disk full, quota, file-size limit (RLIMIT_FSIZE)
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,11 @@ def open_store(url: str | Path) -> LocalStore | FsspecStore:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise CacheError(f"cannot create the cache directory ({err.strerror})", path=path) from None
+        if not (path / "zarr.json").exists() and any(path.iterdir()):
+            # Another tool's files (a zarr v2 store, a dataset folder): never adopt them as a cache.
+            v2 = (path / ".zgroup").exists() or (path / ".zarray").exists()
+            raise CacheError(("a zarr v2 store" if v2 else "a directory with other files") + ", not a "
+                             "facereenact cache; choose a new or empty directory", path=path)
         return LocalStore(path)
     try:
         return FsspecStore.from_url(text)
@@ -210,15 +219,32 @@ class FrameTable:
                 raise ValueError(f"{self.location}: field {name!r} expects shape "
                                  f"{(idx.size, *spec.shape)}, got {arr.shape}")
             arrays[name] = arr
-        for name, arr in arrays.items():
-            target = self._array(name)
-            for row, i in enumerate(idx):
-                target[int(i)] = arr[row]
-        errors = self._array("error")
-        status = self._array("status")
-        for i in idx:
-            errors[int(i)] = ""
-            status[int(i)] = DONE
+        with self._writing(idx):
+            for name, arr in arrays.items():
+                target = self._array(name)
+                for row, i in enumerate(idx):
+                    target[int(i)] = arr[row]
+            errors = self._array("error")
+            status = self._array("status")
+            for i in idx:
+                errors[int(i)] = ""
+                status[int(i)] = DONE
+
+    @contextlib.contextmanager
+    def _writing(self, idx: np.ndarray) -> Iterator[None]:
+        """A full disk (or quota, or file-size limit) during a write is the user's to fix: a one-line
+        CacheError naming the table. Each chunk is written whole or not at all and the status last,
+        so the frames being written stay pending (or as they were) and a rerun redoes them."""
+        try:
+            yield
+        except OSError as err:
+            if err.errno not in _DISK_FULL:
+                raise
+            root = getattr(self.group.store, "root", None)
+            where = f"{root}/{self.location}" if root is not None else self.location
+            raise CacheError(f"no space left to write frames {_short_list(idx)} "
+                             f"({os.strerror(err.errno)}); free some space and run the same command "
+                             "to resume", path=where) from None
 
     def write_stream(self, records: Iterable[tuple[int, Mapping[str, np.ndarray]]]) -> int:
         """Write `(frame, {field: value})` records as they come, each frame marked done as soon as it
@@ -233,11 +259,13 @@ class FrameTable:
     def fail(self, frames: int | Sequence[int] | np.ndarray, reason: str) -> None:
         """Mark `frames` failed with a one-line reason; their data stays NaN/unused."""
         reason = " ".join(str(reason).split())[:500] or "failed"
-        errors = self._array("error")
-        status = self._array("status")
-        for i in self._frames(frames):
-            errors[int(i)] = reason
-            status[int(i)] = FAILED
+        idx = self._frames(frames)
+        with self._writing(idx):
+            errors = self._array("error")
+            status = self._array("status")
+            for i in idx:
+                errors[int(i)] = reason
+                status[int(i)] = FAILED
 
     def reset(self, frames: int | Sequence[int] | np.ndarray) -> None:
         """Mark `frames` pending again (their old data is overwritten when recomputed)."""

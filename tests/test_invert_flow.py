@@ -199,3 +199,47 @@ def test_dataset_specs_and_settings_errors(data, tmp_path):
         invert_dataset(str(data.videos), str(tmp_path / "cache"), str(data.weights),
                        loss_weights={"lambda_mse": -1.0}, **SETTINGS)
     assert collect_videos(str(data.videos / "*.mp4")) == collect_videos(str(data.videos))
+
+
+def test_dask_worker_killed_mid_run_every_frame_done_exactly_once(data, tmp_path):
+    """Two GPU workers; one is killed (SIGKILL) as soon as the first frame is stored. Dask reschedules
+    its batch on a worker that lives: the job completes, every frame is done, the latents are those of
+    the threads run, and no frame stored before the kill was written again (its chunks untouched)."""
+    import signal
+    import threading
+
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+
+    workers = {name: {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}}}
+               for name in ("a", "b")}
+    cache = data.fresh_cache(tmp_path / "cache")
+    status_dir = cache / "media"
+    killed: dict = {}
+    with SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": None}}, workers=workers,
+                     silence_logs=50) as cluster, Client(cluster) as client:
+        pids = client.run(os.getpid)
+
+        def kill_first_writer() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                done = list(status_dir.glob("*/latents-*/status/c/*"))
+                if done:
+                    killed["chunks"] = latent_chunks(cache)
+                    victim = sorted(pids.values())[0]
+                    os.kill(victim, signal.SIGKILL)
+                    killed["pid"] = victim
+                    return
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=kill_first_writer, daemon=True)
+        watcher.start()
+        flow = invert_dataset.with_options(task_runner=task_runner(cluster.scheduler_address))
+        summary = flow(str(data.videos / "a.mp4"), str(cache), str(data.weights), gpu_resources=True,
+                       batches_per_task=1, **SETTINGS)
+        watcher.join(timeout=5)
+    assert "pid" in killed, "the job ended before any worker was killed"
+    assert summary["done"] == summary["frames"] == FRAMES["a.mp4"][1] and summary["failed"] == 0
+    np.testing.assert_array_equal(latents_by_video(cache)["a.mp4"], data.reference_latents()["a.mp4"])
+    after = latent_chunks(cache)
+    rewritten = [k for k, v in killed["chunks"].items() if after.get(k) != v]
+    assert rewritten == [], f"frames stored before the kill were written again: {rewritten}"

@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train-mapping": ("train_mapping", "train the landmark-to-latent mapping network on inverted latents"),
     "evaluate": ("evaluate", "landmark NME, identity similarity, jitter and speed of a result video"),
     "status": ("status", "show done / failed / pending frames of every job, from the cache alone"),
+    "resume": ("resume", "run a recorded job again: only its missing and failed frames are computed"),
+    "batch": ("batch", "run a batch manifest of reenactment jobs, each isolated; failed jobs listed"),
 }
 
 

@@ -18,6 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"cache directory or URL (default: $FACEREENACT_CACHE or {DEFAULT_CACHE})")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument("--failed", action="store_true", help="list every failed frame with its reason")
+    parser.add_argument("--job", metavar="JOB",
+                        help="only this job (id or unique prefix): its videos with their done / failed / "
+                             "pending frames, and the jobs of a batch")
     parser.add_argument("--repair", action="store_true",
                         help="mark done frames holding NaN/inf as failed (then rerun with --retry-failed)")
 
@@ -32,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
         raise CacheError("no cache here (run a job with --cache first)", path=args.cache)
     ws = Workspace(args.cache)
     report = collect_status(ws, repair=args.repair)
+    if args.job:
+        from flows.cli.resume import find_job
+
+        job, record = find_job(ws, args.job)
+        report = job_status(report, job, record)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -64,7 +72,18 @@ def collect_status(ws, repair: bool = False) -> dict:
         totals = {k: sum(t[k] for t in own) for k in ("frames", "done", "failed", "pending")}
         jobs.append({"job": job_id, "kind": info.get("kind", "?"), "state": info.get("state", "?"),
                      "updated": info.get("updated"), **totals})
+        if info.get("error"):
+            jobs[-1]["error"] = info["error"]
     return {"cache": ws.url, "jobs": jobs, "tables": tables}
+
+
+def job_status(report: dict, job: str, record: dict) -> dict:
+    """The report narrowed to one job: its row, its tables (per video), and for a batch its jobs."""
+    own = set(record.get("tables", []))
+    members = {info.get("job") for info in (record.get("jobs") or {}).values()}
+    return {"cache": report["cache"], "job": job, "record": record,
+            "jobs": [j for j in report["jobs"] if j["job"] == job or j["job"] in members],
+            "tables": [t for t in report["tables"] if t["location"] in own]}
 
 
 def format_status(report: dict, show_failed: bool = False) -> str:
@@ -76,6 +95,8 @@ def format_status(report: dict, show_failed: bool = False) -> str:
         for j in report["jobs"]:
             lines.append(f"{j['job'][:40]:40s} {j['kind'][:10]:10s} {j['state'][:10]:10s} {j['frames']:7d} "
                          f"{j['done']:6d} {j['failed']:6d} {j['pending']:7d}")
+            if show_failed and j.get("error"):
+                lines.append(f"    {j['error']}")
     lines.append("")
     if not report["tables"]:
         lines.append("no cached results yet")

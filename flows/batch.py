@@ -1,0 +1,134 @@
+"""The nightly reenactment batch: every job of a batch manifest, each isolated.
+
+    manifest (YAML / JSONL: source, driving, mode, options, output) --load_batch--> jobs
+    for each job:  reenact(source, driving, output, cache, weights, mode, **options)
+                   a job that fails is recorded with its one-line reason; the others go on
+    summary: done / failed / skipped jobs; JobFailedError (exit 6) when any job failed
+
+Every job is recorded in the cache (`facereenact status` shows it, `facereenact resume BATCH` runs the
+batch again) and so is the batch. Rerunning the batch skips jobs whose output exists and whose record
+says finished; the others resume from the cache (reenact computes only frames not done).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from storage.cache import Workspace
+from storage.errors import FacereenactError, InputError, JobFailedError
+from storage.manifests import BatchJob, load_batch
+from storage.provenance import code_version, provenance_key
+
+__all__ = ["batch_id", "format_batch_summary", "reenact_batch"]
+
+
+def batch_id(manifest: Path, jobs: list[BatchJob]) -> str:
+    """Stable id of a batch: its manifest (resolved path) and the ids of its jobs."""
+    key = provenance_key({"manifest": str(manifest.resolve()), "jobs": [j.job_id for j in jobs]}, 12)
+    return f"batch-{key}"
+
+
+def _reenact():
+    try:
+        from flows.reenact import reenact
+    except ImportError as err:  # pragma: no cover - the reenact flow ships beside this one
+        raise InputError(f"the reenact flow is not available in this installation ({err})") from None
+    return reenact
+
+
+@flow(name="reenact-batch")
+def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_dir: str | None = None,
+                  device: str = "auto", landmarks: str = "faceapi", rerun_finished: bool = False
+                  ) -> dict[str, Any]:
+    """Run every job of a batch manifest (storage.manifests.load_batch): source image x driving video
+    -> output mp4 by `mode` with its `options`. Outputs are relative to `output_dir` (default: the
+    manifest's folder). A failing job does not stop the others. Returns the summary; raises
+    JobFailedError (with `.summary`) when any job failed."""
+    logger = get_run_logger()
+    began = time.monotonic()
+    path = Path(manifest).expanduser()
+    jobs = load_batch(path, output_dir)  # every problem of the manifest found before anything runs
+    ws = Workspace(cache)
+    this_batch = batch_id(path, jobs)
+    args = {"weights": weights, "output_dir": output_dir, "device": device, "landmarks": landmarks}
+    states: dict[str, dict[str, Any]] = {}
+
+    def note(state: str, **extra: Any) -> None:
+        ws.record_job(this_batch, {"kind": "batch", "manifest": str(path.resolve()), "args": args,
+                                   "code_version": code_version(), "state": state, "jobs": states,
+                                   "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra})
+
+    known = ws.jobs()
+    for job in jobs:
+        states[job.name] = {"job": job.job_id, "state": "pending", "output": str(job.output)}
+    note("running")
+    logger.info(f"batch {this_batch}: {len(jobs)} job(s) from {path}")
+    reenact = None
+    for job in jobs:
+        record = {"kind": "reenact", "batch": this_batch, "name": job.name, "source": str(job.source),
+                  "driving": str(job.driving), "output": str(job.output), "mode": job.mode,
+                  "options": dict(job.options)}
+        previous = known.get(job.job_id, {})
+        if not rerun_finished and previous.get("state") == "finished" and job.output.is_file():
+            states[job.name].update(state="skipped")
+            logger.info(f"{job.name}: finished before ({job.output}), skipped")
+            continue
+        ws.record_job(job.job_id, {**record, "state": "running", "error": ""})
+        t0 = time.monotonic()
+        try:
+            reenact = reenact or _reenact()
+            result = reenact(str(job.source), str(job.driving), str(job.output), cache, weights,
+                             mode=job.mode, device=device, landmarks=landmarks, **dict(job.options))
+        except FacereenactError as err:
+            reason = str(err)
+        except Exception as err:  # a bug in one job must not stop the batch: recorded, traceback logged
+            reason = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+            logger.error(f"{job.name}: {reason}\n{traceback.format_exc()}")
+        else:
+            seconds = round(time.monotonic() - t0, 2)
+            tables = list((result or {}).get("tables", [])) if isinstance(result, dict) else []
+            ws.record_job(job.job_id, {**record, "state": "finished", "seconds": seconds, "tables": tables})
+            states[job.name].update(state="finished", seconds=seconds)
+            logger.info(f"{job.name}: done in {seconds:.1f} s -> {job.output}")
+            note("running")
+            continue
+        ws.record_job(job.job_id, {**record, "state": "failed", "error": reason})
+        states[job.name].update(state="failed", error=reason)
+        logger.warning(f"{job.name}: failed: {reason}")
+        note("running")
+
+    summary = {"batch": this_batch, "manifest": str(path), "jobs": len(jobs),
+               "done": [n for n, s in states.items() if s["state"] == "finished"],
+               "skipped": [n for n, s in states.items() if s["state"] == "skipped"],
+               "failed": {n: s["error"] for n, s in states.items() if s["state"] == "failed"},
+               "outputs": {n: s["output"] for n, s in states.items()
+                           if s["state"] in ("finished", "skipped")},
+               "seconds": round(time.monotonic() - began, 2)}
+    note("failed" if summary["failed"] else "finished", summary=summary)
+    logger.info(format_batch_summary(summary))
+    if summary["failed"]:
+        names = ", ".join(summary["failed"])
+        err = JobFailedError(f"{len(summary['failed'])} of {len(jobs)} jobs failed ({names}; e.g. "
+                             f"{next(iter(summary['failed'].values()))}); the others finished; rerun the "
+                             f"batch or `facereenact resume {this_batch}` to retry them", path=path)
+        err.summary = summary
+        raise err
+    return summary
+
+
+def format_batch_summary(summary: dict[str, Any]) -> str:
+    lines = [f"batch {summary['batch']}: {summary['jobs']} job{'s' * (summary['jobs'] != 1)}, "
+             f"{len(summary['done'])} done, {len(summary['failed'])} failed, {len(summary['skipped'])} "
+             f"skipped (finished before); {summary['seconds']:.1f} s"]
+    for name in summary["done"]:
+        lines.append(f"  done:    {name} -> {summary['outputs'][name]}")
+    for name in summary["skipped"]:
+        lines.append(f"  skipped: {name} -> {summary['outputs'][name]}")
+    for name, reason in summary["failed"].items():
+        lines.append(f"  failed:  {name}: {reason}")
+    return "\n".join(lines)

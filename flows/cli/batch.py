@@ -1,0 +1,52 @@
+"""`facereenact batch MANIFEST --cache PATH`: every reenactment job of a batch manifest, each isolated.
+
+MANIFEST is YAML (a list of jobs, or {jobs: [...]}) or JSONL (one job per line), each job with
+source, driving, output (an .mp4 relative to --output-dir, default the manifest's folder), mode
+(projection | mapping) and options. A failing job does not stop the others; the summary lists
+every job, and any failure makes the exit code 6 (after the summary). The same flow runs nightly as
+a Prefect deployment (deployments/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+DEFAULT_CACHE = os.environ.get("FACEREENACT_CACHE", ".facereenact-cache")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", metavar="MANIFEST", help="batch manifest (.yaml / .jsonl)")
+    parser.add_argument("--cache", default=DEFAULT_CACHE,
+                        help=f"cache directory or URL (default: $FACEREENACT_CACHE or {DEFAULT_CACHE})")
+    parser.add_argument("--weights", default="ffhq-1024", metavar="NAME|PATH",
+                        help="generator checkpoint or registered name (default ffhq-1024)")
+    parser.add_argument("--output-dir", metavar="DIR",
+                        help="root of the jobs' outputs (default: the manifest's folder)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--landmarks", choices=["faceapi", "fan"], default="faceapi")
+    parser.add_argument("--rerun-finished", action="store_true", help="also rerun jobs that finished before")
+    parser.add_argument("--verbose", action="store_true", help="show Prefect's log lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    from storage.errors import JobFailedError
+    from storage.manifests import load_batch
+    from tasks import resources
+
+    load_batch(args.manifest, args.output_dir)  # a bad manifest: fail now, before any work
+    resources.generator(args.weights, args.device)  # missing or unsafe weights: fail now
+    if not args.verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    from flows.batch import format_batch_summary, reenact_batch
+
+    try:
+        summary = reenact_batch(args.manifest, args.cache, weights=args.weights, output_dir=args.output_dir,
+                                device=args.device, landmarks=args.landmarks,
+                                rerun_finished=args.rerun_finished)
+    except JobFailedError as err:
+        if getattr(err, "summary", None) is not None:
+            print(format_batch_summary(err.summary), flush=True)
+        raise
+    print(format_batch_summary(summary))
+    return 0

@@ -1,0 +1,290 @@
+"""Bad inputs through the commands a user runs: each gives one `facereenact: error: ...` line naming
+the file and the problem, the documented exit code, no traceback, and no frame marked done.
+
+Each case builds its bad file in the test's temp dir and returns the command line; the command runs
+in this process (`cli`, see conftest.py: flows.cli.main, file descriptors captured). The cases where
+the process itself matters are in test_processes.py and test_disk_full.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from storage.cache import Workspace
+from tests.helpers import assert_user_error
+from tests.reliability.inputs import Inputs, audio_only, png_header_only
+
+INVERT = ["--steps", "1", "--batch-size", "2", "--perceptual", "uncalibrated-alex", "--device", "cpu",
+          "--quiet"]
+PREPARE = ["--resolution", "32", "--device", "cpu", "--quiet"]
+
+
+def _prepare(bad: Path, cache: Path) -> list:
+    return ["prepare", bad, "--cache", cache, *PREPARE]
+
+
+def _invert(dataset: Path, cache: Path, weights: Path) -> list:
+    return ["invert", dataset, "--cache", cache, "--weights", weights, *INVERT]
+
+
+def _jsonl(path: Path, *rows: dict | str) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+# ------------------------------------------------------------------------------------------ videos
+def video_corrupt(t: Path, d: Inputs):
+    (t / "corrupt.mp4").write_bytes(os.urandom(4096))
+    return _prepare(t / "corrupt.mp4", t / "cache"), ["corrupt.mp4", "not a readable video"], 2
+
+
+def video_empty(t: Path, d: Inputs):
+    (t / "empty.mp4").write_bytes(b"")
+    return _prepare(t / "empty.mp4", t / "cache"), ["empty.mp4", "empty file (0 bytes)"], 2
+
+
+def video_truncated(t: Path, d: Inputs):
+    whole = d.clip.read_bytes()
+    (t / "cut.mp4").write_bytes(whole[:len(whole) // 2])  # moov atom (the index) is at the end: gone
+    return _prepare(t / "cut.mp4", t / "cache"), ["cut.mp4", "no frames"], 2
+
+
+def video_header_cut(t: Path, d: Inputs):
+    whole = d.clip.read_bytes()
+    (t / "headless.mp4").write_bytes(whole[len(whole) // 3:])
+    return _prepare(t / "headless.mp4", t / "cache"), ["headless.mp4", "not a readable video"], 2
+
+
+def video_audio_only(t: Path, d: Inputs):
+    audio_only(t / "voice.m4a")
+    return _prepare(t / "voice.m4a", t / "cache"), ["voice.m4a", "no video stream (audio only)"], 2
+
+
+def video_huge_dimensions(t: Path, d: Inputs):
+    # 128x128 frames against a limit of 100x100 pixels: refused from the header, before decoding.
+    os.environ["FACEREENACT_MAX_PIXELS"] = "10000"  # restored by the test (monkeypatch)
+    return _prepare(d.clip, t / "cache"), ["clip.mp4", "128x128", "above the limit"], 2
+
+
+# ------------------------------------------------------------------------------------------ images
+def image_not_an_image(t: Path, d: Inputs):
+    (t / "notes.png").write_text("not an image at all")
+    return _prepare(t / "notes.png", t / "cache"), ["notes.png", "not a readable image"], 2
+
+
+def image_empty(t: Path, d: Inputs):
+    (t / "empty.jpg").write_bytes(b"")
+    return _prepare(t / "empty.jpg", t / "cache"), ["empty.jpg", "empty file (0 bytes)"], 2
+
+
+def image_truncated(t: Path, d: Inputs):
+    whole = d.face.read_bytes()
+    (t / "cut.png").write_bytes(whole[:len(whole) // 2])
+    return _prepare(t / "cut.png", t / "cache"), ["cut.png", "truncated"], 2
+
+
+def image_decompression_bomb(t: Path, d: Inputs):
+    png_header_only(t / "bomb.png", 100_000, 100_000)
+    return _prepare(t / "bomb.png", t / "cache"), ["bomb.png", "above the limit"], 2
+
+
+# ---------------------------------------------------------------------------------------- manifests
+def manifest_path_traversal(t: Path, d: Inputs):
+    (t / "jobs").mkdir()
+    m = _jsonl(t / "jobs" / "videos.jsonl", {"path": str(Path("..") / ".." / ".." / "etc" / "passwd")})
+    return _invert(m, t / "cache", d.weights), \
+        ["videos.jsonl", "line 1", "escapes the manifest's directory"], 2
+
+
+def manifest_symlink_escape(t: Path, d: Inputs):
+    (t / "jobs").mkdir()
+    (t / "jobs" / "clip.mp4").symlink_to(d.clip)  # inside by name, outside once resolved
+    m = _jsonl(t / "jobs" / "videos.jsonl", {"path": "clip.mp4"})
+    return _invert(m, t / "cache", d.weights), ["videos.jsonl", "escapes the manifest's directory"], 2
+
+
+def manifest_bad_json(t: Path, d: Inputs):
+    shutil.copy(d.clip, t / "clip.mp4")
+    m = _jsonl(t / "videos.jsonl", {"path": "clip.mp4"}, '{"path": "clip.mp4"')
+    return _invert(m, t / "cache", d.weights), ["videos.jsonl", "line 2", "not valid JSON"], 2
+
+
+def manifest_not_utf8(t: Path, d: Inputs):
+    (t / "videos.csv").write_bytes(b"path\n\xff\xfe\xfa.mp4\n")
+    return _invert(t / "videos.csv", t / "cache", d.weights), ["videos.csv", "not UTF-8"], 2
+
+
+def manifest_csv_without_path(t: Path, d: Inputs):
+    (t / "videos.csv").write_text("file,label\nclip.mp4,a\n")
+    return _invert(t / "videos.csv", t / "cache", d.weights), ["videos.csv", "line 2", "no 'path'"], 2
+
+
+def manifest_missing_file(t: Path, d: Inputs):
+    m = _jsonl(t / "videos.jsonl", {"path": "gone.mp4"})
+    return _invert(m, t / "cache", d.weights), ["videos.jsonl", "file not found", "gone.mp4"], 2
+
+
+def manifest_wrong_type(t: Path, d: Inputs):
+    m = _jsonl(t / "videos.jsonl", '["clip.mp4"]')
+    return _invert(m, t / "cache", d.weights), ["videos.jsonl", "line 1", "expected a JSON object"], 2
+
+
+def manifest_empty(t: Path, d: Inputs):
+    (t / "videos.jsonl").write_text("# nothing yet\n")
+    return _invert(t / "videos.jsonl", t / "cache", d.weights), ["videos.jsonl", "no videos found"], 2
+
+
+def video_wplus_is_a_video(t: Path, d: Inputs):
+    return ["generate", "--weights", d.weights, "--wplus", d.clip, "--out", t / "out"], \
+        ["clip.mp4", "cannot read W+ codes"], 2
+
+
+def wplus_nan(t: Path, d: Inputs):
+    codes = np.zeros((2, 8, 64), np.float32)
+    codes[1, 3, 5] = np.nan
+    np.save(t / "codes.npy", codes)
+    return ["generate", "--weights", d.weights, "--wplus", t / "codes.npy", "--out", t / "out"], \
+        ["codes.npy", "must be finite"], 2
+
+
+# -------------------------------------------------------------------------------------- checkpoints
+def checkpoint_truncated(t: Path, d: Inputs):
+    whole = d.weights.read_bytes()
+    (t / "cut.safetensors").write_bytes(whole[:len(whole) // 2])
+    return _invert(d.clip, t / "cache", t / "cut.safetensors"), ["cut.safetensors", "truncated or corrupt"], 3
+
+
+def checkpoint_empty(t: Path, d: Inputs):
+    (t / "G.pkl").write_bytes(b"")
+    return ["generate", "--weights", t / "G.pkl", "--seeds", "0", "--out", t / "out"], \
+        ["G.pkl", "empty file"], 3
+
+
+def checkpoint_wrong_type(t: Path, d: Inputs):
+    shutil.copy(d.face, t / "G.pkl")  # an image under a checkpoint's name
+    return ["generate", "--weights", t / "G.pkl", "--seeds", "0", "--out", t / "out"], \
+        ["G.pkl", "unrecognised checkpoint format"], 3
+
+
+def checkpoint_other_model(t: Path, d: Inputs):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"encoder.weight": torch.zeros(4, 4)}, str(t / "encoder.safetensors"))
+    return _invert(d.clip, t / "cache", t / "encoder.safetensors"), \
+        ["encoder.safetensors", "not a facereenact generator"], 3
+
+
+def checkpoint_nan_weights(t: Path, d: Inputs):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(d.weights), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    tensors["mapping.fc0.bias"] = torch.full_like(tensors["mapping.fc0.bias"], float("nan"))
+    save_file(tensors, str(t / "nan.safetensors"), metadata=meta)
+    return _invert(d.clip, t / "cache", t / "nan.safetensors"), ["nan.safetensors", "NaN"], 3
+
+
+def checkpoint_malicious_torch_file_convert(t: Path, d: Inputs):
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {t / 'pwned'}",)
+
+    torch.save({"g_ema": Payload()}, t / "evil.pt")
+    return ["weights", "convert", t / "evil.pt", t / "out.safetensors"], \
+        ["evil.pt", "refused by the weights-only loader"], 3
+
+
+# --------------------------------------------------------------------------------------------- cache
+def cache_is_a_file(t: Path, d: Inputs):
+    (t / "cache").write_text("I am a file")
+    return _prepare(d.face, t / "cache"), ["cache", "is a file, not a cache directory"], 5
+
+
+def cache_foreign_zarr(t: Path, d: Inputs):
+    zarr.open_group(str(t / "cache"), mode="w", zarr_format=3).attrs["tool"] = "someone else's"
+    return _prepare(d.face, t / "cache"), ["cache", "not a facereenact cache"], 5
+
+
+def cache_zarr_v2_store(t: Path, d: Inputs):
+    zarr.open_group(str(t / "cache"), mode="w", zarr_format=2)
+    return _prepare(d.face, t / "cache"), ["cache", "not a facereenact cache"], 5
+
+
+def cache_future_layout(t: Path, d: Inputs):
+    zarr.open_group(str(t / "cache"), mode="w", zarr_format=3,
+                    attributes={"facereenact": {"layout": 99}})
+    return ["status", t / "cache"], ["cache", "layout", "not the supported 1"], 5
+
+
+def cache_unknown_url(t: Path, d: Inputs):
+    return ["status", "nosuchfs://bucket/cache"], ["nosuchfs://bucket/cache", "cannot open the cache URL"], 5
+
+
+def cache_tampered_provenance(t: Path, d: Inputs):
+    cache = d.copy_prepared(t / "cache")
+    (crops,) = Workspace(cache).tables(stage="crops")
+    attrs = dict(crops.attrs)
+    attrs["provenance"] = {**attrs["provenance"], "resolution": 1024}  # claims another model's crops
+    crops.group.update_attributes(attrs)
+    return ["status", cache], [crops.location, "provenance does not match its key"], 5
+
+
+def cache_status_chunk_garbage(t: Path, d: Inputs):
+    cache = d.copy_prepared(t / "cache")
+    (crops,) = Workspace(cache).tables(stage="crops")
+    (chunk,) = (cache / crops.location / "status" / "c").glob("1")
+    chunk.write_bytes(os.urandom(64))
+    return ["status", cache], [crops.location, "status array is unreadable"], 5
+
+
+def cache_missing(t: Path, d: Inputs):
+    return ["status", t / "nothing-here"], ["nothing-here", "no cache here"], 5
+
+
+CASES: dict[str, Callable] = {f.__name__: f for f in [
+    video_corrupt, video_empty, video_truncated, video_header_cut, video_audio_only, video_huge_dimensions,
+    video_wplus_is_a_video, wplus_nan,
+    image_not_an_image, image_empty, image_truncated, image_decompression_bomb,
+    manifest_path_traversal, manifest_symlink_escape, manifest_bad_json, manifest_not_utf8,
+    manifest_csv_without_path, manifest_missing_file, manifest_wrong_type, manifest_empty,
+    checkpoint_truncated, checkpoint_empty, checkpoint_wrong_type, checkpoint_other_model,
+    checkpoint_nan_weights, checkpoint_malicious_torch_file_convert,
+    cache_is_a_file, cache_foreign_zarr, cache_zarr_v2_store, cache_future_layout, cache_unknown_url,
+    cache_tampered_provenance, cache_status_chunk_garbage, cache_missing,
+]}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input(case, data, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEREENACT_MAX_PIXELS", os.environ.get("FACEREENACT_MAX_PIXELS", ""))
+    argv, fragments, code = CASES[case](tmp_path, data)
+    before = status_chunks(tmp_path / "cache")
+    proc = cli(*argv)
+    assert_user_error(proc, *fragments, code=code)
+    # No partial result marked done: not one frame's status was written (every case fails before
+    # any frame is computed; the damaged caches stay as they were).
+    assert status_chunks(tmp_path / "cache") == before
+    assert not (tmp_path / "pwned").exists()  # nothing in a checkpoint ran
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.safetensors").exists()
+
+
+def status_chunks(cache: Path) -> dict[str, bytes]:
+    """Every per-frame status chunk of a cache as stored (a chunk is written when a frame is marked
+    done or failed; pending is the fill value, no chunk). Read as files, so that damaged and foreign
+    caches can be compared too."""
+    if not cache.is_dir():
+        return {}
+    return {str(p.relative_to(cache)): p.read_bytes() for p in cache.glob("media/*/*/status/c/*")}
