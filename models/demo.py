@@ -30,13 +30,16 @@ def random_generator(
     w_dim: int = 64,                    # W width (512 in real checkpoints)
     channels: int = 32,                 # feature maps at every resolution
     mapping_layers: int = 2,            # mapping depth (8 in real checkpoints)
+    conv_clamp: float | None = None,    # activation clamp (256 in NVIDIA's checkpoints)
     w_avg_samples: int = 2000,          # z samples averaged into w_avg
+    device: str | torch.device = "cpu",
 ) -> Generator:
-    """A small random StyleGAN2 generator in eval mode with requires_grad off, on the CPU."""
+    """A small random StyleGAN2 generator in eval mode with requires_grad off (like
+    `models.load_generator`); the tests' tiny generators are these too (tests/tiny.py)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         G = Generator(img_resolution=resolution, z_dim=z_dim, w_dim=w_dim, mapping_layers=mapping_layers,
-                      channel_base=channels * resolution, channel_max=channels)
+                      channel_base=channels * resolution, channel_max=channels, conv_clamp=conv_clamp)
         with torch.no_grad():
             for name, param in G.named_parameters():
                 if name.endswith(".bias"):
@@ -46,7 +49,7 @@ def random_generator(
                 elif name.endswith("noise_strength"):
                     param.copy_(0.05 + 0.1 * torch.rand_like(param))
             G.mapping.w_avg.copy_(mean_w(G, num_samples=w_avg_samples, seed=seed))
-    return G.eval().requires_grad_(False)
+    return G.eval().requires_grad_(False).to(device)
 
 
 def photo_landmarks(photo: np.ndarray) -> np.ndarray:
