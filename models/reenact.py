@@ -8,6 +8,11 @@ wraps these functions, flows/reenact.py composes them).
     project_to_cache(projector, table, driving_points, interpolated)   # resumes at table.resume_frame()
     render_video(G, table, source.crop, driving_path, driving_crops, "out.mp4", layout="side-by-side")
 
+    # mode "mapping" (seed 003): w_i = w_src + Δw, one generator pass per frame; K refinement steps
+    net, sha = load_mapping("mapping.pt", G)                  # checked against G (CheckpointError)
+    map_to_cache(G, net, table, source, driving_points, landmarks=backend, projector=None)  # or
+    # projector=make_projector(G, refine_config("identity", K), source): K steps from the net's output
+
 Frames without a face in the driving clip: the prepare stage fills their landmarks by interpolating
 between the neighbouring frames and flags them (`interpolated`); they are projected like any other
 frame toward those interpolated landmarks and keep the flag in the reenact table, the sidecar and the
