@@ -183,3 +183,22 @@ def test_user_errors(inputs, tmp_path, capsys):
     assert_user_error(run("--mode", "mapping", "--mapping", checkpoint, "--steps-first", "3"),
                       "steps_first", "--refine-steps", code=2)
     assert not (tmp_path / "cache").exists() and not out.exists()  # all before any work
+
+
+def test_batch_manifest_job_in_mapping_mode_reaches_the_mapping_table(inputs, first_run):
+    import yaml
+
+    from flows.batch import reenact_batch
+
+    root, weights, clip, checkpoint = inputs
+    cache, _, _ = first_run
+    manifest = root / "batch" / "nightly.yaml"
+    manifest.parent.mkdir(exist_ok=True)
+    manifest.write_text(yaml.safe_dump([{
+        "name": "mapped", "source": str(reenact_data.source()), "driving": str(clip), "output": "mapped.mp4",
+        "mode": "mapping", "options": {"mapping": checkpoint, **OPTIONS}}]))
+    chunks, tables = table_chunks(cache), reenact_dirs(cache)
+    summary = reenact_batch(str(manifest), str(cache), str(weights), device="cpu")
+    assert summary["done"] == ["mapped"] and probe(manifest.parent / "mapped.mp4").frame_count == FRAMES
+    # the same settings as the first run: its mapping table, nothing computed again
+    assert reenact_dirs(cache) == tables and table_chunks(cache) == chunks
