@@ -26,14 +26,14 @@ from prefect import flow, get_run_logger
 
 from flows.prepare import prepare_image, prepare_video
 from models.inversion import InversionConfig
-from models.reenact import VARIANTS, projection_config
+from models.reenact import VARIANTS, load_mapping, mapping_settings, projection_config
 from storage.cache import Workspace
 from storage.errors import InputError, JobFailedError
 from storage.latents import LatentCache
 from storage.render import LAYOUTS
 from tasks import resources
 from tasks.invert import invert_batches, open_latents, settings_of
-from tasks.reenact import project_driving, render_output, report_run
+from tasks.reenact import map_driving, project_driving, render_output, report_run
 
 __all__ = ["REENACTORS", "reenact"]
 
@@ -45,10 +45,12 @@ DEFAULT_INVERT_STEPS = 1000
 class Mode(NamedTuple):
     """One way of making the latents: `check(variant, options)` refuses bad settings before any work
     (InputError); `run(cache, weights, source, driving, variant, options, device, landmarks, progress)`
-    fills a reenact table (storage/reenact.py) and returns its task summary."""
+    fills a reenact table (storage/reenact.py) and returns its task summary; `check_model(G, options)`,
+    when given, refuses models that do not fit the generator, also before any work."""
 
     check: Callable[[str, dict[str, Any]], Any]
     run: Callable[..., dict[str, Any]]
+    check_model: Callable[[Any, dict[str, Any]], Any] | None = None
 
 
 def _project(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
@@ -58,9 +60,23 @@ def _project(cache: str, weights: str, source: dict[str, Any], driving: dict[str
                            landmarks=landmarks, progress=progress)
 
 
+def _map(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
+         options: dict[str, Any], device: str, landmarks: str, progress: bool) -> dict[str, Any]:
+    """mode="mapping": the landmark-to-latent network (seed 003), w = w_src + Δw, one generator pass per
+    frame; options `mapping` (checkpoint), `refine_steps` (projection steps per frame from there),
+    `mapping_batch`, and ProjectionConfig fields for the refinement."""
+    return map_driving(cache, weights, source, driving, variant, options, device=device, landmarks=landmarks,
+                       progress=progress)
+
+
+def _check_mapping_model(G, options: dict[str, Any]) -> None:
+    load_mapping(mapping_settings("identity", options).checkpoint, G)
+
+
 # mode -> how it checks its settings and fills the reenact table: the one place a new mode is added.
 REENACTORS: dict[str, Mode] = {
     "projection": Mode(lambda variant, options: projection_config(variant, **options), _project),
+    "mapping": Mode(mapping_settings, _map, _check_mapping_model),
 }
 
 
@@ -115,6 +131,8 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str, mo
     perceptual = options.get("perceptual", "lpips-vgg")
     REENACTORS[mode].check(variant, dict(options))  # bad settings: fail before any work
     G = resources.generator(weights, device)  # missing or broken weights: fail before any work
+    if REENACTORS[mode].check_model is not None:  # e.g. a mapping network made for another generator
+        REENACTORS[mode].check_model(G, dict(options))
     weights_path = str(G.source_path or weights)
     resolution = G.img_resolution
 

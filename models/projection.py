@@ -545,6 +545,7 @@ class Projector:
         driving_points: torch.Tensor | np.ndarray | None = None,   # (n, 68, 2) crop landmarks
         driving_images: torch.Tensor | np.ndarray | None = None,   # (n, R, R, 3) uint8 crops (heatmaps)
         callback: Callable[[ProjectionStep], None] | None = None,
+        init_latents: torch.Tensor | np.ndarray | None = None,     # (n, num_ws, w_dim): per-frame starts
     ) -> ProjectionResult:
         """Project driving frames start .. start + n - 1. `start` must follow the last projected frame
         (0 on a fresh projector; state["frame"] + 1 after `load_state_dict`).
@@ -554,6 +555,10 @@ class Projector:
         the frames' aligned crops at G's resolution; their heatmaps are computed once per frame.
         A frame whose targets are not finite fails alone (NaN rows, the reason in `failed`) and the
         chain goes on from the last good frame; a window whose loss becomes non-finite fails whole.
+
+        `init_latents`: each frame's optimisation starts at its row instead of at w_{i-1} (frame 0:
+        instead of `init_latent`), e.g. a mapping network's output to refine (the smoothness term
+        still links it to the frame before). Rows of frames that fail may be NaN.
         """
         began = time.perf_counter()
         c = self.config
@@ -561,16 +566,23 @@ class Projector:
             raise ValueError(f"project_frames: the next frame is {self.last_frame + 1}, got start={start} "
                              f"(load the state of frame {start - 1} to resume there)")
         points, images, n = self._targets(start, driving_points, driving_images)
+        if init_latents is not None:
+            if not isinstance(init_latents, torch.Tensor):
+                init_latents = torch.from_numpy(np.asarray(init_latents))
+            init_latents = init_latents.to(self.device, torch.float32)
+            if tuple(init_latents.shape) != (n, self.G.num_ws, self.G.w_dim):
+                raise ValueError(f"init_latents: expected ({n}, {self.G.num_ws}, {self.G.w_dim}), got "
+                                 f"{tuple(init_latents.shape)}")
         frames = list(range(start, start + n))
         chunks: list[ProjectionResult] = []
         window: list[int] = []
         for f in frames:  # windows aligned to absolute frame indices
             if window and c.window_start(f) != c.window_start(window[0]):
-                chunks.append(self._project_window(window, points, images, start, callback))
+                chunks.append(self._project_window(window, points, images, start, callback, init_latents))
                 window = []
             window.append(f)
         if window:
-            chunks.append(self._project_window(window, points, images, start, callback))
+            chunks.append(self._project_window(window, points, images, start, callback, init_latents))
         result = ProjectionResult.concat(chunks)
         result.seconds = time.perf_counter() - began
         return result
@@ -658,7 +670,7 @@ class Projector:
         return images, None if marks is None else marks.points, terms
 
     def _project_window(self, window: list[int], all_points, all_images, offset: int,
-                        callback) -> ProjectionResult:
+                        callback, init_latents: torch.Tensor | None = None) -> ProjectionResult:
         c = self.config
         G = self.G
         began = time.perf_counter()
@@ -681,7 +693,12 @@ class Projector:
 
         prev = None if first else self.last_latent
         start_latent = self.init_latent if prev is None else prev
-        latents = start_latent.expand(len(good), -1, -1).clone()
+        if init_latents is not None:
+            latents = init_latents[[rows[j] for j in good]].clone()
+            if not bool(torch.isfinite(latents).all()):
+                raise ValueError(f"init_latents: non-finite rows for frames {window} with driving landmarks")
+        else:
+            latents = start_latent.expand(len(good), -1, -1).clone()
         streams = [torch.Generator().manual_seed(c.seed + window[j]) for j in good]
         optimise_noise = first and bool(self.noise_layers) and self.noise is None
         if first and self.noise is None:

@@ -8,6 +8,11 @@ wraps these functions, flows/reenact.py composes them).
     project_to_cache(projector, table, driving_points, interpolated)   # resumes at table.resume_frame()
     render_video(G, table, source.crop, driving_path, driving_crops, "out.mp4", layout="side-by-side")
 
+    # mode "mapping" (seed 003): w_i = w_src + Δw, one generator pass per frame; K refinement steps
+    net, sha = load_mapping("mapping.pt", G)                  # checked against G (CheckpointError)
+    map_to_cache(G, net, table, source, driving_points, landmarks=backend, projector=None)  # or
+    # projector=make_projector(G, refine_config("identity", K), source): K steps from the net's output
+
 Frames without a face in the driving clip: the prepare stage fills their landmarks by interpolating
 between the neighbouring frames and flags them (`interpolated`); they are projected like any other
 frame toward those interpolated landmarks and keep the flag in the reenact table, the sidecar and the
@@ -34,14 +39,15 @@ from models.metrics import identity_similarity_to_source, landmark_jitter, landm
 from models.projection import STATE_FORMAT, ProjectionConfig, Projector, interpolate_subframes
 from models.stylegan2 import Generator
 from storage.cache import FrameTable
-from storage.errors import CacheError, InputError
+from storage.errors import CacheError, CheckpointError, InputError
 from storage.reenact import ReenactCache
 from storage.render import LAYOUTS, preview_grid, side_by_side, to_uint8
 
-__all__ = ["MODES", "VARIANTS", "SourceFace", "make_projector", "project_to_cache", "projection_config",
-           "projection_provenance", "render_video", "synthesize"]
+__all__ = ["MODES", "VARIANTS", "MappingSettings", "SourceFace", "load_mapping", "make_projector",
+           "map_to_cache", "mapping_inputs", "mapping_provenance", "mapping_settings", "project_to_cache",
+           "projection_config", "projection_provenance", "refine_config", "render_video", "synthesize"]
 
-MODES = ("projection",)  # flows/reenact.py dispatches on these (mode="mapping" comes next)
+MODES = ("projection", "mapping")  # flows/reenact.py dispatches on these (REENACTORS)
 VARIANTS = ("identity", "free")
 
 
@@ -118,12 +124,15 @@ def _resume(projector: Projector, table: ReenactCache) -> int:
 
 def project_to_cache(projector: Projector, table: ReenactCache, driving_points: np.ndarray,
                      interpolated: np.ndarray | None = None,
-                     on_frames: Callable[[int], None] | None = None) -> dict[str, Any]:
+                     on_frames: Callable[[int], None] | None = None,
+                     init_latents: np.ndarray | None = None) -> dict[str, Any]:
     """Project every pending frame of `table` in order, storing each window as soon as it is done.
 
     driving_points: (T, 68, 2) the driving crops' landmarks (crop pixels at G's resolution);
     interpolated:   (T,) 1 where the driving frame had no face (prepare's flag), kept per frame;
-    on_frames(n):   called after each stored window with its frame count (progress bars).
+    on_frames(n):   called after each stored window with its frame count (progress bars);
+    init_latents:   (T, num_ws, w_dim) where each frame's optimisation starts (mapping mode's
+                    refinement: the mapping network's output), else the chain's w_{i-1}.
     Returns {"start", "computed", "failed": {frame: reason}, "seconds"}.
     """
     began = time.perf_counter()
@@ -139,7 +148,8 @@ def project_to_cache(projector: Projector, table: ReenactCache, driving_points: 
     frame = start
     while frame < T:
         stop = min(T, config.window_start(frame) + (1 if frame == 0 else config.batch_frames))
-        result = projector.project_frames(frame, points[frame:stop])
+        result = projector.project_frames(frame, points[frame:stop], init_latents=None if init_latents is None
+                                          else init_latents[frame:stop])
         if not state_saved and (projector.noise is not None or not projector.noise_layers):
             # before any frame is marked done: a done frame always has its state on disk
             state = projector.state_dict()
@@ -278,3 +288,195 @@ def render_video(G: Generator, table: ReenactCache, source_crop: np.ndarray, dri
             "identity_similarity": float(np.mean(similarities)) if similarities else None,
             "landmark_jitter": None if points is None else landmark_jitter(points),
             "seconds": time.perf_counter() - began}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mapping mode (seed 003): w_i = w_src + Δw(source landmarks, driving landmarks_i), one generator pass
+# per frame; optionally K projection steps per frame starting there (the Projector, one code path).
+
+MAPPING_BATCH = 8  # frames per mapping + generator pass
+NO_FACE = "driving landmarks are not finite (no face in this frame)"
+
+
+@dataclass(frozen=True)
+class MappingSettings:
+    """mode="mapping"'s options: the checkpoint, refinement steps (0: the network's output as it is),
+    frames per pass, and the ProjectionConfig fields the refinement uses."""
+
+    checkpoint: str
+    refine_steps: int = 0
+    batch: int = MAPPING_BATCH
+    projection: dict[str, Any] | None = None
+
+
+def mapping_settings(variant: str, options: dict[str, Any]) -> MappingSettings:
+    """Check mode="mapping"'s options (InputError naming the problem): `mapping` (checkpoint path,
+    required), `refine_steps` (>= 0), `mapping_batch` (>= 1), and the refinement's ProjectionConfig
+    fields (not steps_first / steps_next: `refine_steps` sets both)."""
+    options = dict(options)
+    path = options.pop("mapping", None)
+    if not path or not isinstance(path, (str, Path)):
+        raise InputError("mode 'mapping' needs a mapping-network checkpoint (--mapping PATH, option "
+                         "'mapping'; made by facereenact train-mapping)")
+    values = {}
+    for name, default, least in (("refine_steps", 0, 0), ("mapping_batch", MAPPING_BATCH, 1)):
+        value = options.pop(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise InputError(f"{name} must be an integer >= {least}, got {value!r}")
+        values[name] = int(value)
+    clash = sorted({"steps_first", "steps_next"} & set(options))
+    if clash:
+        raise InputError(f"{', '.join(clash)} are projection-mode settings; mapping mode refines each frame "
+                         "with refine_steps (--refine-steps K)")
+    refine_config(variant, values["refine_steps"], options)  # the refinement's settings, checked now
+    return MappingSettings(str(path), values["refine_steps"], values["mapping_batch"], options)
+
+
+def refine_config(variant: str, refine_steps: int, options: dict[str, Any] | None = None) -> ProjectionConfig:
+    """The projection settings of the refinement: the variant's ProjectionConfig with `options`,
+    `refine_steps` steps on every frame (frame 0 included: it starts at the network's output too) at
+    the warm-start learning rate without w noise, and G's constant noise maps (the mapping output is
+    rendered with them; none are optimised)."""
+    base = projection_config(variant, **dict(options or {}))
+    return base.replace(steps_first=refine_steps, steps_next=refine_steps,
+                        learning_rate=base.learning_rate_next,
+                        initial_noise_factor=base.initial_noise_factor_next, optimize_noise=False,
+                        early_stop_min_steps_first=base.early_stop_min_steps)
+
+
+def load_mapping(path: str | Path, G: Generator, device: str | torch.device | None = None):
+    """The mapping network of a checkpoint, checked against G before any work: missing or unreadable
+    (CheckpointError), made for another generator (its provenance's weights sha256: the error names
+    both), another W+ shape or another crop resolution. Returns (network, checkpoint sha256)."""
+    from models.mapping import load_mapping_network, read_mapping_checkpoint
+    from storage.provenance import sha256_file
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError("mapping-network checkpoint not found", path=path)
+    ckpt = read_mapping_checkpoint(path)
+    recorded = ckpt["provenance"].get("generator")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    config = ckpt["model_config"]
+    want, have = recorded.get("weights_sha256"), G.weights_sha256()
+    weights = G.source_path or "the generator"
+    if want and want != have:
+        raise CheckpointError(f"mapping network was trained for the generator with weights sha256 "
+                              f"{want[:16]}..., not for {weights} (sha256 {have[:16]}...)", path=path)
+    if (config.get("num_ws"), config.get("w_dim")) != (G.num_ws, G.w_dim):
+        raise CheckpointError(f"mapping network is for W+ ({config.get('num_ws')}, {config.get('w_dim')}), "
+                              f"{weights} has ({G.num_ws}, {G.w_dim})", path=path)
+    resolution = recorded.get("img_resolution")
+    if resolution is not None and int(resolution) != G.img_resolution:
+        raise CheckpointError(f"mapping network was trained on {resolution} px crops, {weights} makes "
+                              f"{G.img_resolution} px", path=path)
+    net = load_mapping_network(path, device=device or G.w_avg.device, generator=G)
+    return net, sha256_file(path)
+
+
+def mapping_inputs(source_landmarks: np.ndarray, driving_points: np.ndarray, relative: bool
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The driving landmarks the network sees, and the driving reference frame's landmarks. Relative
+    (variant "identity"): source + (driving_i - reference), the driving motion on the source's face,
+    the reference being the first frame with landmarks (as projection's relative targets); absolute
+    (variant "free", seed 003's form): the driving landmarks as they are."""
+    points = np.asarray(driving_points, np.float32)
+    finite = np.flatnonzero(np.isfinite(points).all(axis=(1, 2)))
+    reference = points[finite[0]] if finite.size else None
+    if not relative or reference is None:
+        return points, reference
+    return np.asarray(source_landmarks, np.float32)[None] + (points - reference[None]), reference
+
+
+def mapping_provenance(G: Generator, net, checkpoint_sha256: str, landmarks, relative: bool,
+                       refine_steps: int, projector: Projector | None, driving_crops_key: str,
+                       source_key: str, source_latents_key: str | None) -> dict[str, Any]:
+    """What mapping-mode latents depend on: the checkpoint (sha256 and model config), the generator, the
+    landmark net (it measures the render's points), relative or absolute inputs, the refinement (its
+    steps and, with K > 0, the projector's whole provenance), the driving crops and the source."""
+    from storage.provenance import base_provenance
+
+    return {**base_provenance("reenact"), "mode": "mapping",
+            "mapping": {"checkpoint_sha256": checkpoint_sha256, "model": net.config},
+            "generator": G.fingerprint(), "landmarks": landmarks.provenance(), "relative_landmarks": relative,
+            "refine_steps": int(refine_steps),
+            "refine": None if projector is None else projector.provenance(),
+            "calibrated": True if projector is None else projector.config.calibrated,
+            "driving_crops": driving_crops_key, "source": source_key, "source_latents": source_latents_key}
+
+
+def map_to_cache(G: Generator, net, table: ReenactCache, source: SourceFace, driving_points: np.ndarray,
+                 interpolated: np.ndarray | None = None, *, landmarks, relative: bool = True,
+                 batch_size: int = MAPPING_BATCH, projector: Projector | None = None,
+                 on_frames: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Mapping-mode latents of every pending frame of `table`, stored per batch as soon as done.
+
+    Without `projector`: frames are independent; per batch of `batch_size` pending frames one mapping
+    pass and one generator pass (`reenact_with_mapping`), the render's landmarks by `landmarks`, and
+    NME to the driving frame and to the network's input landmarks. A frame without finite driving
+    landmarks fails alone. The table gets an empty state first (G's constant noise), which is what the
+    render reads.
+    With `projector` (refinement, `refine_config`): the network's latents of all frames are where the
+    projection of each frame starts (`project_to_cache(..., init_latents=)`: the projection loop, its
+    resume and its state, unchanged).
+    Returns {"start", "computed", "failed": {frame: reason}, "seconds"}.
+    """
+    from models.mapping import reenact_with_mapping
+
+    began = time.perf_counter()
+    T = table.num_frames
+    points = np.asarray(driving_points, dtype=np.float32)
+    if points.shape != (T, 68, 2):
+        raise ValueError(f"driving_points: expected ({T}, 68, 2), got {points.shape}")
+    if source.latent is None:
+        raise ValueError("mapping mode needs the source's latent (its inversion)")
+    flags = np.zeros(T, np.uint8) if interpolated is None else np.asarray(interpolated, np.uint8)
+    inputs, reference = mapping_inputs(source.landmarks, points, relative)
+    finite = np.isfinite(inputs).all(axis=(1, 2))
+    w_src = torch.as_tensor(np.asarray(source.latent, np.float32))
+    src = torch.as_tensor(np.asarray(source.landmarks, np.float32))
+
+    if projector is not None:
+        init = np.full((T, G.num_ws, G.w_dim), np.nan, np.float32)
+        if finite.any() and not table.is_finished():  # latents only: no generator pass
+            init[finite] = reenact_with_mapping(G, net, w_src, src, torch.from_numpy(inputs[finite]),
+                                                batch_size, crop_resolution=G.img_resolution).numpy()
+        relative_targets = projector.config.relative_landmarks
+        if reference is not None and projector.driving_reference is None and relative_targets:
+            projector.set_driving_reference(reference)
+        summary = project_to_cache(projector, table, points, flags, on_frames, init_latents=init)
+        summary["seconds"] = time.perf_counter() - began
+        return summary
+
+    todo = table.table.todo_frames()
+    summary: dict[str, Any] = {"start": int(todo[0]) if todo.size else T, "computed": 0, "failed": {},
+                               "seconds": 0.0}
+    if todo.size == 0:
+        return summary
+    table.save_state(None, reference, table.key)  # before any frame is done: the render finds a state
+    for f in todo[~finite[todo]]:
+        table.fail(int(f), NO_FACE)
+        summary["failed"][int(f)] = NO_FACE
+        summary["computed"] += 1
+    good = todo[finite[todo]]
+    for first in range(0, good.size, batch_size):
+        frames = good[first:first + batch_size]
+        t0 = time.perf_counter()
+        rendered: list[torch.Tensor] = []
+        ws = reenact_with_mapping(G, net, w_src, src, torch.from_numpy(inputs[frames]), len(frames),
+                                  crop_resolution=G.img_resolution,
+                                  on_images=lambda _, images, out=rendered: out.append(images))
+        with torch.no_grad():
+            marks = landmarks((rendered[0] + 1) / 2).points.float().cpu()
+        n = len(frames)
+        table.write(frames, latents=ws.numpy(), loss=np.full(n, np.nan, np.float32), points=marks.numpy(),
+                    nme=landmark_nme(marks, points[frames]).float().numpy(),
+                    nme_target=landmark_nme(marks, inputs[frames]).float().numpy(),
+                    steps=np.zeros(n, np.int32),
+                    seconds=np.full(n, (time.perf_counter() - t0) / n, np.float32),
+                    interpolated=flags[frames])
+        summary["computed"] += n
+        if on_frames is not None:
+            on_frames(n)
+    summary["seconds"] = time.perf_counter() - began
+    return summary

@@ -19,10 +19,15 @@ from prefect.cache_policies import NO_CACHE
 
 from models.reenact import (
     SourceFace,
+    load_mapping,
     make_projector,
+    map_to_cache,
+    mapping_provenance,
+    mapping_settings,
     project_to_cache,
     projection_config,
     projection_provenance,
+    refine_config,
     render_video,
 )
 from storage.cache import Workspace
@@ -31,7 +36,7 @@ from storage.provenance import code_version, provenance_key, sha256_file
 from storage.reenact import ReenactCache, read_sidecar, sidecar_path, write_sidecar
 from tasks import resources
 
-__all__ = ["project_driving", "render_output", "report_run"]
+__all__ = ["map_driving", "project_driving", "render_output", "report_run"]
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -72,6 +77,49 @@ def project_driving(cache: str, weights: str, source: dict[str, Any], driving: d
     finally:
         if bar is not None:
             bar.close()
+    return _table_summary(table, done)
+
+
+@task(name="map", cache_policy=NO_CACHE)
+def map_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
+                settings: dict[str, Any], device: str = "auto", landmarks: str = "faceapi",
+                progress: bool = False) -> dict[str, Any]:
+    """Mapping-mode latents (seed 003) of every driving frame not done yet: w = w_src + Δw, one
+    generator pass per frame in batches, then `refine_steps` projection steps per frame from there when
+    asked. The same kind of table as `project_driving`'s, keyed by the checkpoint's sha256 too."""
+    ws = Workspace(cache)
+    G = resources.generator(weights, device)
+    options = mapping_settings(variant, settings)
+    net, checkpoint_sha = load_mapping(options.checkpoint, G)
+    backend = resources.landmark_backend(landmarks, device)
+    crops = ws.open_table(source["crops"])
+    face = SourceFace(crops.read("crop", [0])[0], crops.read("crop_landmarks", [0])[0],
+                      LatentCache.at(ws, source["latents"]).read([0])[0])
+    projector = None
+    if options.refine_steps > 0:
+        projector = make_projector(G, refine_config(variant, options.refine_steps, options.projection), face,
+                                   landmarks=backend)
+    relative = variant == "identity"
+    driving_crops = ws.open_table(driving["crops"])
+    provenance = mapping_provenance(G, net, checkpoint_sha, backend, relative, options.refine_steps,
+                                    projector, driving_crops.key, source["key"], source["latents_key"])
+    table = ReenactCache.require(ws, driving["key"], provenance, driving_crops.num_frames, G.num_ws, G.w_dim)
+    start = table.resume_frame()
+    bar = _bar(table.num_frames, "mapping", progress and start < table.num_frames)
+    if bar is not None:
+        bar.update(start)
+    try:
+        done = map_to_cache(G, net, table, face, driving_crops.read("crop_landmarks"),
+                            driving_crops.read("interpolated"), landmarks=backend, relative=relative,
+                            batch_size=options.batch, projector=projector,
+                            on_frames=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    return _table_summary(table, done)
+
+
+def _table_summary(table: ReenactCache, done: dict[str, Any]) -> dict[str, Any]:
     return {"table": table.location, "key": table.key, "frames": table.num_frames, **table.counts(),
             "resumed_from": done["start"], "computed": done["computed"],
             "failed_now": {str(k): v for k, v in done["failed"].items()},

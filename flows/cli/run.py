@@ -1,9 +1,11 @@
 """`facereenact run --source face.jpg --driving clip.mp4 -o out.mp4`: reenact a photo with a clip's motion.
 
 The driving clip is tracked and aligned, the source photo aligned and inverted into W+, every driving
-frame projected (seeds 000/001) and the result rendered to an mp4 at the clip's frame rate with its
-audio, plus OUTPUT.preview.png and OUTPUT.json (metrics, timing, provenance). Everything is cached:
-rerunning the same command does no work, and a killed run resumes at the frame where it stopped.
+frame projected (seeds 000/001; or `--mode mapping --mapping mapping.pt`: the landmark-to-latent network
+of seed 003, optionally refined by `--refine-steps K` projection steps) and the result rendered to an mp4
+at the clip's frame rate with its audio, plus OUTPUT.preview.png and OUTPUT.json (metrics, timing,
+provenance). Everything is cached: rerunning the same command does no work, and a killed run resumes
+at the frame where it stopped.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=DEFAULT_CACHE,
                         help=f"cache directory or URL (default: $FACEREENACT_CACHE or {DEFAULT_CACHE})")
     parser.add_argument("--mode", default="projection",
-                        help="how the latents are made: projection (seeds 000/001; default)")
+                        help="how the latents are made: projection (seeds 000/001; default) or mapping (seed "
+                             "003: a trained landmark-to-latent network, one generator pass per frame)")
+    parser.add_argument("--mapping", metavar="PATH",
+                        help="--mode mapping: the network's checkpoint (facereenact train-mapping --out)")
+    parser.add_argument("--refine-steps", type=int, metavar="K",
+                        help="--mode mapping: K projection steps per frame starting at the network's "
+                             "output (default 0: none)")
     parser.add_argument("--variant", choices=["identity", "free"], default="identity",
                         help="identity: keep the source's look (default); free: seed 000's identity-free "
                              "variant (landmarks only)")
@@ -61,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     for name in ("steps_first", "steps_next"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
+    if args.mapping is not None:
+        options["mapping"] = args.mapping
+    if args.refine_steps is not None:
+        options["refine_steps"] = args.refine_steps
     check_inputs(args.source, args.driving, args.output, args.mode, args.variant, args.weights, args.device,
                  args.landmarks, options)
     from flows.reenact import reenact
@@ -91,6 +103,8 @@ def check_inputs(source: str, driving: str, output: str, mode: str, variant: str
 
     if mode not in REENACTORS:
         raise InputError(f"unknown --mode {mode!r} (known: {', '.join(REENACTORS)})")
+    if mode != "mapping" and ("mapping" in options or "refine_steps" in options):
+        raise InputError("--mapping and --refine-steps are settings of --mode mapping")
     if open_medium(source).kind != "image":
         raise InputError("the source must be a still image (a photo of the face)", path=source)
     medium = open_medium(driving)
@@ -101,7 +115,9 @@ def check_inputs(source: str, driving: str, output: str, mode: str, variant: str
     REENACTORS[mode].check(variant, {k: v for k, v in options.items() if k != "invert_steps"})
     from tasks import resources
 
-    resources.generator(weights, device)  # missing / unsafe weights, no GPU: fail now
+    G = resources.generator(weights, device)  # missing / unsafe weights, no GPU: fail now
+    if REENACTORS[mode].check_model is not None:  # a mapping network made for another generator: now
+        REENACTORS[mode].check_model(G, {k: v for k, v in options.items() if k != "invert_steps"})
     _, backbone, calibrated = PERCEPTUAL_CHOICES[options["perceptual"]]
     if calibrated:
         try:

@@ -2,6 +2,7 @@
 representations on the synthetic task, and reenactment frames per second, side by side in one run.
 
     python tests/benchmarks/bench_mapping.py [--threads 1] [--steps 600] [--frames 16] [--device cpu]
+        [--projection-frames 'tiny 32=8,256 paper256=3'] [--refine-steps 5] [--skip-training] [--skip-speed]
 
 1. Synthetic task (tests/mapping_task.py): latents a known smooth function of realistic landmark
    motion, W+ of the 256 px configuration (14 x 512, motion on the first 7 rows). Each
@@ -15,8 +16,9 @@ representations on the synthetic task, and reenactment frames per second, side b
    per frame, batch --batch) on the tiny generator and the 256 px generator (stylegan2-ada-pytorch's
    paper256 config, random weights: speed does not depend on their values), beside the mapping pass
    alone and the generator pass alone.
-3. A slot for projection reenactment (seed 000/001) on the same clip and generator, and the ratio of
-   its speed to the mapping network's; `bench_projection` returns None until that work lands.
+3. Mapping reenactment against projection reenactment (seeds 000/001, our defaults) on the same clip
+   and generator: frames per second, their ratio, and landmark NME to the targets; plus the mapping
+   output refined by --refine-steps projection steps per frame (the hybrid of `--refine-steps K`).
 
 Default one torch thread: on this shared 2-core machine two threads made the small nets' steps
 10-20x slower under load (threads waiting on each other); `--threads 2` to compare.
@@ -105,18 +107,95 @@ def _time(fn, repeats: int, device: str) -> float:
     return best
 
 
-def bench_projection(G: Generator, src_landmarks: torch.Tensor, driving_landmarks: torch.Tensor,
-                     w_src: torch.Tensor, device: str) -> float | None:
-    """Seconds for projection reenactment (seed 000/001) of the same clip with the same generator, or
-    None while models/ has no projection. The projection work fills this in: project every driving
-    frame (its default steps) and return the wall time, measured like `bench_reenactment`'s rows."""
-    return None
+def _nme(points: torch.Tensor, targets: torch.Tensor) -> float:
+    from models.metrics import landmark_nme
+
+    values = landmark_nme(points.float().cpu(), targets.float().cpu())
+    return float(values[torch.isfinite(values)].mean())
+
+
+def bench_versus_projection(args: argparse.Namespace) -> None:
+    """3. The same clip and generator reenacted three ways: projection (ProjectionConfig() defaults:
+    frame 0 from the source's latent, at most 300 then 50 steps with early stopping; LPIPS VGG-16 with
+    the uncalibrated backbone offline: the same cost), the mapping network (coords, trained for
+    --map-steps steps on the synthetic task at this W+) and the network + --refine-steps projection steps
+    per frame from its output (models.reenact.refine_config). Frames per second (wall time of every
+    frame, frame 0 included) and landmark NME of the faceapi landmarks of each frame's render to its
+    target (relative targets: the clip's motion on the source landmarks, what the reenact flow
+    measures as landmark_nme_target)."""
+    from models.landmarks import load_landmark_backend
+    from models.losses import PerceptualLoss
+
+    landmarks = load_landmark_backend("faceapi", device=args.device)
+    print(f"\n3. mapping vs projection on the same clip and generator (projection: our defaults, LPIPS "
+          f"{args.perceptual}); frames/s over every frame, NME of the render's landmarks to the targets")
+    header = (f"{'generator':<14} {'frames':>6} {'method':<22} {'frames/s':>9} {'s/frame':>8} "
+              f"{'x projection':>12} {'NME':>7}")
+    print(header)
+    print("-" * len(header))
+    perceptual = PerceptualLoss.from_choice(args.perceptual).to(args.device)
+    for gname, build in GENERATORS.items():
+        frames = args.projection_frames.get(gname, 0)
+        if frames < 1:
+            continue
+        torch.manual_seed(0)
+        _versus_rows(args, gname, build().eval().requires_grad_(False).to(args.device), frames, landmarks,
+                     perceptual)
+
+
+def _versus_rows(args: argparse.Namespace, gname: str, G: Generator, frames: int, landmarks,
+                 perceptual) -> None:
+    from models.projection import ProjectionConfig, Projector, retarget_landmarks
+    from models.reenact import refine_config
+
+    task = SyntheticMappingTask(G.num_ws, G.w_dim, seed=0)
+    net = LandmarkMappingNetwork(G.num_ws, G.w_dim).to(args.device)
+    trainer = MappingTrainer(net, MappingTrainConfig(learning_rate=args.lr))
+    rng = np.random.default_rng(3)
+    trainer.train(args.map_steps, (task.batch(32, rng) for _ in range(args.map_steps)))
+    net.eval().requires_grad_(False)
+    clip = task.clip(task.test_ids[0], frames + 1, np.random.default_rng(2))
+    src, drv = torch.from_numpy(clip.landmarks[0]), torch.from_numpy(clip.landmarks[1:])
+    w_src = torch.from_numpy(clip.latents[0])
+    with torch.no_grad():
+        look = G.synthesis(w_src[None].to(args.device), noise_mode="const")
+    inputs = retarget_landmarks(drv, drv[0], src)  # the network's input as the flow's identity variant
+    targets = inputs * (G.img_resolution / task.crop_resolution)  # G pixels, for the NME
+    rows = []
+
+    def project(config: ProjectionConfig, init=None) -> tuple[float, float]:
+        projector = Projector(G, config, look=look, source_landmarks=src, init_latent=w_src,
+                              landmark_resolution=task.crop_resolution, landmarks=landmarks,
+                              perceptual=perceptual)
+        _sync(args.device)
+        start = time.perf_counter()
+        result = projector.project_frames(0, drv, init_latents=init)
+        _sync(args.device)
+        return time.perf_counter() - start, _nme(result.points, targets)
+
+    projection_s, projection_nme = project(ProjectionConfig(perceptual=args.perceptual))
+    rows.append(("projection (defaults)", projection_s, projection_nme))
+    mapped: list[torch.Tensor] = []
+    _sync(args.device)
+    start = time.perf_counter()
+    ws = reenact_with_mapping(G, net, w_src, src, inputs, args.batch, crop_resolution=task.crop_resolution,
+                              on_images=lambda _, images: mapped.append(images))
+    _sync(args.device)
+    mapping_s = time.perf_counter() - start
+    with torch.no_grad():
+        points = torch.cat([landmarks((x + 1) / 2).points.cpu() for x in mapped])
+    rows.append(("mapping", mapping_s, _nme(points, targets)))
+    refine_s, refine_nme = project(refine_config("identity", args.refine_steps,
+                                                 {"perceptual": args.perceptual}), init=ws)
+    rows.append((f"mapping + refine {args.refine_steps}", mapping_s + refine_s, refine_nme))
+    for method, seconds, nme in rows:
+        print(f"{gname:<14} {frames:>6} {method:<22} {frames / seconds:>9.2f} {seconds / frames:>8.3f} "
+              f"{projection_s / seconds:>11.1f}x {nme:>7.3f}", flush=True)
 
 
 def bench_reenactment(args: argparse.Namespace) -> None:
     print(f"\n2. reenactment: {args.frames} frames, batch {args.batch}, best of {args.repeats}; frames/s")
-    header = (f"{'generator':<14} {'representation':<15} {'mapping':>9} {'generator':>9} {'both':>9} "
-              f"{'projection':>10} {'mapping/projection':>18}")
+    header = f"{'generator':<14} {'representation':<15} {'mapping':>9} {'generator':>9} {'both':>9}"
     print(header)
     print("-" * len(header))
     for gname, build in GENERATORS.items():
@@ -141,16 +220,13 @@ def _reenactment_rows(args: argparse.Namespace, gname: str, G: Generator) -> Non
                              on_images=(lambda start, images: None) if render else None)
 
     generator_s = _time(generator_only, args.repeats, args.device)
-    projection_s = bench_projection(G, src, drv, w_src, args.device)
     for name, (representation, options) in REPRESENTATIONS.items():
         net = LandmarkMappingNetwork(G.num_ws, G.w_dim, representation, encoder_options=options)
         net = net.to(args.device).eval().requires_grad_(False)
         mapping_s = _time(lambda net=net: reenact(net, False), args.repeats, args.device)
         both_s = _time(lambda net=net: reenact(net, True), args.repeats, args.device)
-        projection = "n/a" if projection_s is None else f"{args.frames / projection_s:.2f}"
-        ratio = "n/a" if projection_s is None else f"{projection_s / both_s:.1f}x"
         print(f"{gname:<14} {name:<15} {args.frames / mapping_s:>9.1f} {args.frames / generator_s:>9.1f} "
-              f"{args.frames / both_s:>9.1f} {projection:>10} {ratio:>18}", flush=True)
+              f"{args.frames / both_s:>9.1f}", flush=True)
 
 
 def main() -> None:
@@ -163,13 +239,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true", help="skip section 2")
+    parser.add_argument("--projection-frames", default="tiny 32=8,256 paper256=0",
+                        help="section 3: driving frames per generator (0: skip it), e.g. "
+                             "'tiny 32=8,256 paper256=3'")
+    parser.add_argument("--map-steps", type=int, default=300, help="section 3: mapping training steps")
+    parser.add_argument("--refine-steps", type=int, default=5, help="section 3: refinement steps per frame")
+    parser.add_argument("--perceptual", default="uncalibrated",
+                        help="section 3: projection's LPIPS (uncalibrated: VGG-16 without weights, "
+                             "same cost)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}; "
           f"load average {os.getloadavg()[0]:.1f} at start")
+    args.projection_frames = {k.strip(): int(v) for k, v in
+                              (item.rsplit("=", 1) for item in args.projection_frames.split(","))}
     if not args.skip_training:
         bench_training(args)
-    bench_reenactment(args)
+    if not args.skip_speed:
+        bench_reenactment(args)
+    bench_versus_projection(args)
     print(f"\nload average {os.getloadavg()[0]:.1f} at end (above the thread count: timings are inflated)")
 
 
