@@ -10,15 +10,13 @@ a Prefect deployment (deployments/README.md).
 from __future__ import annotations
 
 import argparse
-import os
 
-DEFAULT_CACHE = os.environ.get("FACEREENACT_CACHE", ".facereenact-cache")
+from flows.cli.common import add_cache_option, quiet_prefect
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", metavar="MANIFEST", help="batch manifest (.yaml / .jsonl)")
-    parser.add_argument("--cache", default=DEFAULT_CACHE,
-                        help=f"cache directory or URL (default: $FACEREENACT_CACHE or {DEFAULT_CACHE})")
+    add_cache_option(parser)
     parser.add_argument("--weights", default="ffhq-1024", metavar="NAME|PATH",
                         help="generator checkpoint or registered name (default ffhq-1024)")
     parser.add_argument("--output-dir", metavar="DIR",
@@ -36,8 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     load_batch(args.manifest, args.output_dir)  # a bad manifest: fail now, before any work
     resources.generator(args.weights, args.device)  # missing or unsafe weights: fail now
-    if not args.verbose:
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    quiet_prefect(args.verbose)
     from flows.batch import format_batch_summary, reenact_batch
 
     try:

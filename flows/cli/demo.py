@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from flows.cli.common import quiet_prefect
+
 REAL_WEIGHTS = "ffhq-1024"
 # The offline schedule: small enough for about 2 minutes on a 2-core CPU (docs/reenact.md).
 TINY = {"resolution": 64, "frames": 24, "steps_first": 100, "steps_next": 16, "invert_steps": 100}
@@ -96,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
         f"source {photo_path.name}; steps: source inversion {plan['invert_steps']}, frame 0 "
         f"{plan['steps_first']}, later frames at most {plan['steps_next']}")
 
-    if not os.environ.get("FACEREENACT_DEMO_VERBOSE"):
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    quiet_prefect(bool(os.environ.get("FACEREENACT_DEMO_VERBOSE")))
     from flows.cli.run import format_summary
     from flows.reenact import reenact
 

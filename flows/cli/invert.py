@@ -10,10 +10,10 @@ The summary is printed at the end; failed frames make the exit code 6 (after the
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-DEFAULT_CACHE = os.environ.get("FACEREENACT_CACHE", ".facereenact-cache")
+from flows.cli.common import add_cache_option, quiet_prefect
+
 DEFAULT_WEIGHTS = "ffhq-1024"
 PERCEPTUAL = {"lpips": "lpips-vgg", "lpips-alex": "lpips-alex", "uncalibrated": "uncalibrated",
               "uncalibrated-alex": "uncalibrated-alex"}
@@ -23,8 +23,7 @@ LOSS_WEIGHTS = ("lambda_mse", "lambda_lpips", "lambda_id", "lambda_dreg")
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", metavar="DATASET",
                         help="folder of videos, glob pattern, CSV/JSONL manifest (column 'path'), or a video")
-    parser.add_argument("--cache", default=DEFAULT_CACHE,
-                        help=f"cache directory or URL (default: $FACEREENACT_CACHE or {DEFAULT_CACHE})")
+    add_cache_option(parser)
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS, metavar="NAME|PATH",
                         help=f"generator checkpoint or registered name (default {DEFAULT_WEIGHTS}); its "
                              "resolution is the crops' resolution")
@@ -95,8 +94,7 @@ def run(args: argparse.Namespace) -> int:
                                                    "pass --perceptual uncalibrated")) from None
     resources.landmark_backend(args.landmarks, args.device)
 
-    if not args.verbose:  # Prefect's console lines (and its tracebacks of our one-line errors) off
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    quiet_prefect(args.verbose)
     from flows.invert import format_summary, invert_dataset, task_runner
 
     flow = invert_dataset.with_options(task_runner=task_runner(args.runner, args.gpu_resources))

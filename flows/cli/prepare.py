@@ -9,17 +9,16 @@ the same command resumes an interrupted run and does nothing after a finished on
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-DEFAULT_CACHE = os.environ.get("FACEREENACT_CACHE", ".facereenact-cache")
+from flows.cli.common import add_cache_option, quiet_prefect
+
 SMOOTHING_METHODS = {"one-euro": "one_euro", "savgol": "savgol", "none": "none"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="VIDEO_OR_IMAGE", help="videos and/or source images")
-    parser.add_argument("--cache", default=DEFAULT_CACHE,
-                        help=f"cache directory or URL (default: $FACEREENACT_CACHE or {DEFAULT_CACHE})")
+    add_cache_option(parser)
     parser.add_argument("--resolution", type=int, default=256, help="side of the aligned crops (default 256)")
     parser.add_argument("--landmarks", choices=["faceapi", "fan"], default="faceapi",
                         help="landmark backend (default faceapi: offline, weights shipped)")
@@ -81,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
         for warning in medium.warnings:
             print(f"facereenact: warning: {medium.path}: {warning}", file=sys.stderr)
 
-    if not args.verbose:  # Prefect's console lines (and its tracebacks of our one-line errors) off
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    quiet_prefect(args.verbose)
     from flows.prepare import prepare
     from tasks import resources
 

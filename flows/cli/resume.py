@@ -10,16 +10,14 @@ is enough when it is unique.
 from __future__ import annotations
 
 import argparse
-import os
 
-DEFAULT_CACHE = os.environ.get("FACEREENACT_CACHE", ".facereenact-cache")
+from flows.cli.common import add_cache_option, quiet_prefect
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", metavar="JOB",
                         help="job id (or a unique prefix), as `facereenact status` lists it")
-    parser.add_argument("--cache", default=DEFAULT_CACHE,
-                        help=f"cache directory or URL (default: $FACEREENACT_CACHE or {DEFAULT_CACHE})")
+    add_cache_option(parser)
     parser.add_argument("--runner", default="threads", metavar="threads[:N]|dask[:N]|tcp://HOST:PORT",
                         help="where the work runs (as for `facereenact invert`)")
     parser.add_argument("--keep-failed", action="store_true",
@@ -54,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise CacheError("no cache here (run a job with --cache first)", path=args.cache)
     ws = Workspace(args.cache)
     job, record = find_job(ws, args.job)
-    if not args.verbose:
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    quiet_prefect(args.verbose)
     kind = record.get("kind")
     if kind == "invert":
         return _resume_invert(args, job, record)

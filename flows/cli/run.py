@@ -11,12 +11,11 @@ at the frame where it stopped.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from flows.cli.common import add_cache_option, quiet_prefect
 from flows.cli.invert import PERCEPTUAL
 
-DEFAULT_CACHE = os.environ.get("FACEREENACT_CACHE", ".facereenact-cache")  # as prepare / invert
 DEFAULT_WEIGHTS = "ffhq-1024"
 OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
 
@@ -25,8 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True, metavar="IMAGE", help="photo of the face to animate")
     parser.add_argument("--driving", required=True, metavar="VIDEO", help="video whose motion it performs")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.mp4", help="output video")
-    parser.add_argument("--cache", default=DEFAULT_CACHE,
-                        help=f"cache directory or URL (default: $FACEREENACT_CACHE or {DEFAULT_CACHE})")
+    add_cache_option(parser)
     parser.add_argument("--mode", default="projection",
                         help="how the latents are made: projection (seeds 000/001; default) or mapping (seed "
                              "003: a trained landmark-to-latent network, one generator pass per frame)")
@@ -62,9 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.verbose:  # Prefect's console lines (and its tracebacks of our one-line errors) off;
-        # before anything imports Prefect (its logging is configured on import)
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    quiet_prefect(args.verbose)
     options: dict = {"perceptual": PERCEPTUAL[args.perceptual], "invert_steps": args.invert_steps}
     for name in ("steps_first", "steps_next"):
         if getattr(args, name) is not None:

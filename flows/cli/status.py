@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
-DEFAULT_CACHE = os.environ.get("FACEREENACT_CACHE", ".facereenact-cache")
+from flows.cli.common import add_cache_option
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("cache", nargs="?", default=DEFAULT_CACHE,
-                        help=f"cache directory or URL (default: $FACEREENACT_CACHE or {DEFAULT_CACHE})")
+    add_cache_option(parser, positional=True)
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument("--failed", action="store_true", help="list every failed frame with its reason")
     parser.add_argument("--job", metavar="JOB",

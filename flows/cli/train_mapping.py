@@ -11,14 +11,12 @@ overwritten. The summary reports the held-out Δw error beside the zero-Δw base
 from __future__ import annotations
 
 import argparse
-import os
 
-DEFAULT_CACHE = os.environ.get("FACEREENACT_CACHE", ".facereenact-cache")
+from flows.cli.common import add_cache_option, quiet_prefect
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache", default=DEFAULT_CACHE,
-                        help=f"cache the inversion filled (default: $FACEREENACT_CACHE or {DEFAULT_CACHE})")
+    add_cache_option(parser, "cache the inversion filled")
     parser.add_argument("--out", required=True, metavar="PATH",
                         help="checkpoint to write (and to continue, when it holds this run's earlier steps)")
     parser.add_argument("--steps", type=int, default=1000, help="training steps in all (default 1000)")
@@ -62,9 +60,7 @@ def run(args: argparse.Namespace) -> int:
                 "image_loss": args.image_loss, "learning_rate": args.learning_rate, "seed": args.seed,
                 "held_out": args.held_out, "split": args.split, "inversion": args.inversion}
 
-    if not args.verbose:  # Prefect's console lines (and its tracebacks of our one-line errors) off;
-        # set before anything imports Prefect
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    quiet_prefect(args.verbose)
     from models.device import resolve_device
     from tasks.train_mapping import check_checkpoint, plan_training
 
