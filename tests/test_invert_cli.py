@@ -33,14 +33,14 @@ def data(tmp_path_factory, prefect_harness) -> invert_data.Dataset:
     return invert_data.dataset(tmp_path_factory)
 
 
-def test_errors_before_any_work(data, tmp_path, run_cli):
+def test_errors_before_any_work(data, tmp_path, cli):
     cache = tmp_path / "cache"
     # Calibrated LPIPS (the default) without its backbone file: the fetch command and the opt-in.
-    proc = run_cli("invert", data.videos, "--cache", cache, "--weights", data.weights, "--device", "cpu")
+    proc = cli("invert", data.videos, "--cache", cache, "--weights", data.weights, "--device", "cpu")
     assert_user_error(proc, "vgg16-397923af.pth", "facereenact weights fetch lpips-vgg16",
                       "--perceptual uncalibrated", code=4)
     # The generator's resolution is the crops': another one is refused.
-    proc = run_cli("invert", data.videos, "--cache", cache, "--weights", data.weights, "--resolution", "64",
+    proc = cli("invert", data.videos, "--cache", cache, "--weights", data.weights, "--resolution", "64",
                    *CLI_SETTINGS)
     assert_user_error(proc, "--resolution 64 does not match the generator's 32 px", code=2)
     assert not cache.exists()  # nothing written, not even the cache

@@ -58,30 +58,31 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
-def test_bad_inputs_fail_at_once_with_one_line(tmp_path, run_cli, clip):
+def test_bad_inputs_fail_at_once_with_one_line(tmp_path, run_cli, cli, clip):
     cache = tmp_path / "cache"
     bad = bad_inputs(tmp_path)
     proc = run_cli("prepare", bad["corrupt"][0], "--cache", cache)
     assert_user_error(proc, "corrupt.mp4", "not a readable video", code=2)
-    # Every file is checked before any work starts, and every problem named in the one line.
-    proc = run_cli("prepare", clip, *(path for path, _ in bad.values()), "--cache", cache)
+    # Every file is checked before any work starts, and every problem named in the one line (the
+    # rest in this process: the same entry point, without a start-up each).
+    proc = cli("prepare", clip, *(path for path, _ in bad.values()), "--cache", cache)
     assert_user_error(proc, f"{len(bad)} of {len(bad) + 1} inputs are unusable", code=2)
     line = proc.stderr.strip().splitlines()[-1]
     for name, (path, problem) in bad.items():
         assert f"{path}: {problem}" in line, name
     assert "talking.mp4" not in line
     assert not cache.exists()  # not even a cache made
-    proc = run_cli("prepare", clip, "--cache", cache, "--smoothing", "savgol", "--window", "4")
+    proc = cli("prepare", clip, "--cache", cache, "--smoothing", "savgol", "--window", "4")
     assert_user_error(proc, "smoothing", "odd window", code=2)
-    proc = run_cli("prepare", clip, "--cache", cache, "--landmarks", "fan")
+    proc = cli("prepare", clip, "--cache", cache, "--landmarks", "fan")
     assert_user_error(proc, "2DFAN4", "weights fetch fan-2d", code=4)  # no weights here, none fetched
     assert_nothing_done(cache)
 
 
-def test_no_face_through_the_cli(tmp_path, run_cli, prefect_api_env):
+def test_no_face_through_the_cli(tmp_path, cli, prefect_harness):
     save_image(tmp_path / "wall.jpg", np.full((240, 320, 3), 128, np.uint8))
     cache = tmp_path / "cache"
-    proc = run_cli("prepare", tmp_path / "wall.jpg", "--cache", cache, env=prefect_api_env)
+    proc = cli("prepare", tmp_path / "wall.jpg", "--cache", cache)
     assert_user_error(proc, "wall.jpg", "no face found in the image", code=2)
     assert_nothing_done(cache)
 

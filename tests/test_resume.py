@@ -74,7 +74,7 @@ def test_resume_recomputes_only_missing_and_failed_frames(data, tmp_path, capsys
     assert again.returncode == 0 and again.stdout.startswith("inverted 0 frames in this run")
 
 
-def test_resume_of_an_unknown_job_is_one_line(data, tmp_path, run_cli):
+def test_resume_of_an_unknown_job_is_one_line(data, tmp_path, cli):
     cache = data.copy_prepared(tmp_path / "cache")
-    assert_user_error(run_cli("resume", "invert-nope", "--cache", cache), "no job 'invert-nope'", code=2)
-    assert_user_error(run_cli("resume", "x", "--cache", tmp_path / "none"), "no cache here", code=5)
+    assert_user_error(cli("resume", "invert-nope", "--cache", cache), "no job 'invert-nope'", code=2)
+    assert_user_error(cli("resume", "x", "--cache", tmp_path / "none"), "no cache here", code=5)
