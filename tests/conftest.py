@@ -88,7 +88,8 @@ def cli(capfd, monkeypatch):
     # What the CLI sets for itself in a fresh process (Prefect's console lines off), for this test.
     monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
-    def call(*argv, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def call(*argv, env: dict[str, str] | None = None,
+             check: bool = False) -> subprocess.CompletedProcess[str]:
         capfd.readouterr()
         with monkeypatch.context() as m:
             for key, value in (env or {}).items():
@@ -98,6 +99,8 @@ def cli(capfd, monkeypatch):
             except SystemExit as exit_:  # argparse's usage errors
                 code = exit_.code if isinstance(exit_.code, int) else 1
         out, err = capfd.readouterr()
+        if check and code != 0:
+            raise AssertionError(f"facereenact {' '.join(map(str, argv))} failed ({code}):\n{out}\n{err}")
         return subprocess.CompletedProcess(["facereenact", *map(str, argv)], code, out, err)
 
     return call
