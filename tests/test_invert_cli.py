@@ -142,7 +142,7 @@ def test_killed_job_resumes_to_the_uninterrupted_latents(data, tmp_path, run_cli
     assert job["state"] == "finished" and job["summary"]["done"] == TOTAL
 
 
-def test_failed_frames_exit_6_after_the_summary(data, tmp_path, prefect_api_env):
+def test_failed_frames_exit_6_after_the_summary(data, tmp_path, prefect_api_env, cli):
     """Frames fail through the real --max-loss quality gate (their final loss is above it)."""
     losses = data.reference_losses()["b.mp4"]
     threshold = float(np.median(losses))
@@ -167,8 +167,7 @@ def test_failed_frames_exit_6_after_the_summary(data, tmp_path, prefect_api_env)
     assert [int(re.search(r"frame (\d+):", line)[1]) for line in listed] == failed
     assert all("above --max-loss" in line for line in listed)
     # `facereenact status` shows the job, failed, with its failed frames, from the cache alone.
-    status = subprocess.run([sys.executable, "-m", "flows.cli", "status", str(cache), "--failed"],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=True)
+    status = cli("status", cache, "--failed", check=True)
     (row,) = [line for line in status.stdout.splitlines() if line.startswith("invert-")]
     assert row.split()[1:3] == ["invert", "failed"]
     assert status.stdout.count("above --max-loss") == len(failed)
