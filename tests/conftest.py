@@ -75,6 +75,20 @@ def run_cli():
     return _run_cli
 
 
+@pytest.fixture(autouse=True)
+def _cli_environment():
+    """The CLI turns Prefect's console lines off for its own process (os.environ.setdefault); when a
+    test calls it in this process, that must not leak into later tests (their subprocesses inherit
+    os.environ: a resumed run's INFO lines, which a test reads, went missing so)."""
+    key = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
+    before = os.environ.get(key)
+    yield
+    if before is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = before
+
+
 @pytest.fixture
 def cli(capfd, monkeypatch):
     """`cli(*argv, env=None)` -> CompletedProcess of `flows.cli.main(argv)` run in this process with

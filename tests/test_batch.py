@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 import pytest
 
-from flows import cli
+from flows.cli import main
 from storage.cache import Workspace
 from storage.video import probe
 from tests import reenact_data
@@ -47,14 +46,6 @@ def jsonl_manifest(path, rows) -> str:
     return str(path)
 
 
-def call(capsys, *argv) -> subprocess.CompletedProcess[str]:
-    """`facereenact ARGV` in this process (flows.cli.main: the entry point's code path)."""
-    capsys.readouterr()
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(argv, code, out, err)
-
-
 @pytest.fixture(scope="module")
 def batch_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("batch")
@@ -66,18 +57,17 @@ def batch_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first_batch(batch_dir):
-    """The batch run once through the CLI (module-wide: the tests below read what it left)."""
-    import os
-
+    """The batch run once through the CLI's entry point in this process (module-wide: the tests below
+    read what it left). What the CLI sets in the environment is undone after the module."""
     root, weights = batch_dir
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     manifest = yaml_manifest(root / "nightly.yaml", jobs())
     argv = ["batch", manifest, "--cache", root / "cache", "--weights", weights, "--device", "cpu"]
-    code = cli.main([str(a) for a in argv])
-    return root, weights, manifest, argv, code
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+        yield root, weights, manifest, argv, main([str(a) for a in argv])
 
 
-def test_each_job_runs_through_reenact_and_a_bad_one_fails_alone(first_batch, capsys):
+def test_each_job_runs_through_reenact_and_a_bad_one_fails_alone(first_batch, cli):
     root, weights, manifest, argv, code = first_batch
     assert code == 6
     for name, frames in (("plain", FRAMES), ("free", 2 * FRAMES)):
@@ -103,11 +93,11 @@ def test_each_job_runs_through_reenact_and_a_bad_one_fails_alone(first_batch, ca
     assert all(loc in {t.location for t in ws.tables()} for loc in by_name["plain"]["tables"])
 
 
-def test_rerun_skips_finished_jobs_and_prints_the_summary_before_exit_6(first_batch, capsys):
+def test_rerun_skips_finished_jobs_and_prints_the_summary_before_exit_6(first_batch, cli):
     root, weights, manifest, argv, _ = first_batch
     chunks = table_chunks(root / "cache")
     made = {p: p.stat().st_mtime_ns for p in (root / "out").glob("*.mp4")}
-    again = call(capsys, *argv)
+    again = cli(*argv)
     assert again.returncode == 6
     lines = again.stdout.splitlines()
     assert lines[0].startswith("batch batch-") and "3 jobs, 0 done, 1 failed, 2 skipped" in lines[0]
@@ -119,30 +109,30 @@ def test_rerun_skips_finished_jobs_and_prints_the_summary_before_exit_6(first_ba
     assert {p: p.stat().st_mtime_ns for p in (root / "out").glob("*.mp4")} == made
 
     # The same jobs in JSONL are the same jobs: the finished ones are skipped there too.
-    jl = call(capsys, "batch", jsonl_manifest(root / "nightly.jsonl", jobs()[:2]), *argv[2:])
+    jl = cli("batch", jsonl_manifest(root / "nightly.jsonl", jobs()[:2]), *argv[2:])
     assert jl.returncode == 0, jl.stderr
     assert "2 jobs, 0 done, 0 failed, 2 skipped" in jl.stdout and table_chunks(root / "cache") == chunks
 
 
-def test_status_and_resume_of_the_batch_rerun_only_the_failed_job(first_batch, capsys):
+def test_status_and_resume_of_the_batch_rerun_only_the_failed_job(first_batch, cli):
     root, weights, manifest, argv, _ = first_batch
     cache = root / "cache"
     ws = Workspace(cache)
     (batch_id,) = [j for j, r in ws.jobs().items() if r.get("kind") == "batch" and r["manifest"] == manifest]
-    status = call(capsys, "status", cache, "--job", batch_id, "--json")
+    status = cli("status", cache, "--job", batch_id, "--json")
     assert status.returncode == 0, status.stderr
     rows = {row["job"]: row for row in json.loads(status.stdout)["jobs"]}
     names = {ws.jobs()[j].get("name"): row for j, row in rows.items() if j != batch_id}
     assert set(names) == {"plain", "free", "broken"} and rows[batch_id]["state"] == "failed"
     assert names["plain"]["state"] == "finished" and names["plain"]["done"] >= FRAMES
     assert names["broken"]["state"] == "failed"
-    text = call(capsys, "status", cache, "--job", batch_id)
+    text = cli("status", cache, "--job", batch_id)
     assert batch_id[:40] in text.stdout and text.stdout.count("reenact") >= 3
 
     # The input fixed, `resume BATCH` runs only the failed job; the finished ones are skipped.
     shutil.copy(root / "drive.mp4", root / "broken.mp4")
     chunks = table_chunks(cache)
-    resumed = call(capsys, "resume", batch_id, "--cache", cache)
+    resumed = cli("resume", batch_id, "--cache", cache)
     assert resumed.returncode == 0, resumed.stderr
     assert "3 jobs, 1 done, 0 failed, 2 skipped" in resumed.stdout
     assert "  done:    broken ->" in resumed.stdout
