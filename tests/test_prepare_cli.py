@@ -30,6 +30,18 @@ def clip(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, prefect_harness, clip) -> Path:
+    """The clip prepared at 64 px in this process (one torch thread like the CLI's), once: the
+    reference of the killed run and the first run of the second-run test (which copies it)."""
+    from flows.prepare import prepare_video
+
+    cache = tmp_path_factory.mktemp("cli-prepared") / "cache"
+    first = prepare_video(str(clip), str(cache), resolution=64)  # the CLI's defaults match it
+    assert first["landmarks"]["computed"] == FRAMES and first["crops"]["computed"] == FRAMES
+    return cache
+
+
 def done_frames(cache: Path) -> int:
     """Done frames of every table, counted without opening anything: a status chunk is written (as
     done) only after the frame's data."""
@@ -87,12 +99,10 @@ def test_no_face_through_the_cli(tmp_path, cli, prefect_harness):
     assert_nothing_done(cache)
 
 
-def test_second_run_does_no_work(tmp_path, run_cli, prefect_api_env, clip):
-    from flows.prepare import prepare_video
+def test_second_run_does_no_work(tmp_path, run_cli, prefect_api_env, clip, prepared):
+    import shutil
 
-    cache = tmp_path / "cache"
-    first = prepare_video(str(clip), str(cache), resolution=64)  # in-process: the CLI's defaults match it
-    assert first["landmarks"]["computed"] == FRAMES and first["crops"]["computed"] == FRAMES
+    cache = shutil.copytree(prepared, tmp_path / "cache")
     chunks = chunk_mtimes(cache)
     assert len(chunks) > 2 * FRAMES
     second = run_cli("prepare", clip, "--cache", cache, "--resolution", "64", "--quiet", env=prefect_api_env,
@@ -103,12 +113,9 @@ def test_second_run_does_no_work(tmp_path, run_cli, prefect_api_env, clip):
     assert chunk_mtimes(cache) == chunks
 
 
-def test_killed_run_resumes_to_the_same_arrays(tmp_path, run_cli, prefect_api_env, clip):
-    from flows.prepare import prepare_video
-
+def test_killed_run_resumes_to_the_same_arrays(tmp_path, run_cli, prefect_api_env, clip, prepared):
     args = ["prepare", str(clip), "--resolution", "64"]
-    reference = tmp_path / "reference"
-    prepare_video(str(clip), str(reference), resolution=64)  # in-process, one torch thread like the CLI's
+    reference = prepared  # uninterrupted, in this process
 
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **prefect_api_env}
