@@ -140,3 +140,10 @@ def test_status_and_resume_of_the_batch_rerun_only_the_failed_job(first_batch, c
     # broken.mp4 now holds drive.mp4's bytes: the same content, so its cached tables were reused too.
     assert table_chunks(cache) == chunks
     assert Workspace(cache).jobs()[batch_id]["state"] == "finished"
+
+    # `resume` of one job of the batch resumes its batch: here nothing is left to do.
+    (broken_id,) = [j for j, r in Workspace(cache).jobs().items() if r.get("name") == "broken"]
+    again = cli("resume", broken_id, "--cache", cache)
+    assert again.returncode == 0, again.stderr
+    assert f"is one job of {batch_id}" in again.stdout
+    assert "3 jobs, 0 done, 0 failed, 3 skipped" in again.stdout
