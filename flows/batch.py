@@ -1,6 +1,7 @@
 """The nightly reenactment batch: every job of a batch manifest, each isolated.
 
-    manifest (YAML / JSONL: source, driving, mode, options, output) --load_batch--> jobs
+    manifest (YAML / JSONL: source, driving, mode, options, output) --load_jobs--> jobs, every job's
+        options checked against its mode and every output checked writable, before any job runs
     for each job:  reenact(source, driving, output, cache, weights, mode, **options)
                    a job that fails is recorded with its one-line reason; the others go on
     summary: done / failed / skipped jobs; JobFailedError (exit 6) when any job failed
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +26,86 @@ from storage.errors import FacereenactError, InputError, JobFailedError
 from storage.manifests import BatchJob, load_batch
 from storage.provenance import code_version, provenance_key
 
-__all__ = ["batch_id", "format_batch_summary", "reenact_batch"]
+__all__ = ["JOB_KEYWORDS", "PATH_OPTIONS", "batch_id", "format_batch_summary", "load_jobs", "reenact_batch"]
+
+# Keyword arguments of `reenact` that a job's options may set; every other option is the mode's
+# (projection: ProjectionConfig fields such as steps_first, steps_next, perceptual) or `invert_steps`.
+JOB_KEYWORDS = {"variant": str, "layout": str, "paste_back": bool, "subframes": bool}
+# Options that name a file (mode "mapping": its trained network): resolved against the manifest's
+# folder like source and driving, never climbing out of it.
+PATH_OPTIONS = ("mapping",)
+# Set by the batch (or by the job's own fields) for every job, never by a job's options.
+BATCH_KEYWORDS = {"source": "the job's field", "driving": "the job's field", "output": "the job's field",
+                  "mode": "the job's field", "cache": "the batch", "weights": "the batch",
+                  "device": "the batch", "landmarks": "the batch", "progress": "the batch",
+                  "preview": "the batch (OUTPUT.preview.png beside the output)"}
 
 
 def batch_id(manifest: Path, jobs: list[BatchJob]) -> str:
     """Stable id of a batch: its manifest (resolved path) and the ids of its jobs."""
     key = provenance_key({"manifest": str(manifest.resolve()), "jobs": [j.job_id for j in jobs]}, 12)
     return f"batch-{key}"
+
+
+def load_jobs(manifest: str | Path, output_dir: str | Path | None = None) -> list[BatchJob]:
+    """The jobs of a batch manifest, all checked before any runs: the manifest (load_batch), each job's
+    options (names and values, by its mode's own check), and that every output can be written. Any
+    problem is a one-line InputError naming the manifest, the job and its line."""
+    from storage.atomic import check_writable
+
+    path = Path(manifest).expanduser()
+    if output_dir is not None and not Path(output_dir).expanduser().is_dir():
+        raise InputError("output directory not found (create it first)", path=output_dir)
+    jobs = load_batch(path, output_dir)
+    checked = []
+    for job in jobs:
+        options = _check_options(job, path.parent)
+        try:
+            check_writable(job.output)
+        except InputError as err:
+            raise InputError(f"{job.where}, output: {err}") from None
+        checked.append(replace(job, options=options))
+    return checked
+
+
+def _check_options(job: BatchJob, base: Path) -> dict[str, Any]:
+    """A job's options, checked: reenact's keywords with the right types, path options resolved, the
+    rest validated by the mode's `check` (flows/reenact.REENACTORS), so an unknown option name fails
+    the manifest before anything runs. A mode this installation lacks is left to fail its own job."""
+    from models.reenact import VARIANTS
+    from storage.manifests import resolve_entry
+    from storage.render import LAYOUTS
+
+    where = f"{job.where}, options"
+    options = dict(job.options)
+    for name, value in options.items():
+        if not isinstance(name, str):
+            raise InputError(f"{where}: option names must be strings, got {name!r}")
+        if name in BATCH_KEYWORDS:
+            raise InputError(f"{where}: {name!r} is not a job option (it is set by {BATCH_KEYWORDS[name]})")
+        kind = JOB_KEYWORDS.get(name)
+        if kind is not None and not isinstance(value, kind):
+            raise InputError(f"{where}: {name} must be a {kind.__name__}, got {value!r}")
+    if options.get("variant", "identity") not in VARIANTS:
+        raise InputError(f"{where}: unknown variant {options['variant']!r} (known: {', '.join(VARIANTS)})")
+    if options.get("layout", "result") not in LAYOUTS:
+        raise InputError(f"{where}: unknown layout {options['layout']!r} (known: {', '.join(LAYOUTS)})")
+    invert_steps = options.get("invert_steps", 0)
+    if isinstance(invert_steps, bool) or not isinstance(invert_steps, int) or invert_steps < 0:
+        raise InputError(f"{where}: invert_steps must be an integer >= 0, got {invert_steps!r}")
+    for name in PATH_OPTIONS:
+        if name in options:
+            options[name] = str(resolve_entry(options[name], base, f"{where}, {name}"))
+    from flows.reenact import REENACTORS
+
+    if job.mode in REENACTORS:
+        mode_options = {k: v for k, v in options.items()
+                        if k not in JOB_KEYWORDS and k != "invert_steps"}
+        try:
+            REENACTORS[job.mode].check(options.get("variant", "identity"), mode_options)
+        except InputError as err:
+            raise InputError(f"{where}: {err}") from None
+    return options
 
 
 def _reenact():
@@ -52,7 +127,7 @@ def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_
     logger = get_run_logger()
     began = time.monotonic()
     path = Path(manifest).expanduser()
-    jobs = load_batch(path, output_dir)  # every problem of the manifest found before anything runs
+    jobs = load_jobs(path, output_dir)  # every problem of the manifest found before anything runs
     ws = Workspace(cache)
     this_batch = batch_id(path, jobs)
     args = {"weights": weights, "output_dir": output_dir, "device": device, "landmarks": landmarks}
@@ -72,7 +147,7 @@ def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_
     for job in jobs:
         record = {"kind": "reenact", "batch": this_batch, "name": job.name, "source": str(job.source),
                   "driving": str(job.driving), "output": str(job.output), "mode": job.mode,
-                  "options": dict(job.options)}
+                  "options": dict(job.options), "args": args}
         previous = known.get(job.job_id, {})
         if not rerun_finished and previous.get("state") == "finished" and job.output.is_file():
             states[job.name].update(state="skipped")
@@ -91,7 +166,7 @@ def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_
             logger.error(f"{job.name}: {reason}\n{traceback.format_exc()}")
         else:
             seconds = round(time.monotonic() - t0, 2)
-            tables = list((result or {}).get("tables", [])) if isinstance(result, dict) else []
+            tables = sorted(set((result.get("tables") or {}).values())) if isinstance(result, dict) else []
             ws.record_job(job.job_id, {**record, "state": "finished", "seconds": seconds, "tables": tables})
             states[job.name].update(state="finished", seconds=seconds)
             logger.info(f"{job.name}: done in {seconds:.1f} s -> {job.output}")

@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from storage.errors import InputError
 
 
 def partial_path(target: str | Path) -> Path:
@@ -49,3 +52,25 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def check_writable(target: str | Path) -> None:
+    """Refuse, before any work, an output that could not be written: its path is a folder, a file
+    stands where its folder would be, or the folder it would go into is not writable (a read-only
+    mount, no permission). Tested by making and removing a file there, which is what counts: root
+    ignores permission bits and a read-only mount ignores them too. One-line InputError."""
+    target = Path(target)
+    if target.is_dir():
+        raise InputError("the output is a folder, not a file", path=target)
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:  # the folder new ones would be made in
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"cannot write the output: {folder} is a file, not a folder", path=target)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+    except OSError as err:
+        raise InputError(f"cannot write the output: folder {folder} is not writable ({err.strerror})",
+                         path=target) from None
+    os.close(fd)
+    os.unlink(probe)

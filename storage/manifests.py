@@ -134,6 +134,7 @@ class BatchJob:
     mode: str = "projection"
     options: Mapping[str, Any] = field(default_factory=dict)
     line: int = 0
+    where: str = ""  # "MANIFEST: job N (line L)": how errors about this job name it
 
     @property
     def job_id(self) -> str:
@@ -203,28 +204,35 @@ def load_batch(manifest: str | Path, output_dir: str | Path | None = None) -> li
             raise InputError(f"{where}, name: {name!r} is used by another job")
         seen_names.add(name)
         jobs.append(BatchJob(name=name, source=source, driving=driving, output=output, mode=mode,
-                             options=dict(options), line=lineno))
+                             options=dict(options), line=lineno, where=where))
     return jobs
 
 
 def _yaml_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """The jobs of a YAML manifest with the line each starts on (errors name it)."""
     import yaml
 
+    text = _read_text(path)
     try:
-        data = yaml.safe_load(_read_text(path))
+        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise InputError(f"not valid YAML{at}", path=path) from None
     if isinstance(data, dict) and "jobs" in data:
         data = data["jobs"]
+        node = next((v for k, v in node.value if k.value == "jobs"), None)
     if data is None:
         return []
     if not isinstance(data, list):
         raise InputError("expected a list of jobs (or a mapping with a 'jobs' list)", path=path)
+    lines = [item.start_mark.line + 1 for item in node.value] if isinstance(node, yaml.SequenceNode) else []
     rows = []
     for index, row in enumerate(data, start=1):
+        lineno = lines[index - 1] if len(lines) == len(data) else 0
         if not isinstance(row, dict):
-            raise InputError(f"job {index}: expected a mapping, got {type(row).__name__}", path=path)
-        rows.append((0, row))
+            at = f" (line {lineno})" if lineno else ""
+            raise InputError(f"job {index}{at}: expected a mapping, got {type(row).__name__}", path=path)
+        rows.append((lineno, row))
     return rows

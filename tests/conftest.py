@@ -3,6 +3,8 @@
 - `shared_dir`: ../shared beside the repository root (the fixtures of DESIGN.md); tests that need it
   skip with a clear reason when it is absent.
 - `run_cli`: runs `python -m flows.cli ...` in a subprocess, the way a user runs `facereenact`.
+- `cli`: the same command line through `flows.cli.main` in this process (no 2-4 s start-up); for
+  checks where the process itself does not matter (errors before any work, quick commands).
 - `prefect_harness`: one session-wide Prefect test server with PREFECT_HOME in a temp dir;
   `prefect_api_env`: the environment that points CLI subprocesses at it.
 """
@@ -71,6 +73,51 @@ def faces_fixture_dir(shared_dir: Path) -> Path:
 def run_cli():
     """`run_cli(*args, env=..., check=...)` -> CompletedProcess of `facereenact *args`."""
     return _run_cli
+
+
+@pytest.fixture(autouse=True)
+def _cli_environment():
+    """The CLI turns Prefect's console lines off for its own process (os.environ.setdefault); when a
+    test calls it in this process, that must not leak into later tests (their subprocesses inherit
+    os.environ: a resumed run's INFO lines, which a test reads, went missing so)."""
+    key = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
+    before = os.environ.get(key)
+    yield
+    if before is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = before
+
+
+@pytest.fixture
+def cli(capfd, monkeypatch):
+    """`cli(*argv, env=None)` -> CompletedProcess of `flows.cli.main(argv)` run in this process with
+    file descriptors 1 and 2 captured (whatever any logger writes there is seen, as on a terminal),
+    so `tests.helpers.assert_user_error` checks it like a subprocess's. `flows.cli.__main__` only
+    calls `main`, so this is the entry point's code path; `env` is set for the call only."""
+    import subprocess
+
+    from flows import cli as cli_module
+
+    # What the CLI sets for itself in a fresh process (Prefect's console lines off), for this test.
+    monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+    def call(*argv, env: dict[str, str] | None = None,
+             check: bool = False) -> subprocess.CompletedProcess[str]:
+        capfd.readouterr()
+        with monkeypatch.context() as m:
+            for key, value in (env or {}).items():
+                m.setenv(key, str(value))
+            try:
+                code = cli_module.main([str(a) for a in argv])
+            except SystemExit as exit_:  # argparse's usage errors
+                code = exit_.code if isinstance(exit_.code, int) else 1
+        out, err = capfd.readouterr()
+        if check and code != 0:
+            raise AssertionError(f"facereenact {' '.join(map(str, argv))} failed ({code}):\n{out}\n{err}")
+        return subprocess.CompletedProcess(["facereenact", *map(str, argv)], code, out, err)
+
+    return call
 
 
 @pytest.fixture(scope="session")

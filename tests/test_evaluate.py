@@ -91,10 +91,10 @@ def test_errors(files, tmp_path, run_cli):
     assert_user_error(proc, str(missing), code=2)
 
 
-def test_cli_table_and_json(files, run_cli):
+def test_cli_table_and_json(files, cli):
     args = ["evaluate", files / "shifted.mp4", "--source", files / "source.png", "--driving",
             files / "driving.mp4"]
-    table = run_cli(*args, check=True).stdout
+    table = cli(*args, check=True).stdout
     assert "landmark NME" in table and "seconds per frame" in table and "n/a" in table
-    report = json.loads(run_cli(*args, "--json", check=True).stdout)
+    report = json.loads(cli(*args, "--json", check=True).stdout)
     assert report["landmark_nme"] > 0.08 and report["frames_compared"] == FRAMES

@@ -52,14 +52,14 @@ def test_generate_from_seeds_and_wplus(run_cli, stylegan_fixture_dir, tmp_path):
         assert np.abs(_png(out / f"wplus{i:04d}.png").astype(int) - nvidia[i]).max() <= 1
 
 
-def test_generate_user_errors(run_cli, stylegan_fixture_dir, tmp_path):
+def test_generate_user_errors(cli, stylegan_fixture_dir, tmp_path):
     pkl = stylegan_fixture_dir / "sg2_tiny64.pkl"
     np.save(tmp_path / "bad.npy", np.zeros((3, 512), np.float32))
-    proc = run_cli("generate", "--weights", pkl, "--wplus", tmp_path / "bad.npy", "--out", tmp_path / "o")
+    proc = cli("generate", "--weights", pkl, "--wplus", tmp_path / "bad.npy", "--out", tmp_path / "o")
     assert_user_error(proc, "bad.npy", "(N, 10, 512)", code=2)
-    proc = run_cli("generate", "--weights", tmp_path / "missing.pkl", "--seeds", "0", "--out", tmp_path / "o")
+    proc = cli("generate", "--weights", tmp_path / "missing.pkl", "--seeds", "0", "--out", tmp_path / "o")
     assert_user_error(proc, "missing.pkl", "not found", code=2)
-    proc = run_cli("generate", "--weights", "not-a-registered-name", "--seeds", "0", "--out", tmp_path / "o")
+    proc = cli("generate", "--weights", "not-a-registered-name", "--seeds", "0", "--out", tmp_path / "o")
     assert_user_error(proc, "not-a-registered-name", code=4)
     assert not (tmp_path / "o").exists()
 

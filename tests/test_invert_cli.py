@@ -33,14 +33,14 @@ def data(tmp_path_factory, prefect_harness) -> invert_data.Dataset:
     return invert_data.dataset(tmp_path_factory)
 
 
-def test_errors_before_any_work(data, tmp_path, run_cli):
+def test_errors_before_any_work(data, tmp_path, cli):
     cache = tmp_path / "cache"
     # Calibrated LPIPS (the default) without its backbone file: the fetch command and the opt-in.
-    proc = run_cli("invert", data.videos, "--cache", cache, "--weights", data.weights, "--device", "cpu")
+    proc = cli("invert", data.videos, "--cache", cache, "--weights", data.weights, "--device", "cpu")
     assert_user_error(proc, "vgg16-397923af.pth", "facereenact weights fetch lpips-vgg16",
                       "--perceptual uncalibrated", code=4)
     # The generator's resolution is the crops': another one is refused.
-    proc = run_cli("invert", data.videos, "--cache", cache, "--weights", data.weights, "--resolution", "64",
+    proc = cli("invert", data.videos, "--cache", cache, "--weights", data.weights, "--resolution", "64",
                    *CLI_SETTINGS)
     assert_user_error(proc, "--resolution 64 does not match the generator's 32 px", code=2)
     assert not cache.exists()  # nothing written, not even the cache
@@ -142,7 +142,7 @@ def test_killed_job_resumes_to_the_uninterrupted_latents(data, tmp_path, run_cli
     assert job["state"] == "finished" and job["summary"]["done"] == TOTAL
 
 
-def test_failed_frames_exit_6_after_the_summary(data, tmp_path, prefect_api_env):
+def test_failed_frames_exit_6_after_the_summary(data, tmp_path, prefect_api_env, cli):
     """Frames fail through the real --max-loss quality gate (their final loss is above it)."""
     losses = data.reference_losses()["b.mp4"]
     threshold = float(np.median(losses))
@@ -167,8 +167,7 @@ def test_failed_frames_exit_6_after_the_summary(data, tmp_path, prefect_api_env)
     assert [int(re.search(r"frame (\d+):", line)[1]) for line in listed] == failed
     assert all("above --max-loss" in line for line in listed)
     # `facereenact status` shows the job, failed, with its failed frames, from the cache alone.
-    status = subprocess.run([sys.executable, "-m", "flows.cli", "status", str(cache), "--failed"],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=True)
+    status = cli("status", cache, "--failed", check=True)
     (row,) = [line for line in status.stdout.splitlines() if line.startswith("invert-")]
     assert row.split()[1:3] == ["invert", "failed"]
     assert status.stdout.count("above --max-loss") == len(failed)

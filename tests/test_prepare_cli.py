@@ -30,6 +30,18 @@ def clip(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, prefect_harness, clip) -> Path:
+    """The clip prepared at 64 px in this process (one torch thread like the CLI's), once: the
+    reference of the killed run and the first run of the second-run test (which copies it)."""
+    from flows.prepare import prepare_video
+
+    cache = tmp_path_factory.mktemp("cli-prepared") / "cache"
+    first = prepare_video(str(clip), str(cache), resolution=64)  # the CLI's defaults match it
+    assert first["landmarks"]["computed"] == FRAMES and first["crops"]["computed"] == FRAMES
+    return cache
+
+
 def done_frames(cache: Path) -> int:
     """Done frames of every table, counted without opening anything: a status chunk is written (as
     done) only after the frame's data."""
@@ -58,40 +70,39 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
-def test_bad_inputs_fail_at_once_with_one_line(tmp_path, run_cli, clip):
+def test_bad_inputs_fail_at_once_with_one_line(tmp_path, run_cli, cli, clip):
     cache = tmp_path / "cache"
     bad = bad_inputs(tmp_path)
     proc = run_cli("prepare", bad["corrupt"][0], "--cache", cache)
     assert_user_error(proc, "corrupt.mp4", "not a readable video", code=2)
-    # Every file is checked before any work starts, and every problem named in the one line.
-    proc = run_cli("prepare", clip, *(path for path, _ in bad.values()), "--cache", cache)
+    # Every file is checked before any work starts, and every problem named in the one line (the
+    # rest in this process: the same entry point, without a start-up each).
+    proc = cli("prepare", clip, *(path for path, _ in bad.values()), "--cache", cache)
     assert_user_error(proc, f"{len(bad)} of {len(bad) + 1} inputs are unusable", code=2)
     line = proc.stderr.strip().splitlines()[-1]
     for name, (path, problem) in bad.items():
         assert f"{path}: {problem}" in line, name
     assert "talking.mp4" not in line
     assert not cache.exists()  # not even a cache made
-    proc = run_cli("prepare", clip, "--cache", cache, "--smoothing", "savgol", "--window", "4")
+    proc = cli("prepare", clip, "--cache", cache, "--smoothing", "savgol", "--window", "4")
     assert_user_error(proc, "smoothing", "odd window", code=2)
-    proc = run_cli("prepare", clip, "--cache", cache, "--landmarks", "fan")
+    proc = cli("prepare", clip, "--cache", cache, "--landmarks", "fan")
     assert_user_error(proc, "2DFAN4", "weights fetch fan-2d", code=4)  # no weights here, none fetched
     assert_nothing_done(cache)
 
 
-def test_no_face_through_the_cli(tmp_path, run_cli, prefect_api_env):
+def test_no_face_through_the_cli(tmp_path, cli, prefect_harness):
     save_image(tmp_path / "wall.jpg", np.full((240, 320, 3), 128, np.uint8))
     cache = tmp_path / "cache"
-    proc = run_cli("prepare", tmp_path / "wall.jpg", "--cache", cache, env=prefect_api_env)
+    proc = cli("prepare", tmp_path / "wall.jpg", "--cache", cache)
     assert_user_error(proc, "wall.jpg", "no face found in the image", code=2)
     assert_nothing_done(cache)
 
 
-def test_second_run_does_no_work(tmp_path, run_cli, prefect_api_env, clip):
-    from flows.prepare import prepare_video
+def test_second_run_does_no_work(tmp_path, run_cli, prefect_api_env, clip, prepared):
+    import shutil
 
-    cache = tmp_path / "cache"
-    first = prepare_video(str(clip), str(cache), resolution=64)  # in-process: the CLI's defaults match it
-    assert first["landmarks"]["computed"] == FRAMES and first["crops"]["computed"] == FRAMES
+    cache = shutil.copytree(prepared, tmp_path / "cache")
     chunks = chunk_mtimes(cache)
     assert len(chunks) > 2 * FRAMES
     second = run_cli("prepare", clip, "--cache", cache, "--resolution", "64", "--quiet", env=prefect_api_env,
@@ -102,12 +113,9 @@ def test_second_run_does_no_work(tmp_path, run_cli, prefect_api_env, clip):
     assert chunk_mtimes(cache) == chunks
 
 
-def test_killed_run_resumes_to_the_same_arrays(tmp_path, run_cli, prefect_api_env, clip):
-    from flows.prepare import prepare_video
-
+def test_killed_run_resumes_to_the_same_arrays(tmp_path, run_cli, prefect_api_env, clip, prepared):
     args = ["prepare", str(clip), "--resolution", "64"]
-    reference = tmp_path / "reference"
-    prepare_video(str(clip), str(reference), resolution=64)  # in-process, one torch thread like the CLI's
+    reference = prepared  # uninterrupted, in this process
 
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **prefect_api_env}

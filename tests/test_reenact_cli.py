@@ -36,7 +36,7 @@ def inputs(tmp_path_factory):
     return root, reenact_data.tiny_weights(root), clip
 
 
-def test_user_errors(inputs, tmp_path, run_cli, prefect_api_env, capsys):
+def test_user_errors(inputs, tmp_path, capsys, monkeypatch, prefect_harness):
     from flows.cli import main
 
     root, weights, clip = inputs
@@ -66,8 +66,8 @@ def test_user_errors(inputs, tmp_path, run_cli, prefect_api_env, capsys):
     from storage.images import save_image
 
     blank = save_image(tmp_path / "wall.png", np.full((128, 128, 3), 118, np.uint8))
-    proc = run_cli("run", "--source", blank, "--driving", clip, "--weights", weights, "-o", out,
-                   "--cache", tmp_path / "cache", *CLI_OPTIONS, env=prefect_api_env)
+    monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")  # as the CLI sets it
+    proc = run("--source", blank, "--driving", clip, "--weights", weights)
     assert_user_error(proc, "wall.png", "no face", code=2)
     assert not out.exists()
 
@@ -78,7 +78,7 @@ def done_frames(cache: Path) -> int:
     return sum(1 for d in reenact_dirs(cache) for _ in (d / "status" / "c").glob("*"))
 
 
-def test_killed_run_resumes_to_the_uninterrupted_latents(inputs, tmp_path, run_cli, prefect_api_env):
+def test_killed_run_resumes_to_the_uninterrupted_latents(inputs, tmp_path, cli, prefect_api_env):
     root, weights, clip = inputs
     reference = tmp_path / "reference"
     args = ["run", "--source", str(reenact_data.source()), "--driving", str(clip), "--weights", str(weights),
@@ -122,7 +122,7 @@ def test_killed_run_resumes_to_the_uninterrupted_latents(inputs, tmp_path, run_c
     (kill_dir,) = reenact_dirs(cache)
     before = {k: v for k, v in table_chunks(cache).items() if int(k.split("/c/")[1].split("/")[0]) in done}
 
-    resumed = run_cli(*args, "-o", out, "--cache", cache, env=prefect_api_env)
+    resumed = cli(*args, "-o", out, "--cache", cache)  # in this process: the killed run was a process
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = table_chunks(cache)
     assert {k: after[k] for k in before} == before  # frames done before the kill: not written again
@@ -132,10 +132,9 @@ def test_killed_run_resumes_to_the_uninterrupted_latents(inputs, tmp_path, run_c
     print(f"\nkill seed {seed}: killed with {len(done)} of {FRAMES} frames done; resumed to the same latents")
 
 
-def test_demo_command(tmp_path, run_cli, prefect_api_env):
+def test_demo_command(tmp_path, cli, prefect_harness):
     out = tmp_path / "demo"
-    proc = run_cli("demo", "--out", out, "--frames", "3", "--steps", "4", "--resolution", "32", "--quiet",
-                   env=prefect_api_env)
+    proc = cli("demo", "--out", out, "--frames", "3", "--steps", "4", "--resolution", "32", "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Offline (tests have no weights): the random generator, said plainly; LPIPS uncalibrated, said too.
     assert "NOT the quality of real weights" in proc.stderr and "LPIPS runs uncalibrated" in proc.stderr

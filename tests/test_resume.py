@@ -37,14 +37,11 @@ def test_resume_recomputes_only_missing_and_failed_frames(data, tmp_path, capsys
     from flows.invert import invert_dataset
 
     monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-    reference = data.copy_prepared(tmp_path / "reference")
-    invert_dataset(str(data.clip), str(reference), str(data.weights), **SETTINGS)
-    (ref,) = LatentCache.all(Workspace(reference))
-
     cache = data.copy_prepared(tmp_path / "cache")
     summary = invert_dataset(str(data.clip), str(cache), str(data.weights), **SETTINGS)
     ws = Workspace(cache)
     (latents,) = LatentCache.all(ws)
+    reference = latents.read()  # the uninterrupted run's latents, before the damage below
     # What a crash and a bad frame leave: frame 3 pending (killed before its status), frame 0 failed.
     latents.table.reset([3])
     latents.fail([0], "inversion raised RuntimeError: CUDA error (simulated lost worker)")
@@ -66,7 +63,7 @@ def test_resume_recomputes_only_missing_and_failed_frames(data, tmp_path, capsys
     rewritten = sorted({int(k.split("/c/")[1].split("/")[0]) for k, v in after.items() if before.get(k) != v})
     assert rewritten == [0, 3]  # only the failed and the missing frame
     (latents,) = LatentCache.all(Workspace(cache))
-    np.testing.assert_array_equal(latents.read(), ref.read())
+    np.testing.assert_array_equal(latents.read(), reference)
     assert Workspace(cache).jobs()[summary["job"]]["state"] == "finished"
 
     # A second resume has nothing left to do.
@@ -74,7 +71,7 @@ def test_resume_recomputes_only_missing_and_failed_frames(data, tmp_path, capsys
     assert again.returncode == 0 and again.stdout.startswith("inverted 0 frames in this run")
 
 
-def test_resume_of_an_unknown_job_is_one_line(data, tmp_path, run_cli):
+def test_resume_of_an_unknown_job_is_one_line(data, tmp_path, cli):
     cache = data.copy_prepared(tmp_path / "cache")
-    assert_user_error(run_cli("resume", "invert-nope", "--cache", cache), "no job 'invert-nope'", code=2)
-    assert_user_error(run_cli("resume", "x", "--cache", tmp_path / "none"), "no cache here", code=5)
+    assert_user_error(cli("resume", "invert-nope", "--cache", cache), "no job 'invert-nope'", code=2)
+    assert_user_error(cli("resume", "x", "--cache", tmp_path / "none"), "no cache here", code=5)

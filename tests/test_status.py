@@ -22,29 +22,29 @@ def _filled_cache(path):
     return ws, t
 
 
-def test_status_counts_jobs_and_tables(tmp_path, run_cli):
+def test_status_counts_jobs_and_tables(tmp_path, cli):
     _filled_cache(tmp_path / "c")
-    proc = run_cli("status", tmp_path / "c", "--json", check=True)
+    proc = cli("status", tmp_path / "c", "--json", check=True)
     report = json.loads(proc.stdout)
     assert report["jobs"] == [{"job": "job-1", "kind": "invert", "state": "finished", "updated": None,
                                "frames": 4, "done": 2, "failed": 1, "pending": 1}]
     (table,) = report["tables"]
     assert (table["media"], table["done"], table["failed"], table["pending"]) == ("/data/clip.mp4", 2, 1, 1)
     assert table["errors"] == {"2": "loss is NaN at step 2"}
-    text = run_cli("status", tmp_path / "c", "--failed", check=True).stdout
+    text = cli("status", tmp_path / "c", "--failed", check=True).stdout
     assert "frame 2: loss is NaN at step 2" in text and "job-1" in text
 
 
-def test_status_repair_marks_damaged_frames_failed(tmp_path, run_cli):
+def test_status_repair_marks_damaged_frames_failed(tmp_path, cli):
     ws, t = _filled_cache(tmp_path / "c")
     t.group["latents"][1] = np.full((2, 3), np.nan, dtype=np.float32)
-    run_cli("status", tmp_path / "c", "--repair", check=True)
+    cli("status", tmp_path / "c", "--repair", check=True)
     t2 = next(Workspace(tmp_path / "c").tables())
     assert t2.failed_frames().tolist() == [1, 2]
     assert "damaged" in t2.errors()[1]
 
 
-def test_status_of_missing_or_foreign_cache_is_one_line(tmp_path, run_cli):
-    assert_user_error(run_cli("status", tmp_path / "nothing"), "no cache here", code=5)
+def test_status_of_missing_or_foreign_cache_is_one_line(tmp_path, cli):
+    assert_user_error(cli("status", tmp_path / "nothing"), "no cache here", code=5)
     (tmp_path / "file").write_text("x")
-    assert_user_error(run_cli("status", tmp_path / "file"), "is a file", code=5)
+    assert_user_error(cli("status", tmp_path / "file"), "is a file", code=5)

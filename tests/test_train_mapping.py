@@ -167,17 +167,17 @@ def test_flow_trains_evaluates_and_records(cache, tmp_path, prefect_harness):
     assert again["training"]["held_out"]["mse"] == held["mse"]
 
 
-def test_cli_errors(tmp_path, cache, run_cli):
+def test_cli_errors(tmp_path, cache, cli):
     missing = tmp_path / "nope"
-    assert_user_error(run_cli("train-mapping", "--cache", missing, "--out", tmp_path / "m.pt"),
+    assert_user_error(cli("train-mapping", "--cache", missing, "--out", tmp_path / "m.pt"),
                       str(missing), "no such cache directory", code=5)
     out = tmp_path / "m.pt"
     train_to(out, plan_training(str(cache), SMALL), 1, 1, log=lambda _: None)
     before = out.read_bytes()
-    proc = run_cli("train-mapping", "--cache", cache, "--out", out, "--batch-size", "16", "--device", "cpu")
+    proc = cli("train-mapping", "--cache", cache, "--out", out, "--batch-size", "16", "--device", "cpu")
     assert_user_error(proc, str(out), "other settings", "batch_size 8 here 16", code=3)
     assert out.read_bytes() == before                               # never overwritten
-    assert_user_error(run_cli("train-mapping", "--cache", cache, "--out", out, "--image-loss", "1"),
+    assert_user_error(cli("train-mapping", "--cache", cache, "--out", out, "--image-loss", "1"),
                       "--image-loss needs --weights", code=2)
 
 

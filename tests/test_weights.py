@@ -528,47 +528,48 @@ def test_cli_fetch_from_mirror_with_wrong_file_is_refused(run_cli, server, tmp_p
     assert leftovers(tmp_path) == []
 
 
-def test_cli_fetch_list_verify(run_cli, server, tmp_path):
+def test_cli_fetch_list_verify(cli, server, tmp_path):
+    # In this process (flows.cli.main): the entry point in a fresh process is the tests above.
     data = payload(300_000)
     server.files["/w.pkl"] = data
     env = {"FACEREENACT_HOME": str(tmp_path), "FACEREENACT_WEIGHTS_URL_FFHQ_256": server.url("/w.pkl")}
     final = tmp_path / "weights" / REGISTRY["ffhq-256"].filename
 
-    listed = run_cli("weights", "list", env=env, check=True).stdout
+    listed = cli("weights", "list", env=env, check=True).stdout
     assert re.search(r"^ffhq-256 .*missing", listed, re.M) and "lpips-vgg16" in listed
 
-    fetched = run_cli("weights", "fetch", "ffhq-256", env=env, check=True)
+    fetched = cli("weights", "fetch", "ffhq-256", env=env, check=True)
     assert fetched.stdout.strip() == str(final) and final.read_bytes() == data
     assert sha(data) in fetched.stderr  # the digest it saw, for an unpinned entry
 
-    listed = run_cli("weights", "list", env=env, check=True).stdout
+    listed = cli("weights", "list", env=env, check=True).stdout
     assert re.search(rf"^ffhq-256 .*recorded\s+{re.escape(str(final))}$", listed, re.M)
-    by_name = run_cli("weights", "verify", "ffhq-256", env=env, check=True).stdout
-    by_path = run_cli("weights", "verify", final, env=env, check=True).stdout
+    by_name = cli("weights", "verify", "ffhq-256", env=env, check=True).stdout
+    by_path = cli("weights", "verify", final, env=env, check=True).stdout
     assert by_name == by_path and sha(data) in by_name and "OK" in by_name
 
     final.write_bytes(data[:-1] + b"\0")
-    assert_user_error(run_cli("weights", "verify", final, env=env), str(final), "sha256 mismatch", code=3)
-    assert_user_error(run_cli("weights", "verify", tmp_path / "nope.pkl", env=env), "nope.pkl",
+    assert_user_error(cli("weights", "verify", final, env=env), str(final), "sha256 mismatch", code=3)
+    assert_user_error(cli("weights", "verify", tmp_path / "nope.pkl", env=env), "nope.pkl",
                       "no such file", code=2)
-    assert_user_error(run_cli("weights", "fetch", "ffhq-2048", env=env), "unknown weight name", code=4)
+    assert_user_error(cli("weights", "fetch", "ffhq-2048", env=env), "unknown weight name", code=4)
 
 
-def test_cli_convert(run_cli, stylegan_fixture_dir, tmp_path):
+def test_cli_convert(cli, stylegan_fixture_dir, tmp_path):
     try:
         from models.checkpoints import convert_checkpoint  # noqa: F401
     except ImportError:
         pytest.skip("models.checkpoints.convert_checkpoint has not landed yet (branch gen)")
     src = stylegan_fixture_dir / "sg2_tiny64.pkl"
     dst = tmp_path / "tiny64.converted"
-    proc = run_cli("weights", "convert", src, dst, check=True)
+    proc = cli("weights", "convert", src, dst, check=True)
     assert proc.stdout.strip() == str(dst)
     assert dst.is_file() and dst.stat().st_size > 0 and dst.read_bytes() != src.read_bytes()
 
     garbage = tmp_path / "garbage.pkl"
     garbage.write_bytes(b"not a pickle at all")
-    assert_user_error(run_cli("weights", "convert", garbage, tmp_path / "out"), "garbage.pkl", code=3)
-    assert_user_error(run_cli("weights", "convert", tmp_path / "absent.pkl", tmp_path / "out"),
+    assert_user_error(cli("weights", "convert", garbage, tmp_path / "out"), "garbage.pkl", code=3)
+    assert_user_error(cli("weights", "convert", tmp_path / "absent.pkl", tmp_path / "out"),
                       "absent.pkl", code=2)
 
 

@@ -28,14 +28,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_prefect(args.verbose)
+    from flows.batch import format_batch_summary, load_jobs, reenact_batch
     from storage.errors import JobFailedError
-    from storage.manifests import load_batch
     from tasks import resources
 
-    load_batch(args.manifest, args.output_dir)  # a bad manifest: fail now, before any work
+    load_jobs(args.manifest, args.output_dir)  # a bad manifest, option or output: fail now, before any work
     resources.generator(args.weights, args.device)  # missing or unsafe weights: fail now
-    quiet_prefect(args.verbose)
-    from flows.batch import format_batch_summary, reenact_batch
 
     try:
         summary = reenact_batch(args.manifest, args.cache, weights=args.weights, output_dir=args.output_dir,

@@ -58,6 +58,13 @@ def run(args: argparse.Namespace) -> int:
         return _resume_invert(args, job, record)
     if kind == "batch":
         return _resume_batch(args, job, record)
+    if kind == "reenact" and record.get("batch"):  # one job of a batch: its batch, which skips the others
+        batch = record["batch"]
+        if batch not in ws.jobs():
+            raise CacheError(f"job {job} belongs to batch {batch}, which this cache has no record of; "
+                             "rerun the batch's command", path=args.cache)
+        print(f"job {job} is one job of {batch}: resuming the batch (its finished jobs are skipped)")
+        return _resume_batch(args, batch, ws.jobs()[batch])
     raise InputError(f"job {job} is of kind {kind!r}, which resume does not know; rerun its command",
                      path=args.cache)
 

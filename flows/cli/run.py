@@ -95,6 +95,9 @@ def check_inputs(source: str, driving: str, output: str, mode: str, variant: str
         raise InputError(f"--invert-steps must be >= 0, got {options['invert_steps']}")
     if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
         raise InputError(f"unsupported output extension (use {', '.join(OUTPUT_SUFFIXES)})", path=output)
+    from storage.atomic import check_writable
+
+    check_writable(output)  # a read-only or impossible output folder: fail now, not after the work
     from flows.reenact import REENACTORS
 
     if mode not in REENACTORS:

@@ -155,6 +155,109 @@ def wplus_nan(t: Path, d: Inputs):
         ["codes.npy", "must be finite"], 2
 
 
+# ------------------------------------------------------------------------- batch manifests and run
+# Fast options for the jobs (the cases fail before any frame is computed).
+REENACT = {"steps_first": 1, "steps_next": 1, "invert_steps": 1, "perceptual": "uncalibrated-alex"}
+
+
+def _batch(t: Path, d: Inputs, manifest: str = "nightly.jsonl", *jobs: dict, output_dir: Path | None = None,
+           text: str | None = None) -> list:
+    """`facereenact batch` on a manifest in `t` beside copies of the clip and the face."""
+    shutil.copy(d.clip, t / "clip.mp4")
+    shutil.copy(d.face, t / "face.png")
+    if text is not None:
+        (t / manifest).write_text(text)
+    else:
+        _jsonl(t / manifest, *({"source": "face.png", "driving": "clip.mp4", "output": "out/a.mp4",
+                                "options": REENACT} | job for job in jobs))
+    extra = [] if output_dir is None else ["--output-dir", output_dir]
+    return ["batch", t / manifest, "--cache", t / "cache", "--weights", d.weights, "--device", "cpu", *extra]
+
+
+def _run(d: Inputs, source: Path, driving: Path, output: Path, cache: Path) -> list:
+    return ["run", "--source", source, "--driving", driving, "-o", output, "--cache", cache, "--weights",
+            d.weights, "--steps-first", "1", "--steps-next", "1", "--invert-steps", "1", "--perceptual",
+            "uncalibrated-alex", "--device", "cpu", "--quiet"]
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        (folder / ".probe").touch()
+    except OSError:
+        return False
+    (folder / ".probe").unlink()
+    return True
+
+
+def readonly_folder(t: Path) -> Path:
+    """A folder no file can be made in: mode 0o555, or /sys when running as root (root ignores
+    permission bits; sysfs refuses new files to everyone)."""
+    folder = t / "readonly"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if _writable(folder):
+        folder = Path("/sys")
+        if _writable(folder):
+            pytest.skip("no read-only folder here (running as root, and /sys accepts files)")
+    return folder
+
+
+def batch_output_traversal(t: Path, d: Inputs):
+    return _batch(t, d, "nightly.jsonl", {"output": "../../../tmp/evil.mp4"}), \
+        ["nightly.jsonl: job 1 (line 1), output", "escapes the output directory"], 2
+
+
+def batch_output_dir_missing(t: Path, d: Inputs):
+    return _batch(t, d, "nightly.jsonl", {}, output_dir=t / "no" / "such"), \
+        ["no/such", "output directory not found"], 2
+
+
+def batch_output_dir_readonly(t: Path, d: Inputs):
+    folder = readonly_folder(t)
+    return _batch(t, d, "nightly.jsonl", {"output": "a.mp4"}, output_dir=folder), \
+        ["nightly.jsonl: job 1 (line 1), output", f"folder {folder} is not writable"], 2
+
+
+def batch_output_under_a_file(t: Path, d: Inputs):
+    return _batch(t, d, "nightly.jsonl", {"output": "face.png/a.mp4"}), \
+        ["job 1 (line 1), output", "face.png is a file, not a folder"], 2
+
+
+def batch_unknown_option(t: Path, d: Inputs):
+    text = (f"jobs:\n  - source: face.png\n    driving: clip.mp4\n    output: out/a.mp4\n"
+            f"  - source: face.png\n    driving: clip.mp4\n    output: out/b.mp4\n"
+            f"    options: {json.dumps({**REENACT, 'stepz_first': 3})}\n")
+    return _batch(t, d, "nightly.yaml", text=text), \
+        ["nightly.yaml: job 2 (line 5), options", "unknown projection option", "stepz_first"], 2
+
+
+def batch_option_of_the_batch(t: Path, d: Inputs):
+    return _batch(t, d, "nightly.jsonl", {"options": {"device": "cuda"}}), \
+        ["job 1 (line 1), options", "'device' is not a job option", "set by the batch"], 2
+
+
+def batch_empty_manifest(t: Path, d: Inputs):
+    return _batch(t, d, "nightly.yaml", text="# no jobs tonight\n"), \
+        ["nightly.yaml", "lists no jobs"], 2
+
+
+def batch_driving_is_an_image(t: Path, d: Inputs):
+    # A bad input of one job is that job's failure (the others would go on): exit 6 after the summary.
+    return _batch(t, d, "nightly.jsonl", {"name": "still", "driving": "face.png"}), \
+        ["1 of 1 jobs failed (still", "face.png", "is a still image, not a video"], 6
+
+
+def run_source_is_a_video(t: Path, d: Inputs):
+    return _run(d, d.clip, d.clip, t / "out" / "a.mp4", t / "cache"), \
+        ["clip.mp4", "the source must be a still image"], 2
+
+
+def run_output_readonly(t: Path, d: Inputs):
+    folder = readonly_folder(t)
+    return _run(d, d.face, d.clip, folder / "a.mp4", t / "cache"), \
+        ["a.mp4", f"folder {folder} is not writable"], 2
+
+
 # -------------------------------------------------------------------------------------- checkpoints
 def checkpoint_truncated(t: Path, d: Inputs):
     whole = d.weights.read_bytes()
@@ -264,6 +367,9 @@ CASES: dict[str, Callable] = {f.__name__: f for f in [
     checkpoint_nan_weights, checkpoint_malicious_torch_file_convert,
     cache_is_a_file, cache_foreign_zarr, cache_zarr_v2_store, cache_future_layout, cache_unknown_url,
     cache_tampered_provenance, cache_status_chunk_garbage, cache_missing,
+    batch_output_traversal, batch_output_dir_missing, batch_output_dir_readonly, batch_output_under_a_file,
+    batch_unknown_option, batch_option_of_the_batch, batch_empty_manifest, batch_driving_is_an_image,
+    run_source_is_a_video, run_output_readonly,
 ]}
 
 
