@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import os
 import shutil
 import subprocess
@@ -35,11 +36,18 @@ def _as_user(command: str) -> list[str]:
     return ["su", "nobody", "-s", "/bin/sh", "-c", command]
 
 
+def _find_binary(name: str) -> str | None:
+    """On PATH, in /usr/local/bin, or where Debian's postgresql package puts its server binaries
+    (/usr/lib/postgresql/<version>/bin, not on PATH); the newest version first."""
+    candidates = [shutil.which(name), f"/usr/local/bin/{name}",
+                  *sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)]
+    return next((c for c in candidates if c and Path(c).exists()), None)
+
+
 @contextlib.contextmanager
 def postgres_cluster(tmp: Path) -> Iterator[str]:
     """A running PostgreSQL server; yields its SQLAlchemy URL for Prefect."""
-    found = {name: shutil.which(name) or (f"/usr/local/bin/{name}" if Path(f"/usr/local/bin/{name}").exists()
-                                          else None) for name in BINARIES}
+    found = {name: _find_binary(name) for name in BINARIES}
     missing = [name for name, path in found.items() if path is None]
     if missing:
         pytest.skip(f"PostgreSQL binaries not found: {', '.join(missing)} (install Debian's postgresql)")
