@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from storage.cache import FAILED, PENDING, Field, FrameTable, Workspace
 from storage.errors import CacheError
 
-__all__ = ["LATENT_STAGE", "SEED_RULE", "LatentCache", "fixed_batches", "frame_seed", "latent_fields",
-           "latents_provenance"]
+__all__ = ["LATENT_STAGE", "SEED_RULE", "LatentCache", "LatentTable", "fixed_batches", "frame_seed",
+           "latent_fields", "latents_provenance"]
 
 LATENT_STAGE = "latents"
 # How a frame's random seed (noise-map init, w noise) is derived; part of the provenance, so a change
@@ -74,34 +74,42 @@ def latents_provenance(inversion: Mapping[str, Any], crops_key: str) -> dict[str
     return {**dict(inversion), "crops_table": str(crops_key), "frame_seeds": SEED_RULE}
 
 
-class LatentCache:
-    """W+ latents of one video under one provenance (a FrameTable of stage "latents")."""
+class LatentTable:
+    """A typed view of one FrameTable whose frames hold W+ latents (field "latents"), of stage STAGE:
+    the latents of the dataset inversion (LatentCache) and of a reenactment (storage.reenact's
+    ReenactCache) open, check and name their table the same way, here."""
+
+    STAGE: ClassVar[str]
 
     def __init__(self, table: FrameTable) -> None:
-        if table.stage != LATENT_STAGE or "latents" not in table.fields:
-            raise CacheError(f"not a latents table (stage {table.stage!r})", path=table.location)
+        if table.stage != self.STAGE or "latents" not in table.fields:
+            raise CacheError(f"not a {self.STAGE} table (stage {table.stage!r})", path=table.location)
         self.table = table
         self.num_ws, self.w_dim = table.fields["latents"].shape
 
-    @classmethod
-    def require(cls, ws: Workspace, media_key: str, provenance: Mapping[str, Any], num_frames: int,
-                num_ws: int, w_dim: int) -> LatentCache:
-        """The latents of `media_key` under `provenance`, created (all pending) if new."""
-        return cls(ws.table(media_key, LATENT_STAGE, provenance, num_frames, latent_fields(num_ws, w_dim)))
+    @staticmethod
+    def table_fields(num_ws: int, w_dim: int) -> dict[str, Field]:
+        raise NotImplementedError
 
     @classmethod
-    def at(cls, ws: Workspace, location: str) -> LatentCache:
-        """An existing latent table by its location ("media/<key>/latents-<pkey>")."""
+    def require(cls, ws: Workspace, media_key: str, provenance: Mapping[str, Any], num_frames: int,
+                num_ws: int, w_dim: int) -> Self:
+        """The table of `media_key` under `provenance`, created (all pending) if new."""
+        return cls(ws.table(media_key, cls.STAGE, provenance, num_frames, cls.table_fields(num_ws, w_dim)))
+
+    @classmethod
+    def at(cls, ws: Workspace, location: str) -> Self:
+        """An existing table by its location ("media/<key>/<stage>-<pkey>")."""
         return cls(ws.open_table(location))
 
     @classmethod
-    def all(cls, ws: Workspace, media_key: str | None = None) -> Iterator[LatentCache]:
-        """Every latent table (of one video, or of the whole workspace), whatever its provenance."""
-        for table in ws.tables(media_key, LATENT_STAGE):
+    def all(cls, ws: Workspace, media_key: str | None = None) -> Iterator[Self]:
+        """Every table of this stage (of one video, or of the whole workspace), whatever its provenance."""
+        for table in ws.tables(media_key, cls.STAGE):
             yield cls(table)
 
     def __repr__(self) -> str:
-        return f"LatentCache({self.table!r})"
+        return f"{type(self).__name__}({self.table!r})"
 
     # -- what it is -------------------------------------------------------------------------------
     @property
@@ -125,12 +133,27 @@ class LatentCache:
         """The code version that created the table (recorded, not part of the key: docs/cache.md)."""
         return self.table.attrs.get("code_version")
 
+    def counts(self) -> dict[str, int]:
+        return self.table.counts()
+
+    def errors(self) -> dict[int, str]:
+        """Why each failed frame failed."""
+        return self.table.errors()
+
+    def fail(self, frames: int | Sequence[int] | np.ndarray, reason: str) -> None:
+        """Mark frames failed with a one-line reason (a rerun with retry redoes them)."""
+        self.table.fail(frames, reason)
+
+
+class LatentCache(LatentTable):
+    """W+ latents of one video under one provenance (a FrameTable of stage "latents")."""
+
+    STAGE = LATENT_STAGE
+    table_fields = staticmethod(latent_fields)
+
     # -- status -----------------------------------------------------------------------------------
     def status(self) -> np.ndarray:
         return self.table.status()
-
-    def counts(self) -> dict[str, int]:
-        return self.table.counts()
 
     def todo_frames(self, retry_failed: bool = False, frames: Sequence[int] | np.ndarray | None = None
                     ) -> np.ndarray:
@@ -148,10 +171,6 @@ class LatentCache:
     def failed_frames(self) -> np.ndarray:
         return self.table.failed_frames()
 
-    def errors(self) -> dict[int, str]:
-        """Why each failed frame failed."""
-        return self.table.errors()
-
     def is_complete(self) -> bool:
         return self.table.is_complete()
 
@@ -165,10 +184,6 @@ class LatentCache:
         if not (np.isfinite(latents).all() and np.isfinite(losses).all()):
             raise ValueError(f"{self.location}: non-finite latents or losses cannot be stored as done")
         self.table.write(frames, latents=latents, loss=losses, seed=np.asarray(seeds, dtype=np.int64))
-
-    def fail(self, frames: int | Sequence[int] | np.ndarray, reason: str) -> None:
-        """Mark frames failed with a one-line reason (`--retry-failed` redoes them)."""
-        self.table.fail(frames, reason)
 
     # -- reading ----------------------------------------------------------------------------------
     def read(self, frames: int | Sequence[int] | np.ndarray | None = None) -> np.ndarray:

@@ -31,8 +31,9 @@ import numpy as np
 import zarr
 
 from storage.atomic import atomic_output
-from storage.cache import DONE, FAILED, PENDING, Field, FrameTable, Workspace
+from storage.cache import DONE, FAILED, PENDING, Field
 from storage.errors import CacheError
+from storage.latents import LatentTable
 
 __all__ = ["REENACT_STAGE", "ReenactCache", "read_sidecar", "reenact_fields", "sidecar_path", "write_sidecar"]
 
@@ -53,35 +54,11 @@ def reenact_fields(num_ws: int, w_dim: int) -> dict[str, Field]:
     }
 
 
-class ReenactCache:
+class ReenactCache(LatentTable):
     """Reenacted latents of one driving clip under one provenance (a FrameTable of stage "reenact")."""
 
-    def __init__(self, table: FrameTable) -> None:
-        if table.stage != REENACT_STAGE or "latents" not in table.fields:
-            raise CacheError(f"not a reenact table (stage {table.stage!r})", path=table.location)
-        self.table = table
-        self.num_ws, self.w_dim = table.fields["latents"].shape
-
-    @classmethod
-    def require(cls, ws: Workspace, media_key: str, provenance: Mapping[str, Any], num_frames: int,
-                num_ws: int, w_dim: int) -> ReenactCache:
-        return cls(ws.table(media_key, REENACT_STAGE, provenance, num_frames, reenact_fields(num_ws, w_dim)))
-
-    @classmethod
-    def at(cls, ws: Workspace, location: str) -> ReenactCache:
-        return cls(ws.open_table(location))
-
-    @property
-    def location(self) -> str:
-        return self.table.location
-
-    @property
-    def key(self) -> str:
-        return self.table.key
-
-    @property
-    def num_frames(self) -> int:
-        return self.table.num_frames
+    STAGE = REENACT_STAGE
+    table_fields = staticmethod(reenact_fields)
 
     # -- progress ---------------------------------------------------------------------------------
     def resume_frame(self) -> int:
@@ -150,15 +127,6 @@ class ReenactCache:
         if not np.isfinite(np.asarray(fields["latents"])).all():
             raise ValueError(f"{self.location}: non-finite latents cannot be stored as done")
         self.table.write(frames, **fields)
-
-    def fail(self, frames: int | Sequence[int] | np.ndarray, reason: str) -> None:
-        self.table.fail(frames, reason)
-
-    def counts(self) -> dict[str, int]:
-        return self.table.counts()
-
-    def errors(self) -> dict[int, str]:
-        return self.table.errors()
 
     def read(self, field: str, frames: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         return self.table.read(field, frames)
