@@ -2,7 +2,9 @@
 
     manifest (YAML / JSONL: source, driving, mode, options, output) --load_jobs--> jobs, every job's
         options checked against its mode and every output checked writable, before any job runs
-    for each job:  reenact(source, driving, output, cache, weights, mode, **options)
+    for each job:  run_job (tasks/batch.py): reenact(source, driving, output, cache, weights, mode, **options)
+                   in this process one after the other (--runner threads, the default), or one task
+                   per job on a Dask cluster's workers (--runner dask:N | tcp://..., --gpu-resources)
                    a job that fails is recorded with its one-line reason; the others go on
     summary: done / failed / skipped jobs; JobFailedError (exit 6) when any job failed
 
@@ -14,17 +16,19 @@ says finished; the others resume from the cache (reenact computes only frames no
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.futures import as_completed
 
+from flows.runners import gpu_annotation, task_runner
 from storage.cache import Workspace
-from storage.errors import FacereenactError, InputError, JobFailedError
+from storage.errors import InputError, JobFailedError
 from storage.manifests import BatchJob, load_batch
 from storage.provenance import code_version, provenance_key
+from tasks.batch import run_job
 
 __all__ = ["JOB_KEYWORDS", "PATH_OPTIONS", "batch_id", "format_batch_summary", "load_jobs", "reenact_batch"]
 
@@ -108,22 +112,17 @@ def _check_options(job: BatchJob, base: Path) -> dict[str, Any]:
     return options
 
 
-def _reenact():
-    try:
-        from flows.reenact import reenact
-    except ImportError as err:  # pragma: no cover - the reenact flow ships beside this one
-        raise InputError(f"the reenact flow is not available in this installation ({err})") from None
-    return reenact
-
-
 @flow(name="reenact-batch")
 def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_dir: str | None = None,
-                  device: str = "auto", landmarks: str = "faceapi", rerun_finished: bool = False
-                  ) -> dict[str, Any]:
+                  device: str = "auto", landmarks: str = "faceapi", rerun_finished: bool = False,
+                  runner: str = "threads", gpu_resources: bool = False) -> dict[str, Any]:
     """Run every job of a batch manifest (storage.manifests.load_batch): source image x driving video
     -> output mp4 by `mode` with its `options`. Outputs are relative to `output_dir` (default: the
-    manifest's folder). A failing job does not stop the others. Returns the summary; raises
-    JobFailedError (with `.summary`) when any job failed."""
+    manifest's folder). A failing job does not stop the others. `runner` "threads" (default) runs the
+    jobs one after the other in this process; any other `--runner` value (flows/runners.task_runner:
+    "dask:N", "tcp://HOST:PORT", "threads:N") runs each job as one `run_job` task there, holding a
+    worker's GPU resource when `gpu_resources`; the records and the summary are the same.
+    Returns the summary; raises JobFailedError (with `.summary`) when any job failed."""
     logger = get_run_logger()
     began = time.monotonic()
     path = Path(manifest).expanduser()
@@ -143,7 +142,22 @@ def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_
         states[job.name] = {"job": job.job_id, "state": "pending", "output": str(job.output)}
     note("running")
     logger.info(f"batch {this_batch}: {len(jobs)} job(s) from {path}")
-    reenact = None
+    def finish(job: BatchJob, record: dict[str, Any], outcome: dict[str, Any]) -> None:
+        worker = outcome.get("worker", "")
+        if "error" in outcome:
+            ws.record_job(job.job_id, {**record, "state": "failed", "error": outcome["error"],
+                                       "worker": worker})
+            states[job.name].update(state="failed", error=outcome["error"], worker=worker)
+            logger.warning(f"{job.name}: failed on {worker}: {outcome['error']}")
+        else:
+            ws.record_job(job.job_id, {**record, "state": "finished", "seconds": outcome["seconds"],
+                                       "tables": outcome["tables"], "worker": worker})
+            states[job.name].update(state="finished", seconds=outcome["seconds"], worker=worker)
+            logger.info(f"{job.name}: done in {outcome['seconds']:.1f} s on {worker} -> {job.output}")
+        note("running")
+
+    sequential = runner.strip() == "threads"
+    to_run = []
     for job in jobs:
         record = {"kind": "reenact", "batch": this_batch, "name": job.name, "source": str(job.source),
                   "driving": str(job.driving), "output": str(job.output), "mode": job.mode,
@@ -154,28 +168,24 @@ def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_
             logger.info(f"{job.name}: finished before ({job.output}), skipped")
             continue
         ws.record_job(job.job_id, {**record, "state": "running", "error": ""})
-        t0 = time.monotonic()
-        try:
-            reenact = reenact or _reenact()
-            result = reenact(str(job.source), str(job.driving), str(job.output), cache, weights,
-                             mode=job.mode, device=device, landmarks=landmarks, **dict(job.options))
-        except FacereenactError as err:
-            reason = str(err)
-        except Exception as err:  # a bug in one job must not stop the batch: recorded, traceback logged
-            reason = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
-            logger.error(f"{job.name}: {reason}\n{traceback.format_exc()}")
+        params = {"name": job.name, "source": str(job.source), "driving": str(job.driving),
+                  "output": str(job.output), "cache": cache, "weights": weights, "mode": job.mode,
+                  "options": dict(job.options), "device": device, "landmarks": landmarks}
+        if sequential:  # in this process, one job after the other: the reenact flow nested in the batch
+            finish(job, record, run_job.fn(**params))
         else:
-            seconds = round(time.monotonic() - t0, 2)
-            tables = sorted(set((result.get("tables") or {}).values())) if isinstance(result, dict) else []
-            ws.record_job(job.job_id, {**record, "state": "finished", "seconds": seconds, "tables": tables})
-            states[job.name].update(state="finished", seconds=seconds)
-            logger.info(f"{job.name}: done in {seconds:.1f} s -> {job.output}")
-            note("running")
-            continue
-        ws.record_job(job.job_id, {**record, "state": "failed", "error": reason})
-        states[job.name].update(state="failed", error=reason)
-        logger.warning(f"{job.name}: failed: {reason}")
-        note("running")
+            to_run.append((job, record, params))
+    if to_run:  # one task per job on the runner's workers, each holding a GPU when gpu_resources
+        with task_runner(runner, gpu_resources) as pool:
+            with gpu_annotation(gpu_resources):
+                futures = {pool.submit(run_job, params): (job, record) for job, record, params in to_run}
+            for future in as_completed(list(futures)):
+                job, record = futures[future]
+                try:
+                    outcome = future.result()
+                except Exception as err:  # the task itself crashed (a lost worker after its retries)
+                    outcome = {"error": f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"}
+                finish(job, record, outcome)
 
     summary = {"batch": this_batch, "manifest": str(path), "jobs": len(jobs),
                "done": [n for n, s in states.items() if s["state"] == "finished"],
@@ -183,6 +193,7 @@ def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_
                "failed": {n: s["error"] for n, s in states.items() if s["state"] == "failed"},
                "outputs": {n: s["output"] for n, s in states.items()
                            if s["state"] in ("finished", "skipped")},
+               "workers": {n: s["worker"] for n, s in states.items() if s.get("worker")},
                "seconds": round(time.monotonic() - began, 2)}
     note("failed" if summary["failed"] else "finished", summary=summary)
     logger.info(format_batch_summary(summary))

@@ -5,7 +5,7 @@
                      --invert-batches (tag "gpu"; a few fixed batches per task), submitted to the
                        task runner--> latents, loss, status, each batch stored when it is done
 
-    invert_dataset.with_options(task_runner=task_runner("dask:2"))(dataset, cache, weights, ...)
+    invert_dataset.with_options(task_runner=flows.runners.task_runner("dask:2"))(dataset, cache, weights, ...)
 
 The next video is prepared while the batches of the ones before run on the task runner (threads
 locally, a Dask cluster through prefect-dask). What is left is read from the zarr status, so rerunning
@@ -19,18 +19,16 @@ attribute holding the same summary a successful run returns.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.prepare import prepare_video
+from flows.runners import gpu_annotation
 from models.inversion import InversionConfig
 from storage.cache import Workspace
 from storage.errors import FacereenactError, InputError, JobFailedError
@@ -39,61 +37,12 @@ from storage.provenance import code_version, provenance_key
 from tasks import resources
 from tasks.invert import invert_batches, open_latents, settings_of
 
-__all__ = ["GPU_RESOURCES", "format_summary", "invert_dataset", "job_id", "task_runner"]
-
-GPU_RESOURCES = {"GPU": 1}  # dask worker resources one inversion task holds (`--gpu-resources`)
-
-
-def task_runner(spec: str = "threads", gpu_resources: bool = False) -> TaskRunner:
-    """The task runner of a `--runner` value.
-
-    - "threads" / "threads:N": a ThreadPoolTaskRunner with N threads (default 1: one task at a time
-      on the one GPU or on the CPU's threads; more overlap tasks on a GPU with memory to spare);
-    - "dask" / "dask:N": a local Dask cluster of N single-threaded worker processes (default 1),
-      each declaring the resource GPU=1 when `gpu_resources`;
-    - "tcp://host:port" (or tls://): an existing Dask scheduler; its workers must see the cache and
-      the weight files at the same paths, and declare `--resources GPU=1` when `gpu_resources`.
-    """
-    text = spec.strip()
-    kind, _, count = text.partition(":")
-    if kind in ("threads", "dask") and "//" not in count:
-        try:
-            n = int(count) if count else 1
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise InputError(f"--runner {spec!r}: the count after ':' must be a whole number >= 1")
-        if kind == "threads":
-            return ThreadPoolTaskRunner(max_workers=n)
-        from prefect_dask import DaskTaskRunner
-
-        cluster = {"n_workers": n, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
-        if gpu_resources:
-            cluster["resources"] = dict(GPU_RESOURCES)
-        return DaskTaskRunner(cluster_kwargs=cluster)
-    if text.startswith(("tcp://", "tls://")) and len(text) > len("tcp://"):
-        from prefect_dask import DaskTaskRunner
-
-        return DaskTaskRunner(address=text)
-    raise InputError(f"--runner {spec!r}: use threads[:N], dask[:N] or a scheduler address tcp://HOST:PORT")
-
+__all__ = ["format_summary", "invert_dataset", "job_id"]
 
 def job_id(videos: list[str], cache_settings: dict[str, Any]) -> str:
     """Stable id of a job: the same videos (resolved paths, in order) and result-changing settings
     give the same id, so a rerun updates the record of the job it resumes."""
     return f"invert-{provenance_key({'videos': videos, 'settings': cache_settings}, 12)}"
-
-
-@contextlib.contextmanager
-def _gpu_annotation(enabled: bool) -> Iterator[None]:
-    """Dask annotation of the tasks submitted inside: each holds one GPU of its worker."""
-    if not enabled:
-        yield
-        return
-    import dask
-
-    with dask.annotate(resources=dict(GPU_RESOURCES)):
-        yield
 
 
 @flow(name="invert-dataset")
@@ -167,7 +116,7 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, ba
             if bar is not None:
                 bar.total = (bar.total or 0) + plan["todo"]
                 bar.refresh()
-            with _gpu_annotation(gpu_resources):
+            with gpu_annotation(gpu_resources):
                 futures.extend(
                     invert_batches.submit(cache, plan["table"], plan["crops_table"], plan["media"], name,
                                           weights_path, settings, group, retry_failed, max_loss, device)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from flows.invert import invert_dataset, task_runner
+from flows.invert import invert_dataset
+from flows.runners import task_runner
 from models.inversion import InversionConfig, invert
 from storage.cache import Workspace
 from storage.errors import InputError, JobFailedError

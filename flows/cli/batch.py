@@ -24,22 +24,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--landmarks", choices=["faceapi", "fan"], default="faceapi")
     parser.add_argument("--rerun-finished", action="store_true", help="also rerun jobs that finished before")
+    parser.add_argument("--runner", default="threads", metavar="threads|dask[:N]|tcp://HOST:PORT",
+                        help="threads (default): the jobs one after the other in this process; dask:N: "
+                             "each job a task on a local Dask cluster of N workers; tcp://HOST:PORT: on "
+                             "an existing Dask scheduler's workers (they must see the cache and weights)")
+    parser.add_argument("--gpu-resources", action="store_true",
+                        help="each job holds the resource GPU=1 of its Dask worker (one job per GPU)")
     parser.add_argument("--verbose", action="store_true", help="show Prefect's log lines")
 
 
 def run(args: argparse.Namespace) -> int:
     quiet_prefect(args.verbose)
     from flows.batch import format_batch_summary, load_jobs, reenact_batch
+    from flows.runners import task_runner
     from storage.errors import JobFailedError
     from tasks import resources
 
     load_jobs(args.manifest, args.output_dir)  # a bad manifest, option or output: fail now, before any work
     resources.generator(args.weights, args.device)  # missing or unsafe weights: fail now
+    task_runner(args.runner, args.gpu_resources)  # a bad --runner: fail now (starts nothing)
 
     try:
         summary = reenact_batch(args.manifest, args.cache, weights=args.weights, output_dir=args.output_dir,
                                 device=args.device, landmarks=args.landmarks,
-                                rerun_finished=args.rerun_finished)
+                                rerun_finished=args.rerun_finished, runner=args.runner,
+                                gpu_resources=args.gpu_resources)
     except JobFailedError as err:
         if getattr(err, "summary", None) is not None:
             print(format_batch_summary(err.summary), flush=True)

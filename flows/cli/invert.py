@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     resources.landmark_backend(args.landmarks, args.device)
 
     quiet_prefect(args.verbose)
-    from flows.invert import format_summary, invert_dataset, task_runner
+    from flows.invert import format_summary, invert_dataset
+    from flows.runners import task_runner
 
     flow = invert_dataset.with_options(task_runner=task_runner(args.runner, args.gpu_resources))
     try:

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _resume_invert(args: argparse.Namespace, job: str, record: dict) -> int:
-    from flows.invert import format_summary, invert_dataset, task_runner
+    from flows.invert import format_summary, invert_dataset
+    from flows.runners import task_runner
     from storage.errors import CacheError, JobFailedError
 
     a = dict(record.get("args") or {})

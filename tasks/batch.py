@@ -1,0 +1,44 @@
+"""The task of the reenactment batch: one job of a manifest, on whichever worker runs it.
+
+`run_job` calls the reenact flow (a nested flow run inside the task) and returns a small outcome,
+never raising for the job's own failure, so one bad job never stops a batch: the flow records it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from storage.errors import FacereenactError, InputError
+
+__all__ = ["run_job"]
+
+
+@task(name="run-job", cache_policy=NO_CACHE)
+def run_job(name: str, source: str, driving: str, output: str, cache: str, weights: str, mode: str,
+            options: dict[str, Any], device: str = "auto", landmarks: str = "faceapi") -> dict[str, Any]:
+    """Reenact one job. Returns {"worker": "host:pid", "seconds", "tables"} when it finished, or
+    {"worker", "error": one-line reason} when it failed (a bug's traceback goes to the log)."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    t0 = time.monotonic()
+    try:
+        try:
+            from flows.reenact import reenact
+        except ImportError as err:  # pragma: no cover - the reenact flow ships beside the batch
+            raise InputError(f"the reenact flow is not available in this installation ({err})") from None
+        result = reenact(source, driving, output, cache, weights, mode=mode, device=device,
+                         landmarks=landmarks, **options)
+    except FacereenactError as err:
+        return {"worker": worker, "error": str(err)}
+    except Exception as err:  # a bug in one job must not stop the batch: recorded, traceback logged
+        reason = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+        get_run_logger().error(f"{name}: {reason}\n{traceback.format_exc()}")
+        return {"worker": worker, "error": reason}
+    tables = sorted(set((result.get("tables") or {}).values())) if isinstance(result, dict) else []
+    return {"worker": worker, "seconds": round(time.monotonic() - t0, 2), "tables": tables}
