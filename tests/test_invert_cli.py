@@ -7,10 +7,8 @@ from __future__ import annotations
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ import pytest
 from storage.cache import Workspace
 from storage.latents import LatentCache, fixed_batches
 from tests import invert_data
-from tests.helpers import REPO_ROOT, assert_user_error
+from tests.helpers import REPO_ROOT, assert_user_error, kill_cli_when
 from tests.invert_data import BATCH, CLI_SETTINGS, FRAMES, latents_by_video
 from tests.test_prepare_flow import chunk_mtimes
 
@@ -94,19 +92,7 @@ def test_killed_job_resumes_to_the_uninterrupted_latents(data, tmp_path, run_cli
     # A random point: after a random number of frames are done, plus a random part of a batch's time.
     kill_after, delay = rng.randint(1, TOTAL - 2 * BATCH), rng.uniform(0.0, 0.8)
     log = tmp_path / "run1.log"
-    with open(log, "w") as sink:
-        # Its own session: the kill takes the whole process group, so no helper process survives.
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO_ROOT, env=env,
-                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 180
-            while done_frames(cache) < kill_after and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.005)
-            time.sleep(delay)
-            os.killpg(proc.pid, signal.SIGKILL)
-        finally:
-            proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    kill_cli_when(args, env, lambda: done_frames(cache) >= kill_after, delay, log=log)
     status_at_kill = status_by_video(cache)
     done_at_kill = {(name, int(i)) for name, s in status_at_kill.items() for i in np.flatnonzero(s == 1)}
     assert 0 < len(done_at_kill) < TOTAL, f"kill (seed {seed}) came too late: {len(done_at_kill)} done"

@@ -7,10 +7,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,7 @@ from storage.cache import Workspace
 from storage.reenact import ReenactCache
 from storage.video import probe
 from tests import reenact_data
-from tests.helpers import REPO_ROOT, assert_user_error
+from tests.helpers import REPO_ROOT, assert_user_error, kill_cli_when
 from tests.reenact_data import CLI_OPTIONS, reenact_dirs, table_chunks
 
 FRAMES = 8
@@ -101,18 +98,7 @@ def test_killed_run_resumes_to_the_uninterrupted_latents(inputs, tmp_path, cli, 
     rng = random.Random(seed)
     kill_after, delay = rng.randint(1, FRAMES - 3), rng.uniform(0.0, 0.3)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **prefect_api_env}
-    cmd = [sys.executable, "-m", "flows.cli", *args, "-o", str(out), "--cache", str(cache)]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while done_frames(cache) < kill_after and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(delay)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    kill_cli_when([*args, "-o", out, "--cache", cache], env, lambda: done_frames(cache) >= kill_after, delay)
     done_at_kill = done_frames(cache)
     assert 0 < done_at_kill < FRAMES, f"kill (seed {seed}) came too late: {done_at_kill} done"
     assert not out.exists()  # no half video at the output path
