@@ -25,3 +25,12 @@ def quiet_prefect(verbose: bool) -> None:
     Call before anything imports Prefect: its logging is configured on import."""
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+
+def require_at_least(args: argparse.Namespace, **lows: int) -> None:
+    """An InputError naming the first option below its lowest allowed value (`steps=1, ...`)."""
+    from storage.errors import InputError
+
+    for name, low in lows.items():
+        if getattr(args, name) < low:
+            raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")

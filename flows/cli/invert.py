@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows.cli.common import add_cache_option, quiet_prefect
+from flows.cli.common import add_cache_option, quiet_prefect, require_at_least
 
 DEFAULT_WEIGHTS = "ffhq-1024"
 PERCEPTUAL = {"lpips": "lpips-vgg", "lpips-alex": "lpips-alex", "uncalibrated": "uncalibrated",
@@ -63,9 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from storage.errors import InputError, JobFailedError, WeightsMissingError
 
-    for name, low in (("steps", 1), ("batch_size", 1), ("batches_per_task", 1)):
-        if getattr(args, name) < low:
-            raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    require_at_least(args, steps=1, batch_size=1, batches_per_task=1)
     if args.face_index < 0:
         raise InputError(f"--face-index must be 0 or more, got {args.face_index}")
     if args.max_loss is not None and not args.max_loss >= 0:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.cli.common import add_cache_option, quiet_prefect
+from flows.cli.common import add_cache_option, quiet_prefect, require_at_least
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -47,9 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from storage.errors import InputError
 
-    for name, low in (("steps", 1), ("checkpoint_every", 1), ("batch_size", 1)):
-        if getattr(args, name) < low:
-            raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    require_at_least(args, steps=1, checkpoint_every=1, batch_size=1)
     if not args.image_loss >= 0:
         raise InputError(f"--image-loss must be a number >= 0, got {args.image_loss}")
     if not 0 <= args.held_out < 1:
