@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +10,10 @@ from PIL import Image
 
 from storage.errors import InputError
 from storage.images import load_image, save_image
+from tests.reliability.inputs import png_header_only
 
 RNG = np.random.default_rng(0)
 PICTURE = RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8)  # H=48, W=64: rotations show
-
-
-def _png_header_only(path: Path, width: int, height: int) -> Path:
-    """A tiny PNG whose header declares width x height (a decompression bomb's shape)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n"
-                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
-    return path
 
 
 def test_png_roundtrip_exact(tmp_path: Path) -> None:
@@ -112,9 +101,9 @@ def test_bad_files(tmp_path: Path) -> None:
 
 def test_decompression_bombs_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Over our limit (2**27 pixels) but under Pillow's own: our check, from the header.
-    _one_line_error(_png_header_only(tmp_path / "big.png", 12_000, 12_000), "12000x12000")
+    _one_line_error(png_header_only(tmp_path / "big.png", 12_000, 12_000), "12000x12000")
     # Far over Pillow's hard limit too: the same kind of message.
-    _one_line_error(_png_header_only(tmp_path / "bomb.png", 100_000, 100_000), "above the limit")
+    _one_line_error(png_header_only(tmp_path / "bomb.png", 100_000, 100_000), "above the limit")
     # A real small image against a small limit, by argument and by environment.
     path = save_image(tmp_path / "small.png", PICTURE)
     _one_line_error(path, "above the limit", max_pixels=1000)
