@@ -29,6 +29,7 @@ import math
 import os
 import pickle
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from models.device import resolve_device
 from models.stylegan2 import Generator, make_resample_filter, mean_w
 from storage.atomic import atomic_output
 from storage.errors import CheckpointError, InputError
+from storage.files import require_regular_file
 
 NATIVE_FORMAT = "facereenact.stylegan2"
 NATIVE_FORMAT_VERSION = "1"
@@ -72,7 +74,8 @@ def resolve_weights(path_or_name: str | os.PathLike[str]) -> Path:
     if path.is_file():
         return path
     if path.exists():
-        raise InputError("not a checkpoint file (a directory?)", path=path)
+        require_regular_file(path, "a checkpoint")  # a directory, a FIFO, a device, a socket
+        raise InputError("not a checkpoint file", path=path)
     text = str(path_or_name)
     if os.sep in text or "/" in text or text.lower().endswith(CHECKPOINT_SUFFIXES):
         raise InputError("checkpoint file not found", path=path)
@@ -175,10 +178,18 @@ def _checked_config(config: dict[str, Any], path: Path) -> dict[str, Any]:
     return plain
 
 
+def _template(config: dict[str, Any], path: Path) -> Generator:
+    """Generator(config) on torch's "meta" device: every tensor's name and shape, no memory. A small
+    file's config can ask for a generator of many GB; it is held against the file's tensors with this
+    template before the real one is built, so that only a config its tensors fill is ever allocated."""
+    with torch.device("meta"):
+        return Generator(**_checked_config(config, path))
+
+
 def _build_and_load(config: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> Generator:
-    """Generator(config) with `tensors` as its complete state_dict, after checking names and shapes."""
-    G = Generator(**_checked_config(config, path))
-    expected = G.state_dict()
+    """Generator(config) with `tensors` as its complete state_dict, after checking names and shapes
+    (on a meta-device template, so that nothing is allocated for a config its tensors do not fill)."""
+    expected = _template(config, path).state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -197,6 +208,7 @@ def _build_and_load(config: dict[str, Any], tensors: dict[str, torch.Tensor], pa
                                   f"{tuple(ref.shape)}", path=path)
         if not torch.isfinite(t).all():
             raise CheckpointError(f"tensor {name} contains NaN or inf", path=path)
+    G = Generator(**_checked_config(config, path))
     G.load_state_dict({name: t.detach().to(torch.float32) for name, t in tensors.items()})
     return G
 
@@ -330,9 +342,15 @@ def unpickle_network(path: Path) -> Any:
                               path=path) from None
 
 
+_MAX_MODULE_DEPTH = 16
+
+
 def _walk(obj: _PersistentObject, prefix: str, tensors: dict[str, torch.Tensor],
           modules: dict[str, _PersistentObject], path: Path) -> None:
     """Collect parameters and persistent buffers (official names) and sub-module records."""
+    if prefix.count(".") > _MAX_MODULE_DEPTH:  # NVIDIA's networks nest 4 deep (synthesis.b4.conv1.affine)
+        raise CheckpointError(f"sub-modules nested more than {_MAX_MODULE_DEPTH} deep "
+                              f"({prefix[:80]}...); not a StyleGAN2 network", path=path)
     modules[prefix.rstrip(".")] = obj
     state = obj.state
     skip = state.get("_non_persistent_buffers_set") or set()
@@ -522,25 +540,32 @@ def to_rosinality(G: Generator) -> dict[str, Any]:
 
 
 def _rosinality_config(sd: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
-    def shape(name: str) -> tuple[int, ...]:
+    def shape(name: str, ndim: int) -> tuple[int, ...]:
+        """The shape of tensor `name`, which must have `ndim` dimensions (the config is read from
+        these shapes: a malformed one is the file's error, not an IndexError)."""
         t = sd.get(name)
         if not isinstance(t, torch.Tensor):
             raise CheckpointError(f"rosinality checkpoint lacks {name}", path=path)
+        if t.dim() != ndim:
+            raise CheckpointError(f"rosinality tensor {name} has shape {tuple(t.shape)}; expected "
+                                  f"{ndim} dimensions", path=path)
         return tuple(t.shape)
 
+    if not all(isinstance(name, str) for name in sd):
+        raise CheckpointError("g_ema has keys that are not tensor names", path=path)
     n_mlp = 0
     while f"style.{n_mlp + 1}.weight" in sd:
         n_mlp += 1
     if n_mlp == 0:
         raise CheckpointError("no mapping layers (style.N.weight) in g_ema", path=path)
-    w_dim, z_dim = shape("style.1.weight")
+    w_dim, z_dim = shape("style.1.weight", 2)
     n_rgbs = 0
     while f"to_rgbs.{n_rgbs}.conv.weight" in sd:
         n_rgbs += 1
     resolution = 2 ** (n_rgbs + 2)
-    channels = {4: shape("input.input")[1]}
+    channels = {4: shape("input.input", 4)[1]}  # (1, C, 4, 4)
     for j in range(n_rgbs):
-        channels[2 ** (j + 3)] = shape(f"convs.{2 * j}.conv.weight")[1]
+        channels[2 ** (j + 3)] = shape(f"convs.{2 * j}.conv.weight", 5)[1]  # (1, out, in, k, k)
     # Express their channel table as ours: min(channel_base // r, channel_max).
     channel_max = max(channels.values())
     channel_base = resolution * channels[resolution]
@@ -548,13 +573,32 @@ def _rosinality_config(sd: dict[str, torch.Tensor], path: Path) -> dict[str, Any
         raise CheckpointError(f"channel layout {channels} has no channel_base/channel_max form", path=path)
     kernel = make_resample_filter() * 4
     for name, t in sd.items():
-        if name.endswith(".kernel") and (tuple(t.shape) != (4, 4) or not torch.allclose(t.float(), kernel)):
+        if name.endswith(".kernel") and (not isinstance(t, torch.Tensor) or tuple(t.shape) != (4, 4)
+                                         or not torch.allclose(t.float(), kernel)):
             raise CheckpointError(f"{name} is not the [1,3,3,1] filter", path=path)
     return dict(img_resolution=resolution, z_dim=z_dim, w_dim=w_dim,
-                img_channels=shape("to_rgb1.conv.weight")[1], mapping_layers=n_mlp,
+                img_channels=shape("to_rgb1.conv.weight", 5)[1], mapping_layers=n_mlp,
                 mapping_lr_multiplier=0.01,  # rosinality's lr_mlp default; not stored in the file
                 channel_base=channel_base, channel_max=channel_max, num_fp16_res=0, conv_clamp=None,
                 use_noise="conv1.noise.weight" in sd)
+
+
+def _check_torch_zip(path: Path) -> None:
+    """Refuse a torch zip file whose entries would decompress to more than the file holds, before
+    torch reads it: torch.save stores every entry uncompressed, so a small file declaring gigabytes
+    is a decompression bomb, not a checkpoint. (Legacy non-zip files hold raw bytes: nothing to bound.)"""
+    try:
+        size = path.stat().st_size
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return  # torch.load gives the one-line reason
+    if declared > 2 * size + (1 << 20):
+        raise CheckpointError(f"torch zip file of {size} bytes declares {declared} bytes of contents "
+                              "(compressed entries, which torch.save never writes: a decompression "
+                              "bomb?); refused before reading", path=path)
 
 
 def load_torch_weights_only(path: str | os.PathLike[str], *, safe_globals: tuple = ()) -> Any:
@@ -565,6 +609,7 @@ def load_torch_weights_only(path: str | os.PathLike[str], *, safe_globals: tuple
     every torch file the project reads (rosinality generators, mapping-network checkpoints).
     """
     path = Path(path)
+    _check_torch_zip(path)
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(list(safe_globals)):
             warnings.simplefilter("ignore")
@@ -610,7 +655,7 @@ def _read_rosinality(path: Path) -> Generator:
     if not isinstance(sd, dict):
         raise CheckpointError("'g_ema' is not a state dict", path=path)
     config = _rosinality_config(sd, path)
-    template = Generator(**_checked_config(config, path))
+    template = _template(config, path)
     tensors: dict[str, torch.Tensor] = {}
     for ours, theirs, their_shape in rosinality_pairs(template):
         t = sd.get(theirs)
@@ -692,7 +737,7 @@ def _read_native(path: Path) -> Generator:
         raise CheckpointError(f"truncated or corrupt safetensors file ({reason})", path=path) from None
     try:
         config = json.loads(metadata.get("config", ""))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise CheckpointError("native checkpoint has no readable config", path=path) from None
     if not isinstance(config, dict):
         raise CheckpointError("native checkpoint config is not an object", path=path)

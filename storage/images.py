@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from storage.atomic import atomic_output
 from storage.errors import InputError
+from storage.files import require_regular_file
 from storage.limits import MAX_PIXELS_ENV, check_pixels, max_pixels
 
 # What transparent pixels become. White, as an image viewer shows them.
@@ -36,6 +37,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
         raise InputError("no such file", path=path)
     if path.is_dir():
         raise InputError("is a directory, not an image file", path=path)
+    require_regular_file(path, "an image")  # a FIFO, /dev/zero or a socket: refused, never opened
     if not os.access(path, os.R_OK):
         raise InputError("permission denied", path=path)
     if path.stat().st_size == 0:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.errors import InputError
+from storage.files import require_regular_file
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 MANIFEST_SUFFIXES = frozenset({".csv", ".jsonl", ".ndjson"})
@@ -46,11 +47,17 @@ def resolve_entry(value: Any, base: Path, where: str, *, must_exist: bool = True
     if not raw.is_absolute() and not _inside(path, base):
         raise InputError(f"{where}: path {value!r} escapes the manifest's directory {base}")
     if must_exist and not path.is_file():
+        if path.exists():
+            try:
+                require_regular_file(path)
+            except InputError as err:
+                raise InputError(f"{where}: {err}") from None
         raise InputError(f"{where}: file not found: {path}")
     return path
 
 
 def _read_text(path: Path) -> str:
+    require_regular_file(path, "a manifest")  # a FIFO would block read_text forever
     try:
         size = path.stat().st_size
     except OSError as err:
@@ -71,6 +78,8 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise InputError(f"line {lineno}: not valid JSON ({err.msg})", path=path) from None
+        except RecursionError:
+            raise InputError(f"line {lineno}: JSON nested too deeply", path=path) from None
         if not isinstance(row, dict):
             raise InputError(f"line {lineno}: expected a JSON object, got {type(row).__name__}", path=path)
         yield lineno, row
@@ -111,6 +120,9 @@ def collect_videos(spec: str | Path) -> list[Path]:
     elif path.is_file():
         videos = [path]
         where = str(path)
+    elif path.exists():
+        require_regular_file(path, "a video or manifest")  # a FIFO, a device, a socket: refused
+        raise InputError("not a file, folder or manifest", path=text)
     elif glob.has_magic(text):
         videos = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True)
                         if Path(p).is_file())
@@ -155,6 +167,8 @@ def load_batch(manifest: str | Path, output_dir: str | Path | None = None) -> li
     problems are found before anything runs, each an InputError naming the line and the field.
     """
     path = Path(manifest).expanduser()
+    if path.exists() and not path.is_file():
+        require_regular_file(path, "a batch manifest")
     if not path.is_file():
         raise InputError("batch manifest not found", path=path)
     suffix = path.suffix.lower()
@@ -213,13 +227,19 @@ def _yaml_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     import yaml
 
     text = _read_text(path)
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = loader.get_single_node()  # parsed once, into nodes: aliases are shared, not copied yet
+        _check_yaml_size(node, path)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise InputError(f"not valid YAML{at}", path=path) from None
+    except RecursionError:
+        raise InputError("YAML nested too deeply to be a manifest", path=path) from None
+    finally:
+        loader.dispose()
     if isinstance(data, dict) and "jobs" in data:
         data = data["jobs"]
         node = next((v for k, v in node.value if k.value == "jobs"), None)
@@ -236,3 +256,38 @@ def _yaml_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
             raise InputError(f"job {index}{at}: expected a mapping, got {type(row).__name__}", path=path)
         rows.append((lineno, row))
     return rows
+
+
+MAX_YAML_NODES = 1_000_000  # values a manifest may hold once its aliases are expanded
+
+
+def _check_yaml_size(root: Any, path: Path) -> None:
+    """Refuse a YAML document whose aliases would expand past MAX_YAML_NODES values ("billion
+    laughs": nine lines of `&a [*b, *b, ...]` stand for 10**9 strings) or refer to themselves, before
+    anything is constructed. Sizes are counted per node, once each, without expanding anything."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:  # post-order, iterative: deep nesting is no RecursionError here
+        node, done = stack.pop()
+        if node is None or id(node) in sizes:
+            continue
+        children = [] if isinstance(node, yaml.ScalarNode) else \
+            [c for kv in node.value for c in kv] if isinstance(node, yaml.MappingNode) else list(node.value)
+        if not done:
+            if id(node) in active:
+                raise InputError("YAML alias refers to itself (a recursive structure)", path=path)
+            active.add(id(node))
+            stack.append((node, True))
+            for child in children:
+                if id(child) in active and id(child) not in sizes:
+                    raise InputError("YAML alias refers to itself (a recursive structure)", path=path)
+                stack.append((child, False))
+            continue
+        active.discard(id(node))
+        sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+        if sizes[id(node)] > MAX_YAML_NODES:
+            raise InputError(f"YAML expands to more than {MAX_YAML_NODES} values once its aliases are "
+                             "followed (an alias bomb?); refused", path=path)

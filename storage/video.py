@@ -42,6 +42,7 @@ import numpy as np
 
 from storage.atomic import commit, partial_path
 from storage.errors import InputError
+from storage.files import require_regular_file
 from storage.limits import check_pixels
 
 # Containers whose demuxers seek by an index to exact timestamps (verified frame by frame in
@@ -228,6 +229,7 @@ def _existing_file(path: str | Path) -> Path:
         raise InputError("no such file", path=path)
     if path.is_dir():
         raise InputError("is a directory, not a video file", path=path)
+    require_regular_file(path, "a video")  # a FIFO, /dev/zero or a socket: refused, never opened
     if not os.access(path, os.R_OK):
         raise InputError("permission denied", path=path)
     if path.stat().st_size == 0:

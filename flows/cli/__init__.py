@@ -33,6 +33,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from flows.cli.common import check_numeric_options
+
     parser = argparse.ArgumentParser(
         prog="facereenact",
         description="One-shot face reenactment with a pretrained StyleGAN2.",
@@ -42,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"flows.cli.{module_name}")
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.configure(p)
+        check_numeric_options(p)
         p.set_defaults(_run=module.run)
     return parser
 

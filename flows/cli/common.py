@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 # The workspace a command uses without --cache: $FACEREENACT_CACHE, else a folder in the working
@@ -34,3 +35,61 @@ def require_at_least(args: argparse.Namespace, **lows: int) -> None:
     for name, low in lows.items():
         if getattr(args, name) < low:
             raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+
+
+# Ranges every numeric option is held to by the parser (`check_numeric_options`), before any command
+# runs: a value outside them is a typo or an attack, never a setting (10**22 steps would run for ever;
+# 10**11 frames or a 10**12 batch would try to allocate them). Commands check narrower ranges
+# themselves (require_at_least, --resolution 8..4096). Ints are never negative.
+MAX_INT = 2**31 - 1
+INT_LIMITS: dict[str, int] = {
+    "seed": 2**32 - 1,  # numpy's RandomState takes [0, 2**32)
+    "steps": 1_000_000, "steps_first": 1_000_000, "steps_next": 1_000_000, "invert_steps": 1_000_000,
+    "refine_steps": 1_000_000, "checkpoint_every": 1_000_000,
+    "frames": 1_000_000,
+    "batch": 65_536, "batch_size": 65_536, "batches_per_task": 65_536,
+    "resolution": 4096,
+}
+
+
+def _finite_float(option: str):  # noqa: ANN202 (an argparse type)
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        return value
+    parse.__name__ = option
+    return parse
+
+
+def _bounded_int(option: str, high: int):  # noqa: ANN202 (an argparse type)
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not 0 <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between 0 and {high}, got {text}")
+        return value
+    parse.__name__ = option
+    return parse
+
+
+def check_numeric_options(parser: argparse.ArgumentParser) -> None:
+    """Hold every `type=float` option of `parser` to finite values (`--psi nan` is refused, not
+    rendered black) and every `type=int` one to [0, INT_LIMITS or MAX_INT], and make the parser's
+    own errors one line (`facereenact: error: argument --psi: must be a finite number, got 'nan'`,
+    exit 2) like every other user error. Called once per subcommand, after its options are added."""
+    for action in parser._actions:  # argparse has no public accessor for the added options
+        if action.type is float:
+            action.type = _finite_float(action.dest)
+        elif action.type is int:
+            action.type = _bounded_int(action.dest, INT_LIMITS.get(action.dest, MAX_INT))
+
+    def one_line_error(message: str) -> None:
+        parser.exit(2, f"facereenact: error: {' '.join(message.split())} (see {parser.prog} --help)\n")
+
+    parser.error = one_line_error  # type: ignore[method-assign]

@@ -33,6 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=4, help="images per generator call")
 
 
+MAX_SEEDS = 100_000  # images per run; a range like 0-4000000000 would fill memory with seeds
+
+
 def parse_seeds(text: str) -> list[int]:
     """'0,1,5-7' -> [0, 1, 5, 6, 7]; InputError on anything else."""
     from storage.errors import InputError
@@ -45,6 +48,10 @@ def parse_seeds(text: str) -> list[int]:
                 lo, hi = (int(v) for v in part.split("-", 1))
                 if hi < lo:
                     raise ValueError
+                if not 0 <= lo <= hi < 2**32:
+                    raise InputError("--seeds: seeds must be in [0, 2**32)")
+                if len(seeds) + hi - lo + 1 > MAX_SEEDS:  # checked before the list is made
+                    raise InputError(f"--seeds: more than {MAX_SEEDS} seeds; render them in several runs")
                 seeds.extend(range(lo, hi + 1))
             else:
                 seeds.append(int(part))
@@ -59,22 +66,13 @@ def load_wplus(path: Path, num_ws: int, w_dim: int):
     """W+ codes from .npy / .npz as float32 (N, num_ws, w_dim); InputError naming the file otherwise."""
     import numpy as np
 
+    from storage.arrays import load_array
     from storage.errors import InputError
 
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                if "w" not in loaded.files:
-                    raise InputError(f"W+ .npz has no array 'w' (has {loaded.files})", path=path)
-                loaded = loaded["w"]
-        array = np.asarray(loaded)
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError("W+ file not found", path=path) from None
-    except Exception as err:  # not .npy/.npz, pickled objects (refused), truncated
-        raise InputError(f"cannot read W+ codes ({' '.join(str(err).split())[:200]})", path=path) from None
+    if not Path(path).exists():
+        raise InputError("W+ file not found", path=path)
+    # The declared shape is checked before anything is allocated; pickled (object) arrays refused.
+    array = load_array(path, key="w", what="W+ codes")
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3 or array.shape[1:] != (num_ws, w_dim) or array.shape[0] == 0:
