@@ -26,6 +26,7 @@ import fcntl
 import math
 import os
 import re
+import select
 import subprocess
 import tempfile
 from collections import Counter
@@ -63,7 +64,35 @@ DECODE_COUNT_BUDGET = 2**28
 
 _NOPTS = -(2**63)
 _KEY_FLAG, _DISCARD_FLAG = 0x1, 0x4  # AV_PKT_FLAG_*; framecrc prints F=0x.. unless flags == KEY
+FFMPEG_TIMEOUT = 600.0  # seconds; see ffmpeg_timeout()
+FFMPEG_TIMEOUT_ENV = "FACEREENACT_FFMPEG_TIMEOUT"
 _PIPE_SIZE = 1 << 20  # Linux's unprivileged maximum; fewer syscalls per frame than the 64 KiB default
+
+
+def ffmpeg_timeout() -> float:
+    """Seconds any one ffmpeg run (a probe, a scan, a mux) or any one read from a decoding ffmpeg may
+    take: $FACEREENACT_FFMPEG_TIMEOUT, else FFMPEG_TIMEOUT. A stuck read (a stalled network mount, a
+    file that is still being written) ends in a one-line error instead of a hang."""
+    raw = os.environ.get(FFMPEG_TIMEOUT_ENV, "").strip()
+    try:
+        value = float(raw) if raw else FFMPEG_TIMEOUT
+    except ValueError:
+        value = 0.0
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"{FFMPEG_TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _run_ffmpeg(cmd: list[str], path: str | Path, doing: str) -> subprocess.CompletedProcess[str]:
+    """subprocess.run of an ffmpeg command, bounded by ffmpeg_timeout(): InputError naming `path`
+    when it takes longer (the process is killed by subprocess.run)."""
+    limit = ffmpeg_timeout()
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=limit,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise InputError(f"ffmpeg took more than {limit:g} s {doing}; refused (raise "
+                         f"{FFMPEG_TIMEOUT_ENV} for very long files)", path=path) from None
 
 
 def ffmpeg_exe() -> str:
@@ -142,14 +171,28 @@ class _Header:
     avg_fps: str | None  # "29.97", "25", "1k"
     tbr: str | None
     audio_codec: str | None
+    sar: Fraction = Fraction(1)  # sample (pixel) aspect ratio; not 1 for anamorphic video
+
+    @property
+    def square_size(self) -> tuple[int, int]:
+        """(width, height) of a frame resampled to square pixels, as a player shows it, before
+        rotation: the coded size stretched along one axis (never shrunk, so no detail is lost)."""
+        w, h = self.coded_width, self.coded_height
+        if self.sar > 1:
+            return max(1, round(w * self.sar)), h
+        if self.sar < 1:
+            return w, max(1, round(h / self.sar))
+        return w, h
 
     @property
     def width(self) -> int:
-        return self.coded_height if self.rotation in (90, 270) else self.coded_width
+        w, h = self.square_size
+        return h if self.rotation in (90, 270) else w
 
     @property
     def height(self) -> int:
-        return self.coded_width if self.rotation in (90, 270) else self.coded_height
+        w, h = self.square_size
+        return w if self.rotation in (90, 270) else h
 
 
 @dataclass(frozen=True)
@@ -202,6 +245,9 @@ def probe(path: str | Path, *, count: str = "auto", max_pixels: int | None = Non
             lost = f" ({packets.count - frames} damaged frames dropped)" if frames < packets.count else ""
             warnings.append(f"file is cut short or damaged ({packets.damaged or 'decode errors'}): "
                             f"the first {frames} frames decode{lost}")
+        if header.sar != 1:
+            warnings.append(f"anamorphic (sample aspect ratio {header.sar.numerator}:{header.sar.denominator}"
+                            f"): frames are resampled to square pixels, {header.width}x{header.height}")
         if vfr:
             warnings.append(f"variable frame rate: average {float(fps):.3f} fps is used for output")
     if frames == 0:
@@ -282,12 +328,13 @@ def _parsed(path: Path) -> _Parsed:
 @lru_cache(maxsize=64)
 def _parsed_cached(path_str: str, size: int, mtime_ns: int) -> _Parsed:
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", _input_url(Path(path_str))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=120)
+    proc = _run_ffmpeg(cmd, path_str, "reading its header")
     return _parse_header(proc.stderr, path_str)
 
 
 _STREAM_RE = re.compile(r"^\s*Stream #0:(\d+)\S*: (Video|Audio|Subtitle|Data|Attachment): (.*)$")
 _SIZE_RE = re.compile(r"(?<![\w.])([1-9]\d{0,5})x([1-9]\d{0,5})(?![\w.])")
+_SAR_RE = re.compile(r"\[SAR (\d+):(\d+) DAR ")
 _ROTATION_RE = re.compile(r"[Dd]isplay [Mm]atrix: rotation of (-?[\d.]+) degrees")
 
 
@@ -344,13 +391,19 @@ def _header(path: Path) -> _Header:
     for line in extra:
         if m := _ROTATION_RE.search(line):
             rotation = _decode_rotation(float(m.group(1)))
+    sar = Fraction(1)
+    if (m := _SAR_RE.search(desc)) and int(m.group(1)) > 0 and int(m.group(2)) > 0:  # 0:1 = unknown
+        sar = Fraction(int(m.group(1)), int(m.group(2)))
+        if not Fraction(1, 16) <= sar <= 16:
+            raise InputError(f"sample aspect ratio {m.group(1)}:{m.group(2)} is not a plausible video's",
+                             path=path)
     fps = re.search(r"([\d.]+k?) fps", desc)
     tbr = re.search(r"([\d.]+k?) tbr", desc)
     return _Header(
         container=container, start=parsed.start, duration=parsed.duration, stream_index=index,
         codec=codec, coded_width=int(size.group(1)), coded_height=int(size.group(2)),
         rotation=rotation, avg_fps=fps.group(1) if fps else None, tbr=tbr.group(1) if tbr else None,
-        audio_codec=audio,
+        audio_codec=audio, sar=sar,
     )
 
 
@@ -376,7 +429,7 @@ def _scan_packets_cached(path_str: str, size: int, mtime_ns: int, stream_index: 
         ffmpeg.input(_input_url(Path(path_str)), copyts=None)[str(stream_index)]
         .output("pipe:", format="framecrc", c="copy")
     )
-    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    proc = _run_ffmpeg(cmd, path_str, "scanning its packets")
     timebase = Fraction(1)
     times: list[int] = []
     durations: list[int] = []
@@ -416,7 +469,7 @@ def _count_decoded_cached(path_str: str, size: int, mtime_ns: int, stream_index:
         .output("pipe:", format="null", fps_mode="passthrough"),
         "-progress", "pipe:1",
     )
-    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    proc = _run_ffmpeg(cmd, path_str, "counting its frames")
     counts = re.findall(r"^frame=(\d+)$", proc.stdout, flags=re.M)
     if proc.returncode != 0 and not counts:
         raise InputError(f"cannot be decoded ({_ffmpeg_error(proc.stderr)})", path=path_str)
@@ -507,6 +560,7 @@ class FrameStream(Iterator[np.ndarray]):
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: Any = None
         self._done = False
+        self._timeout = ffmpeg_timeout()  # the longest wait for any one read
 
     def __enter__(self) -> FrameStream:
         return self
@@ -536,6 +590,11 @@ class FrameStream(Iterator[np.ndarray]):
         try:
             assert proc.stdout is not None
             while got < len(view):
+                if not select.select([proc.stdout], [], [], self._timeout)[0]:
+                    self.close()
+                    raise InputError(f"decoding stalled at frame {self.next_index}: no data from ffmpeg "
+                                     f"for {self._timeout:g} s (raise {FFMPEG_TIMEOUT_ENV} if the "
+                                     "file is on a slow disk)", path=self.path)
                 n = proc.stdout.readinto(view[got:])
                 if not n:
                     break
@@ -547,7 +606,11 @@ class FrameStream(Iterator[np.ndarray]):
             self.next_index += 1
             return frame
         # End of stream: a clean end, or a failure.
-        returncode = proc.wait()
+        try:
+            returncode = proc.wait(timeout=self._timeout)
+        except subprocess.TimeoutExpired:  # its output closed, yet it does not exit
+            proc.kill()
+            returncode = proc.wait()
         message = self._stderr_text()
         self.close()
         if returncode != 0:
@@ -603,6 +666,8 @@ def read_frames(path: str | Path, start: int = 0, stop: int | None = None, *,
     video = source[str(header.stream_index)]
     if start > 0 and not _seekable(header, path):
         video = video.filter("select", f"gte(n,{start})")
+    if header.sar != 1:  # anamorphic: resampled to square pixels, as a player displays it
+        video = video.filter("scale", header.width, header.height).filter("setsar", "1")
     out_args: dict[str, Any] = {"format": "rawvideo", "pix_fmt": "rgb24", "fps_mode": "passthrough"}
     if stop is not None:
         out_args["frames:v"] = stop - start
@@ -789,7 +854,7 @@ class VideoWriter:
             acodec="copy" if copy else "aac", **({} if copy else {"b:a": "192k"}),
             **({"movflags": "+faststart"} if self.format in ("mp4", "mov") else {}),
         )
-        proc = subprocess.run(_compile(out, "-y"), capture_output=True, text=True, errors="replace")
+        proc = _run_ffmpeg(_compile(out, "-y"), self.audio_from, "adding its audio")
         if proc.returncode != 0:
             raise InputError(f"cannot add its audio to {self.path.name} ({_ffmpeg_error(proc.stderr)})",
                              path=self.audio_from)

@@ -23,7 +23,14 @@ from prefect.cache_policies import NO_CACHE
 
 from models.detection import FaceFlag, FaceSelector, FaceTracker, TrackerState
 from models.face_shape import NUM_POINTS
-from models.face_track import crop_frames, history_start, plan_crops, state_from_history, track_frames
+from models.face_track import (
+    MIN_FACE_CONTRAST,
+    crop_frames,
+    history_start,
+    plan_crops,
+    state_from_history,
+    track_frames,
+)
 from models.smoothing import SmoothingConfig
 from storage.cache import Field, FrameTable, Workspace
 from storage.errors import InputError, JobFailedError, NoFaceError
@@ -63,6 +70,7 @@ def crop_fields(resolution: int) -> dict[str, Field]:
 
 def landmarks_provenance(tracker: FaceTracker, backend_provenance: Mapping[str, Any], frames: int) -> dict:
     return {**base_provenance("landmarks"), "tracker": tracker.settings(),
+            "min_face_contrast": MIN_FACE_CONTRAST,
             "landmarks": dict(backend_provenance), "frames": int(frames)}
 
 
