@@ -74,7 +74,7 @@ def resolve_weights(path_or_name: str | os.PathLike[str]) -> Path:
     if path.is_file():
         return path
     if path.exists():
-        require_regular_file(path, "a checkpoint")  # a directory, a FIFO, a device, a socket
+        require_regular_file(path, "a checkpoint file")  # a directory, a FIFO, a device, a socket
         raise InputError("not a checkpoint file", path=path)
     text = str(path_or_name)
     if os.sep in text or "/" in text or text.lower().endswith(CHECKPOINT_SUFFIXES):

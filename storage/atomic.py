@@ -44,14 +44,29 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
     exception propagates.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        _raise_user_error(err, target)
+        raise
     tmp = partial_path(target)
     try:
         yield tmp
         commit(tmp, target)
+    except OSError as err:  # a full disk, a quota, a read-only folder: one line naming the target
+        _raise_user_error(err, target)
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _raise_user_error(err: OSError, target: Path) -> None:
+    from storage.files import user_error_from_os_error
+
+    user_error = user_error_from_os_error(err, target)
+    if user_error is not None:
+        raise user_error from None
 
 
 def check_writable(target: str | Path) -> None:

@@ -8,6 +8,7 @@ forever. So a path given as a video, image, manifest, W+ file or checkpoint must
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -40,3 +41,31 @@ def require_regular_file(path: str | os.PathLike[str], what: str = "an input fil
         raise InputError(f"is {kind}, not a regular file; refused as {what} (reading it could block "
                          "or never end)", path=path)
     return path
+
+
+# errno values that mean "the disk refused the write": full, over quota, over the file-size limit.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_DENIED_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+# What ffmpeg prints when the disk refuses its output (it reports strerror of the same errnos).
+_DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded", "File too large")
+
+
+def disk_full_message(text: str) -> bool:
+    """Whether a subprocess's error text (ffmpeg's) says the disk refused a write."""
+    return any(words in text for words in _DISK_FULL_WORDS)
+
+
+def user_error_from_os_error(err: OSError, path: str | os.PathLike[str] | None = None) -> InputError | None:
+    """The one-line user error an OSError stands for when it is the disk's or the folder's doing (full,
+    over quota or over the file-size limit; permission denied; read-only), naming `path` (default: the
+    error's own file name); None for anything else (a bug keeps its traceback). Exit 2: the place
+    given for the output cannot be used."""
+    where = path if path is not None else err.filename
+    reason = err.strerror or str(err)
+    if err.errno in DISK_FULL_ERRNOS:
+        return InputError(f"no space left to write it ({reason}); free some space or write elsewhere",
+                          path=where)
+    if err.errno in _DENIED_ERRNOS:
+        return InputError(f"cannot write or read it ({reason}); choose a folder you can write to",
+                          path=where)
+    return None

@@ -27,6 +27,7 @@ import math
 import os
 import re
 import select
+import signal
 import subprocess
 import tempfile
 from collections import Counter
@@ -43,7 +44,7 @@ import numpy as np
 
 from storage.atomic import commit, partial_path
 from storage.errors import InputError
-from storage.files import require_regular_file
+from storage.files import disk_full_message, require_regular_file
 from storage.limits import check_pixels
 
 # Containers whose demuxers seek by an index to exact timestamps (verified frame by frame in
@@ -780,7 +781,9 @@ class VideoWriter:
             self._proc.stdin.write(memoryview(data).cast("B"))
         except BrokenPipeError:
             message = self._encoder_error()
+            returncode = self._proc.returncode
             self.abort()
+            _raise_if_disk_full(message, self.path, returncode)
             raise RuntimeError(f"{self.path}: ffmpeg encoder stopped: {message}") from None
         self.frames_written += 1
 
@@ -825,7 +828,9 @@ class VideoWriter:
             self._proc.stdin.close()
             returncode = self._proc.wait()
             if returncode != 0:
-                raise RuntimeError(f"{self.path}: ffmpeg encoder failed: {self._encoder_error()}")
+                message = self._encoder_error()
+                _raise_if_disk_full(message, self.path, returncode)
+                raise RuntimeError(f"{self.path}: ffmpeg encoder failed: {message}")
             final = self._video_tmp
             if self.audio_from is not None and has_audio(self.audio_from):
                 final = self._mux_audio(self._video_tmp)
@@ -856,6 +861,7 @@ class VideoWriter:
         )
         proc = _run_ffmpeg(_compile(out, "-y"), self.audio_from, "adding its audio")
         if proc.returncode != 0:
+            _raise_if_disk_full(proc.stderr, self.path, proc.returncode)
             raise InputError(f"cannot add its audio to {self.path.name} ({_ffmpeg_error(proc.stderr)})",
                              path=self.audio_from)
         return muxed
@@ -881,6 +887,17 @@ class VideoWriter:
             if tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
+
+
+def _raise_if_disk_full(ffmpeg_stderr: str, output: Path, returncode: int | None = None) -> None:
+    """The one-line error of a full disk (or quota, or file-size limit) when ffmpeg says so, or was
+    killed by SIGXFSZ (over RLIMIT_FSIZE: subprocess restores that signal's default in children)."""
+    if returncode == -signal.SIGXFSZ:
+        raise InputError("no space left to write it (file size limit exceeded: ffmpeg was stopped by "
+                         "SIGXFSZ); free some space or write elsewhere", path=output)
+    if disk_full_message(ffmpeg_stderr):
+        raise InputError(f"no space left to write it ({_ffmpeg_error(ffmpeg_stderr)}); free some space "
+                         "or write elsewhere", path=output)
 
 
 def _as_fraction(fps: Fraction | int | float | str) -> Fraction:

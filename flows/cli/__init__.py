@@ -60,6 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"facereenact: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # a full disk or an unwritable folder anywhere: one line, not a traceback
+        from storage.files import user_error_from_os_error
+
+        user_error = user_error_from_os_error(err)
+        if user_error is None or os.environ.get("FACEREENACT_DEBUG"):
+            raise
+        print(f"facereenact: error: {user_error}", file=sys.stderr)
+        return user_error.exit_code
     except KeyboardInterrupt:
         print("facereenact: interrupted; finished frames are cached, run the same command to resume",
               file=sys.stderr)
