@@ -28,6 +28,7 @@ import json
 import math
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -621,8 +622,12 @@ def load_torch_weights_only(path: str | os.PathLike[str], *, safe_globals: tuple
         named = next((line for line in lines if "global" in line.lower()
                       and "weights only" not in line.lower() and "weights_only" not in line), None)
         if named is not None:  # the file names a function or class: what a hostile file does
-            raise CheckpointError(f"refused by the weights-only loader: {named[:200]} "
-                                  "(nothing from the file was executed)", path=path) from None
+            # The name only: torch's own text goes on to advise allowlisting it (add_safe_globals),
+            # which is what a hostile file wants a user to do.
+            found = re.search(r"GLOBAL ([\w.]+)", named)
+            what = f"it names the global {found.group(1)}" if found else "it names a function or class"
+            raise CheckpointError(f"refused by the weights-only loader: {what}, which a weights file does "
+                                  "not need (nothing from the file was executed)", path=path) from None
         reason = next((line for line in lines if line.startswith("Unsupported operand")),
                       lines[-1] if lines else type(err).__name__)
         raise CheckpointError(f"truncated or corrupt torch file (not a readable pickle: {reason[:200]})",

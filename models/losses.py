@@ -149,11 +149,14 @@ def _backbone_file(registry_name: str):
 def _load_backbone(net: nn.Module, path, registry_name: str) -> None:
     """Copy torchvision's `features.<i>.*` tensors into lpips' slices (whose modules keep torchvision's
     indices as names: slice2.5.weight is features.5.weight)."""
+    from models.checkpoints import load_torch_weights_only
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: the user's to fix
-        raise CheckpointError(f"not a readable torchvision state dict ({type(err).__name__}); fetch it "
-                              f"again with: facereenact weights fetch {registry_name}", path=path) from None
+        state = load_torch_weights_only(path)  # bounded, and its refusals suggest nothing unsafe
+    except CheckpointError as err:  # a truncated or foreign file: the user's to fix
+        raise CheckpointError(f"not a readable torchvision state dict ({str(err).split(': ', 1)[-1][:200]}); "
+                              f"fetch it again with: facereenact weights fetch {registry_name}",
+                              path=path) from None
     with torch.no_grad():
         for slice_name, module in net.named_children():
             for name, param in module.named_parameters():

@@ -34,6 +34,8 @@ def media_kind(path: str | Path) -> str:
     path = Path(path)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return "image"
+    if not path.is_file():  # missing, a folder, a FIFO (open() would block), a device: probe refuses it
+        return "video"
     try:
         from PIL import Image
 
