@@ -41,3 +41,9 @@ def check_pixels(width: int, height: int, path: object, what: str, limit: int | 
         raise InputError(
             f"{what} size {width}x{height} ({width * height / 1e6:.1f} MP) is above the limit of "
             f"{limit / 1e6:.1f} MP; raise {MAX_PIXELS_ENV} to accept it", path=path)
+
+
+# Optimisation steps of any stage (inversion, projection, mapping training): far above any real
+# setting (1000 per frame is a lot), far below "runs for ever". Checked by the CLI's parser and in
+# batch manifests' job options.
+MAX_STEPS = 1_000_000

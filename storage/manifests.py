@@ -12,6 +12,7 @@ import csv
 import glob
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 from storage.errors import InputError
 from storage.files import require_regular_file
+from storage.limits import MAX_STEPS
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 MANIFEST_SUFFIXES = frozenset({".csv", ".jsonl", ".ndjson"})
@@ -211,6 +213,7 @@ def load_batch(manifest: str | Path, output_dir: str | Path | None = None) -> li
         options = row.get("options") or {}
         if not isinstance(options, dict):
             raise InputError(f"{where}, options: expected a mapping, got {type(options).__name__}")
+        _check_numbers(options, f"{where}, options")
         name = str(row.get("name") or Path(out_value).stem)
         if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise InputError(f"{where}, name: {name!r} may hold only letters, digits, '-', '_' and '.'")
@@ -291,3 +294,26 @@ def _check_yaml_size(root: Any, path: Path) -> None:
         if sizes[id(node)] > MAX_YAML_NODES:
             raise InputError(f"YAML expands to more than {MAX_YAML_NODES} values once its aliases are "
                              "followed (an alias bomb?); refused", path=path)
+
+
+def _check_numbers(options: Mapping[str, Any], where: str) -> None:
+    """Numbers in a job's options: finite (JSON and YAML both spell NaN and infinity), and any
+    `...steps...` count a whole number in [0, MAX_STEPS] (10**12 steps would run for ever)."""
+    def check(key: str, value: Any) -> None:
+        if isinstance(value, bool):
+            return
+        if isinstance(value, dict):
+            for k, v in value.items():
+                check(f"{key}.{k}", v)
+        elif isinstance(value, list | tuple):
+            for v in value:
+                check(key, v)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{where}: {key} must be a finite number, got {value}")
+        elif "steps" in key.rsplit(".", 1)[-1] and isinstance(value, int | float) and \
+                (value != int(value) or not 0 <= value <= MAX_STEPS):
+            raise InputError(f"{where}: {key} must be a whole number of steps in [0, {MAX_STEPS}], "
+                             f"got {value}")
+
+    for name, value in options.items():
+        check(str(name), value)

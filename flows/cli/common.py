@@ -37,6 +37,8 @@ def require_at_least(args: argparse.Namespace, **lows: int) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
 
 
+from storage.limits import MAX_STEPS  # noqa: E402 (storage.limits imports nothing heavy)
+
 # Ranges every numeric option is held to by the parser (`check_numeric_options`), before any command
 # runs: a value outside them is a typo or an attack, never a setting (10**22 steps would run for ever;
 # 10**11 frames or a 10**12 batch would try to allocate them). Commands check narrower ranges
@@ -44,8 +46,8 @@ def require_at_least(args: argparse.Namespace, **lows: int) -> None:
 MAX_INT = 2**31 - 1
 INT_LIMITS: dict[str, int] = {
     "seed": 2**32 - 1,  # numpy's RandomState takes [0, 2**32)
-    "steps": 1_000_000, "steps_first": 1_000_000, "steps_next": 1_000_000, "invert_steps": 1_000_000,
-    "refine_steps": 1_000_000, "checkpoint_every": 1_000_000,
+    "steps": MAX_STEPS, "steps_first": MAX_STEPS, "steps_next": MAX_STEPS, "invert_steps": MAX_STEPS,
+    "refine_steps": MAX_STEPS, "checkpoint_every": MAX_STEPS,
     "frames": 1_000_000,
     "batch": 65_536, "batch_size": 65_536, "batches_per_task": 65_536,
     "resolution": 4096,

@@ -188,6 +188,22 @@ def test_absurd_numbers_refused_by_the_parser(argv, fragment, cli, tmp_path):
     assert_user_error(proc, fragment, code=2)
 
 
+@pytest.mark.parametrize("options, fragment", [
+    ('{"steps_first": 1000000000000}', "steps_first must be a whole number of steps"),
+    ('{"learning_rate": NaN}', "learning_rate must be a finite number"),
+    ('{"group_weights": [1, Infinity]}', "group_weights must be a finite number"),
+])
+def test_absurd_numbers_in_batch_job_options(options, fragment, data, cli, tmp_path):
+    """JSON (and YAML) spell NaN and infinity too: a job's options are held like the CLI's."""
+    shutil.copy(data.clip, tmp_path / "clip.mp4")
+    shutil.copy(data.face, tmp_path / "face.png")
+    (tmp_path / "jobs.jsonl").write_text(
+        f'{{"source": "face.png", "driving": "clip.mp4", "output": "a.mp4", "options": {options}}}\n')
+    proc = cli("batch", tmp_path / "jobs.jsonl", "--cache", tmp_path / "cache", "--weights", data.weights)
+    assert_user_error(proc, "jobs.jsonl: job 1 (line 1), options", fragment, code=2)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "a.mp4").exists()
+
+
 def test_every_numeric_option_is_checked():
     """No command has an int or float option the parser does not check (a new option gets the
     checks by being declared type=int / type=float)."""
