@@ -12,12 +12,24 @@ DEFAULT_CACHE = os.environ.get("FACEREENACT_CACHE", ".facereenact-cache")
 
 def add_cache_option(parser: argparse.ArgumentParser, what: str = "cache directory or URL",
                      positional: bool = False) -> None:
-    """`--cache PATH` (or an optional positional CACHE) defaulting to DEFAULT_CACHE."""
+    """`--cache PATH` defaulting to DEFAULT_CACHE; `positional` also takes it as an optional first
+    argument CACHE (the older form of `status`), which `cache_of(args)` reconciles."""
     help_text = f"{what} (default: $FACEREENACT_CACHE or {DEFAULT_CACHE})"
     if positional:
-        parser.add_argument("cache", nargs="?", default=DEFAULT_CACHE, help=help_text)
-    else:
-        parser.add_argument("--cache", default=DEFAULT_CACHE, help=help_text)
+        parser.add_argument("cache_positional", nargs="?", metavar="CACHE", help="the same as --cache")
+    parser.add_argument("--cache", default=DEFAULT_CACHE, help=help_text)
+
+
+def cache_of(args: argparse.Namespace) -> str:
+    """The cache of a command that takes it as `--cache` or positionally (not both, unless equal)."""
+    positional = getattr(args, "cache_positional", None)
+    if positional is None:
+        return args.cache
+    if args.cache not in (DEFAULT_CACHE, positional):
+        from storage.errors import InputError
+
+        raise InputError(f"two caches given: {positional} and --cache {args.cache}")
+    return positional
 
 
 def quiet_prefect(verbose: bool) -> None:
