@@ -75,7 +75,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps-first", type=int, metavar="N", help="Adam steps on frame 0 (default 300)")
     parser.add_argument("--steps-next", type=int, metavar="N",
                         help="at most N steps on each later frame (default 50)")
-    parser.add_argument("--invert-steps", type=int, default=1000, metavar="N",
+    parser.add_argument("--invert-steps", type=int, metavar="N",
                         help="steps of the source's W+ inversion (default 1000)")
     parser.add_argument("--perceptual", choices=sorted(PERCEPTUAL), default="lpips",
                         help="LPIPS backbone: lpips (VGG-16, default), lpips-alex; 'uncalibrated' runs "
@@ -86,16 +86,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_verbose_option(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    quiet_prefect(args.verbose)
-    options: dict = {"perceptual": PERCEPTUAL[args.perceptual], "invert_steps": args.invert_steps}
-    for name in ("steps_first", "steps_next"):
+def run_options(args: argparse.Namespace) -> dict:
+    """The reenact flow's options from the command line (only those given: the flow has the defaults)."""
+    options: dict = {"perceptual": PERCEPTUAL[args.perceptual]}
+    for name in ("steps_first", "steps_next", "invert_steps"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     if args.mapping is not None:
         options["mapping"] = args.mapping
     if args.refine_steps is not None:
         options["refine_steps"] = args.refine_steps
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    quiet_prefect(args.verbose)
+    options = run_options(args)
     plan = preflight(args, options)  # files, output, every weight: before torch and Prefect load
     finished = finished_run(args, options, plan)
     if finished is not None:  # this very request was made before and its output is unchanged
@@ -125,7 +131,7 @@ def preflight(args: argparse.Namespace, options: dict) -> dict:
     from storage.errors import InputError
     from storage.media import open_medium
 
-    if options["invert_steps"] < 0:
+    if options.get("invert_steps", 0) < 0:
         raise InputError(f"--invert-steps must be >= 0, got {options['invert_steps']}")
     if args.mode != "mapping" and ("mapping" in options or "refine_steps" in options):
         raise InputError("--mapping and --refine-steps are settings of --mode mapping")
@@ -277,7 +283,7 @@ def check_inputs(source: str, driving: str, output: str, mode: str, variant: str
     from storage.media import open_medium
     from storage.weights import require
 
-    if options["invert_steps"] < 0:
+    if options.get("invert_steps", 0) < 0:
         raise InputError(f"--invert-steps must be >= 0, got {options['invert_steps']}")
     if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
         raise InputError(f"unsupported output extension (use {', '.join(OUTPUT_SUFFIXES)})", path=output)
