@@ -47,9 +47,12 @@ def main() -> int:
         print(f"{usable_cpus()} usable CPUs; {args.frames} frames, {args.steps * 2}/{args.steps} steps, "
               f"64 px random generator, uncalibrated AlexNet LPIPS\n")
         print(f"{'threads':>16s} {'s/frame':>8s} {'run s':>7s} {'vs 1 thread':>12s}")
-        first = None
+        first, measured = None, set()
         for setting in args.threads.split(","):
             n = usable_cpus() if setting == "default" else int(setting)
+            if n in measured:
+                continue
+            measured.add(n)
             folder = work / f"t{setting}"
             out = folder / "out.mp4"
             began = time.monotonic()
