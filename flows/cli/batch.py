@@ -47,6 +47,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     quiet_prefect(args.verbose)
+    from flows.cli.preflight import existing_file, require_weights
+
+    existing_file(args.manifest, "batch manifest")  # before torch and Prefect load
+    require_weights(args.weights, landmarks=args.landmarks)
     from flows.batch import format_batch_summary, load_jobs, reenact_batch
     from flows.runners import task_runner
     from storage.errors import JobFailedError

@@ -78,12 +78,14 @@ def run(args: argparse.Namespace) -> int:
     if args.max_loss is not None and not args.max_loss >= 0:
         raise InputError(f"--max-loss must be a number >= 0, got {args.max_loss}")
     loss_weights = {n: getattr(args, n) for n in LOSS_WEIGHTS if getattr(args, n) is not None}
+    from flows.cli.preflight import require_weights
+    from storage.manifests import collect_videos
+
+    collect_videos(args.dataset)  # no videos, a bad manifest: fail now, before torch loads
+    require_weights(args.weights, PERCEPTUAL[args.perceptual], args.landmarks)  # all missing, one line
 
     from models.inversion import InversionConfig, inversion_losses
-    from storage.manifests import collect_videos
     from tasks import resources
-
-    collect_videos(args.dataset)  # no videos, a bad manifest: fail now
     try:
         config = InversionConfig(steps=args.steps, perceptual=PERCEPTUAL[args.perceptual], seed=args.seed,
                                  **loss_weights)

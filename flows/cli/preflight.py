@@ -35,6 +35,7 @@ class Missing:
 
     names: list[str] = field(default_factory=list)
     where: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)
 
     def add(self, name: str, path: Path) -> None:
         if name not in self.names:
@@ -43,7 +44,8 @@ class Missing:
 
     def error(self, hint: str = "") -> WeightsMissingError:
         return WeightsMissingError(f"missing weights: {'; '.join(self.where)}; fetch them with: "
-                                   f"facereenact weights fetch {' '.join(self.names)}{hint}")
+                                   f"facereenact weights fetch {' '.join(self.names)}"
+                                   + "".join(f"; {h}" for h in self.hints) + hint)
 
 
 def registered_path(name: str) -> Path:
@@ -78,6 +80,7 @@ def backbone_file(perceptual: str, missing: Missing) -> Path | None:
     file = registered_path(name)
     if not file.is_file():
         missing.add(name, file)
+        missing.hints.append("or pass --perceptual uncalibrated (LPIPS with a random backbone)")
         return None
     return file
 
@@ -91,6 +94,21 @@ def landmark_files(landmarks: str, missing: Missing) -> None:
     dirs = [torch_hub_checkpoints_dir(), weights_dir()]
     if not any((d / f).is_file() for d in dirs for f in FAN_FILES):
         missing.add(FAN_NAME, registered_path(FAN_NAME))
+
+
+def require_weights(generator: str | None = None, perceptual: str | None = None,
+                    landmarks: str | None = None) -> None:
+    """Every weight a command needs is on disk, or one WeightsMissingError naming all that are not
+    (a generator path that does not exist is an InputError)."""
+    missing = Missing()
+    if generator is not None:
+        generator_file(generator, missing)
+    if perceptual is not None:
+        backbone_file(perceptual, missing)
+    if landmarks is not None:
+        landmark_files(landmarks, missing)
+    if missing.names:
+        raise missing.error()
 
 
 def existing_file(path: str, what: str) -> Path:

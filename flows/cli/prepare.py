@@ -87,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"facereenact: warning: {medium.path}: {warning}", file=sys.stderr)
 
     quiet_prefect(args.verbose)
+    from flows.cli.preflight import require_weights
+
+    require_weights(landmarks=args.landmarks)  # before torch and Prefect load
     from flows.prepare import prepare
     from tasks import resources
 

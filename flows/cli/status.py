@@ -31,12 +31,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from storage.cache import Workspace
     from storage.errors import CacheError
 
     args.cache = cache_of(args)
     if "://" not in args.cache and not Path(args.cache).exists():
         raise CacheError("no cache here (run a job with --cache first)", path=args.cache)
+    from storage.cache import Workspace
+
     ws = Workspace(args.cache)
     report = collect_status(ws, repair=args.repair)
     if args.job:
