@@ -138,7 +138,13 @@ def preflight(args: argparse.Namespace, options: dict) -> dict:
     source = existing_file(args.source, "source image")
     driving = existing_file(args.driving, "driving video")
     writable_output(args.output, OUTPUT_SUFFIXES)
-    mapping = existing_file(options["mapping"], "mapping checkpoint") if "mapping" in options else None
+    mapping = None
+    if "mapping" in options:
+        mapping = Path(options["mapping"]).expanduser()
+        if not mapping.is_file():  # a checkpoint problem, as models.reenact.load_mapping says it (exit 3)
+            from storage.errors import CheckpointError
+
+            raise CheckpointError("mapping-network checkpoint not found", path=mapping)
     media = {"source": open_medium(source), "driving": open_medium(driving)}
     if media["source"].kind != "image":
         raise InputError("the source must be a still image (a photo of the face)", path=args.source)
