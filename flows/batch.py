@@ -15,6 +15,7 @@ says finished; the others resume from the cache (reenact computes only frames no
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -115,13 +116,15 @@ def _check_options(job: BatchJob, base: Path) -> dict[str, Any]:
 @flow(name="reenact-batch")
 def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_dir: str | None = None,
                   device: str = "auto", landmarks: str = "faceapi", rerun_finished: bool = False,
-                  runner: str = "threads", gpu_resources: bool = False) -> dict[str, Any]:
+                  runner: str = "threads", gpu_resources: bool = False,
+                  progress: bool = False) -> dict[str, Any]:
     """Run every job of a batch manifest (storage.manifests.load_batch): source image x driving video
     -> output mp4 by `mode` with its `options`. Outputs are relative to `output_dir` (default: the
     manifest's folder). A failing job does not stop the others. `runner` "threads" (default) runs the
     jobs one after the other in this process; any other `--runner` value (flows/runners.task_runner:
     "dask:N", "tcp://HOST:PORT", "threads:N") runs each job as one `run_job` task there, holding a
-    worker's GPU resource when `gpu_resources`; the records and the summary are the same.
+    worker's GPU resource when `gpu_resources`; the records and the summary are the same. `progress`:
+    a line per job as it starts and ends ("[2/5] clip2: done in 31.0 s") and per-frame bars on stderr.
     Returns the summary; raises JobFailedError (with `.summary`) when any job failed."""
     logger = get_run_logger()
     began = time.monotonic()
@@ -142,8 +145,19 @@ def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_
         states[job.name] = {"job": job.job_id, "state": "pending", "output": str(job.output)}
     note("running")
     logger.info(f"batch {this_batch}: {len(jobs)} job(s) from {path}")
+    ended = [0]
+
+    def say(job: BatchJob, text: str, end: bool = True) -> None:
+        if end:
+            ended[0] += 1
+        if progress:
+            number = ended[0] if end else ended[0] + 1
+            print(f"batch [{number}/{len(jobs)}] {job.name}: {text}", file=sys.stderr, flush=True)
+
     def finish(job: BatchJob, record: dict[str, Any], outcome: dict[str, Any]) -> None:
         worker = outcome.get("worker", "")
+        say(job, f"failed: {outcome['error']}" if "error" in outcome else
+            f"done in {outcome['seconds']:.1f} s -> {job.output}")
         if "error" in outcome:
             ws.record_job(job.job_id, {**record, "state": "failed", "error": outcome["error"],
                                        "worker": worker})
@@ -165,13 +179,16 @@ def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_
         previous = known.get(job.job_id, {})
         if not rerun_finished and previous.get("state") == "finished" and job.output.is_file():
             states[job.name].update(state="skipped")
+            say(job, f"finished before, skipped ({job.output})")
             logger.info(f"{job.name}: finished before ({job.output}), skipped")
             continue
         ws.record_job(job.job_id, {**record, "state": "running", "error": ""})
         params = {"name": job.name, "source": str(job.source), "driving": str(job.driving),
                   "output": str(job.output), "cache": cache, "weights": weights, "mode": job.mode,
-                  "options": dict(job.options), "device": device, "landmarks": landmarks}
+                  "options": dict(job.options), "device": device, "landmarks": landmarks,
+                  "progress": progress and sequential}
         if sequential:  # in this process, one job after the other: the reenact flow nested in the batch
+            say(job, f"running ({job.source.name} x {job.driving.name})", end=False)
             finish(job, record, run_job.fn(**params))
         else:
             to_run.append((job, record, params))

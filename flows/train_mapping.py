@@ -84,6 +84,22 @@ def _artifact(summary: dict[str, Any]) -> None:
         description=f"mapping network {t['checkpoint']}: {t['steps']} steps")
 
 
+def versus_baseline(error: float | None, baseline: float | None, name: str = "the zero-Δw baseline") -> str:
+    """An error against its baseline's in words that cannot be misread: "2.31x lower than the zero-Δw
+    baseline: better", or "2.31x higher ...: worse" (a ratio below 1 is never printed as "lower")."""
+    if error is None or baseline is None or not (math.isfinite(error) and math.isfinite(baseline)):
+        return f"no comparison with {name}"
+    if error == baseline:
+        return f"the same as {name}: no better"
+    if error == 0:
+        return f"0 against {baseline:.4g} for {name}: better"
+    if error < baseline:
+        return f"{baseline / error:.3g}x lower than {name}: better"
+    if baseline == 0:
+        return f"{name} is 0: worse"
+    return f"{error / baseline:.3g}x higher than {name}: WORSE"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The end summary: data, training and held-out numbers, where the files are."""
     t, d, held = summary["training"], summary["data"], summary["training"]["held_out"]
@@ -95,12 +111,14 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"{d['held_out_frames']} held out (split by {d['split']}); generator "
              f"{str(d['generator_sha256'])[:12]}...",
              f"training latent MSE {_number(t['train_mse'])} vs zero-Δw baseline "
-             f"{_number(t['train_baseline_mse'])} ({_number(t['train_ratio'])}x lower, last steps)"]
+             f"{_number(t['train_baseline_mse'])} ({versus_baseline(t['train_mse'], t['train_baseline_mse'])}"
+             f", last steps)"]
     if held is None:
         lines.append("held-out: none (--held-out 0)")
     else:
         lines.append(f"held-out Δw error: latent MSE {_number(held['mse'])} vs zero-Δw baseline "
-                     f"{_number(held['baseline_mse'])} ({_number(held['ratio'])}x lower; "
+                     f"{_number(held['baseline_mse'])} "
+                     f"({versus_baseline(held['mse'], held['baseline_mse'])}; "
                      f"{held['pairs']} pairs)")
     if d["skipped_tables"]:
         lines.append(f"skipped {len(d['skipped_tables'])} latent table(s) with no usable frame")

@@ -213,8 +213,8 @@ def _driving_frames(path: str, paste: bool):
 def render_video(G: Generator, table: ReenactCache, source_crop: np.ndarray, driving_path: str,
                  driving_crops: FrameTable, fps: Fraction, output: str | Path, *, layout: str = "result",
                  paste: bool = False, subframes: bool = False, preview: str | Path | None = None,
-                 batch: int = 8, identity=None, on_frames: Callable[[int], None] | None = None
-                 ) -> dict[str, Any]:
+                 batch: int = 8, identity=None, on_frames: Callable[[int], None] | None = None,
+                 detector=None) -> dict[str, Any]:
     """Render the cached latents of a finished table into `output` (H.264 at the driving fps, twice it
     with `subframes`, the driving clip's audio kept) and, when given, a preview PNG (look | driving |
     result of the first, middle and last frames). The video appears only when complete (VideoWriter
@@ -224,7 +224,10 @@ def render_video(G: Generator, table: ReenactCache, source_crop: np.ndarray, dri
     generated crop pasted into the original driving frame (models.alignment.paste_back with the
     crop's stored transform), which then stands for "driving" and "result" at the frame's size.
     Sub-frames (latent midpoints) show the driving frame before them. Returns the frame count, fps,
-    frame size, the mean identity similarity of the key frames to the source and the render time.
+    frame size, the mean identity similarity to the source of the key frames in which `detector`
+    (default: Haar, as `facereenact evaluate`) finds a face (None when it finds none: a similarity of
+    noise to a face still scores 0.8-0.9, so it is not reported), how many key frames had no face,
+    and the render time.
     """
     from storage.images import save_image
     from storage.video import VideoWriter
@@ -247,7 +250,12 @@ def render_video(G: Generator, table: ReenactCache, source_crop: np.ndarray, dri
         from models.losses import IdentityLoss
 
         identity = IdentityLoss()
+    if detector is None:
+        from models.detection import make_detector
+
+        detector = make_detector("haar")
     similarities: list[float] = []
+    no_face = 0
     rows: list[list[np.ndarray]] = []
     originals = _driving_frames(driving_path, paste)
     frame_size = None
@@ -258,8 +266,10 @@ def render_video(G: Generator, table: ReenactCache, source_crop: np.ndarray, dri
             crops = to_uint8(images)
             indices = [(first + k) // step for k in range(images.shape[0])]
             keys = [k for k in range(images.shape[0]) if (first + k) % step == 0]
-            if keys:
-                sims = identity_similarity_to_source(images[keys], source_crop, identity=identity)
+            faces = [k for k in keys if detector.detect(crops[k])]
+            no_face += len(keys) - len(faces)
+            if faces:
+                sims = identity_similarity_to_source(images[faces], source_crop, identity=identity)
                 similarities.extend(float(s) for s in sims)
             driving = driving_crops.read("crop", sorted(set(indices)))
             driving_of = {i: driving[n] for n, i in enumerate(sorted(set(indices)))}
@@ -286,6 +296,7 @@ def render_video(G: Generator, table: ReenactCache, source_crop: np.ndarray, dri
     return {"frames": int(ws.shape[0]), "key_frames": T, "fps": str(Fraction(fps) * step),
             "size": list(frame_size) if frame_size else None, "held": [int(i) for i in held],
             "identity_similarity": float(np.mean(similarities)) if similarities else None,
+            "no_face_frames": no_face,
             "landmark_jitter": None if points is None else landmark_jitter(points),
             "seconds": time.perf_counter() - began}
 

@@ -22,8 +22,10 @@ __all__ = ["run_job"]
 
 @task(name="run-job", cache_policy=NO_CACHE)
 def run_job(name: str, source: str, driving: str, output: str, cache: str, weights: str, mode: str,
-            options: dict[str, Any], device: str = "auto", landmarks: str = "faceapi") -> dict[str, Any]:
-    """Reenact one job. Returns {"worker": "host:pid", "seconds", "tables"} when it finished, or
+            options: dict[str, Any], device: str = "auto", landmarks: str = "faceapi",
+            progress: bool = False) -> dict[str, Any]:
+    """Reenact one job (`progress`: the reenact flow's per-frame bars on stderr). Returns
+    {"worker": "host:pid", "seconds", "tables"} when it finished, or
     {"worker", "error": one-line reason} when it failed (a bug's traceback goes to the log)."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
     t0 = time.monotonic()
@@ -33,7 +35,7 @@ def run_job(name: str, source: str, driving: str, output: str, cache: str, weigh
         except ImportError as err:  # pragma: no cover - the reenact flow ships beside the batch
             raise InputError(f"the reenact flow is not available in this installation ({err})") from None
         result = reenact(source, driving, output, cache, weights, mode=mode, device=device,
-                         landmarks=landmarks, **options)
+                         landmarks=landmarks, progress=progress, **options)
     except FacereenactError as err:
         return {"worker": worker, "error": str(err)}
     except Exception as err:  # a bug in one job must not stop the batch: recorded, traceback logged

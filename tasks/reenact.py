@@ -184,6 +184,7 @@ def _record(table: ReenactCache, video: dict[str, Any], settings: dict[str, Any]
         "size": video["size"], "settings": settings, "table": table.location,
         "metrics": {"landmark_nme": _mean(frames["nme"]), "landmark_nme_target": _mean(frames["nme_target"]),
                     "identity_similarity": video["identity_similarity"],
+                    "no_face_frames": video["no_face_frames"],
                     "landmark_jitter": video["landmark_jitter"],
                     "seconds_per_frame": round((projection_seconds + video["seconds"]) / T, 4),
                     "projection_seconds_per_frame": round(projection_seconds / T, 4),

@@ -103,8 +103,11 @@ def test_rerun_skips_finished_jobs_and_prints_the_summary_before_exit_6(first_ba
     assert lines[0].startswith("batch batch-") and "3 jobs, 0 done, 1 failed, 2 skipped" in lines[0]
     assert any(line.startswith("  skipped: plain ->") for line in lines)
     assert any(line.startswith("  failed:  broken:") and "broken.mp4" in line for line in lines)
-    (error,) = again.stderr.strip().splitlines()
-    assert error.startswith("facereenact: error:") and "1 of 3 jobs failed (broken" in error
+    (error,) = [line for line in again.stderr.splitlines() if line.startswith("facereenact: error:")]
+    assert "1 of 3 jobs failed (broken" in error
+    # progress: a line per job as it ends (the skipped ones, and the one that failed again)
+    assert "batch [1/3] plain: finished before, skipped" in again.stderr
+    assert "batch [3/3] broken: failed:" in again.stderr
     assert table_chunks(root / "cache") == chunks  # not one chunk rewritten
     assert {p: p.stat().st_mtime_ns for p in (root / "out").glob("*.mp4")} == made
 

@@ -56,8 +56,11 @@ def test_user_errors(inputs, tmp_path, capsys, monkeypatch, prefect_harness):
     assert_user_error(run("--source", src, "--driving", corrupt, "--weights", weights), "corrupt.mp4", code=2)
     assert_user_error(run("--source", src, "--driving", clip, "--weights", "ffhq-1024"),
                       "facereenact weights fetch ffhq-1024", code=4)
-    assert_user_error(run("--source", src, "--driving", clip, "--weights", weights, "--mode", "nope"),
-                      "unknown --mode 'nope'", code=2)
+    with pytest.raises(SystemExit) as exit_:  # the parser's choices: before anything else runs
+        run("--source", src, "--driving", clip, "--weights", weights, "--mode", "nope")
+    assert exit_.value.code == 2
+    assert_user_error(subprocess.CompletedProcess([], 2, "", capsys.readouterr().err),
+                      "--mode: invalid choice: 'nope'", code=2)
     assert not (tmp_path / "cache").exists() and not out.exists()  # nothing done before these checks
     # A source without a face is found by the prepare stage: as a user runs it, one line, exit 2.
     from storage.images import save_image

@@ -1,8 +1,11 @@
 """The `facereenact` command line.
 
 Each subcommand lives in its own module under flows/cli/ with two functions:
-`configure(parser)` adds its arguments, `run(args) -> int` does the work. Modules import torch,
-Prefect and the like inside `run`, so `facereenact --help` stays fast.
+`configure(parser)` adds its arguments, `run(args) -> int` does the work, and an `EXAMPLES` string
+(the end of its `--help`). Modules import torch, Prefect and the like inside `run`, so `--help` and
+errors in the arguments or input files come back in well under two seconds
+(tests/benchmarks/bench_startup.py). Every command takes `--threads` (flows/cli/options.py), applied
+before torch loads.
 
 User errors (`storage.errors.FacereenactError`) print one line and exit with their code; set
 FACEREENACT_DEBUG=1 to see their traceback as well. Anything else is a bug and keeps its traceback.
@@ -32,27 +35,52 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+EXAMPLES = """examples:
+  facereenact demo                                   # the whole pipeline on the bundled photo, offline
+  facereenact run --source face.jpg --driving clip.mp4 -o out.mp4
+  facereenact weights fetch ffhq-1024 lpips-vgg16    # the official weights (about 0.9 GiB)
+  facereenact COMMAND --help                         # each command's options and examples"""
+
+
+def version() -> str:
+    """The installed package's version (the source tree's when not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("facereenact")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flows.cli.common import check_numeric_options
+    from flows.cli.options import HelpFormatter, Parser, add_threads_option
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="facereenact",
         description="One-shot face reenactment with a pretrained StyleGAN2.",
+        epilog=EXAMPLES, formatter_class=HelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(f"flows.cli.{module_name}")
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter,
+                           epilog=getattr(module, "EXAMPLES", None))
         module.configure(p)
+        add_threads_option(p)
         check_numeric_options(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from flows.cli.options import apply_threads
     from storage.errors import FacereenactError
 
     args = build_parser().parse_args(argv)
+    apply_threads(args.threads)  # before anything loads torch
     try:
         return int(args._run(args) or 0)
     except FacereenactError as err:

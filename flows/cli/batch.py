@@ -12,6 +12,16 @@ from __future__ import annotations
 import argparse
 
 from flows.cli.common import add_cache_option, quiet_prefect
+from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option
+
+EXAMPLES = """examples:
+  facereenact batch jobs.yaml --cache cache/
+  facereenact batch jobs.jsonl --cache cache/ --output-dir results/ --runner dask:2
+  facereenact status --cache cache/                 # what finished, what failed
+
+jobs.yaml:
+  - {source: face.jpg, driving: clip1.mp4, output: clip1.mp4}
+  - {source: face.jpg, driving: clip2.mp4, output: clip2.mp4, mode: projection}"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="generator checkpoint or registered name (default ffhq-1024)")
     parser.add_argument("--output-dir", metavar="DIR",
                         help="root of the jobs' outputs (default: the manifest's folder)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    parser.add_argument("--landmarks", choices=["faceapi", "fan"], default="faceapi")
+    add_device_option(parser)
+    parser.add_argument("--landmarks", choices=["faceapi", "fan"], default="faceapi",
+                        help="landmark backend of tracking and projection (default faceapi)")
     parser.add_argument("--rerun-finished", action="store_true", help="also rerun jobs that finished before")
     parser.add_argument("--runner", default="threads", metavar="threads|dask[:N]|tcp://HOST:PORT",
                         help="threads (default): the jobs one after the other in this process; dask:N: "
@@ -30,11 +41,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "an existing Dask scheduler's workers (they must see the cache and weights)")
     parser.add_argument("--gpu-resources", action="store_true",
                         help="each job holds the resource GPU=1 of its Dask worker (one job per GPU)")
-    parser.add_argument("--verbose", action="store_true", help="show Prefect's log lines")
+    add_quiet_option(parser)
+    add_verbose_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     quiet_prefect(args.verbose)
+    from flows.cli.preflight import existing_file, require_weights
+
+    existing_file(args.manifest, "batch manifest")  # before torch and Prefect load
+    require_weights(args.weights, landmarks=args.landmarks)
     from flows.batch import format_batch_summary, load_jobs, reenact_batch
     from flows.runners import task_runner
     from storage.errors import JobFailedError
@@ -48,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         summary = reenact_batch(args.manifest, args.cache, weights=args.weights, output_dir=args.output_dir,
                                 device=args.device, landmarks=args.landmarks,
                                 rerun_finished=args.rerun_finished, runner=args.runner,
-                                gpu_resources=args.gpu_resources)
+                                gpu_resources=args.gpu_resources, progress=not args.quiet)
     except JobFailedError as err:
         if getattr(err, "summary", None) is not None:
             print(format_batch_summary(err.summary), flush=True)

@@ -13,12 +13,24 @@ DEFAULT_CACHE = os.environ.get("FACEREENACT_CACHE", ".facereenact-cache")
 
 def add_cache_option(parser: argparse.ArgumentParser, what: str = "cache directory or URL",
                      positional: bool = False) -> None:
-    """`--cache PATH` (or an optional positional CACHE) defaulting to DEFAULT_CACHE."""
+    """`--cache PATH` defaulting to DEFAULT_CACHE; `positional` also takes it as an optional first
+    argument CACHE (the older form of `status`), which `cache_of(args)` reconciles."""
     help_text = f"{what} (default: $FACEREENACT_CACHE or {DEFAULT_CACHE})"
     if positional:
-        parser.add_argument("cache", nargs="?", default=DEFAULT_CACHE, help=help_text)
-    else:
-        parser.add_argument("--cache", default=DEFAULT_CACHE, help=help_text)
+        parser.add_argument("cache_positional", nargs="?", metavar="CACHE", help="the same as --cache")
+    parser.add_argument("--cache", default=DEFAULT_CACHE, help=help_text)
+
+
+def cache_of(args: argparse.Namespace) -> str:
+    """The cache of a command that takes it as `--cache` or positionally (not both, unless equal)."""
+    positional = getattr(args, "cache_positional", None)
+    if positional is None:
+        return args.cache
+    if args.cache not in (DEFAULT_CACHE, positional):
+        from storage.errors import InputError
+
+        raise InputError(f"two caches given: {positional} and --cache {args.cache}")
+    return positional
 
 
 def quiet_prefect(verbose: bool) -> None:
@@ -83,15 +95,10 @@ def _bounded_int(option: str, high: int):  # noqa: ANN202 (an argparse type)
 def check_numeric_options(parser: argparse.ArgumentParser) -> None:
     """Hold every `type=float` option of `parser` to finite values (`--psi nan` is refused, not
     rendered black) and every `type=int` one to [0, INT_LIMITS or MAX_INT], and make the parser's
-    own errors one line (`facereenact: error: argument --psi: must be a finite number, got 'nan'`,
-    exit 2) like every other user error. Called once per subcommand, after its options are added."""
+    parser's errors one line (`facereenact: error: generate: argument --psi: must be a finite number,
+    got 'nan'`, exit 2; flows.cli.options.Parser). Called once per subcommand, after its options are added."""
     for action in parser._actions:  # argparse has no public accessor for the added options
         if action.type is float:
             action.type = _finite_float(action.dest)
         elif action.type is int:
             action.type = _bounded_int(action.dest, INT_LIMITS.get(action.dest, MAX_INT))
-
-    def one_line_error(message: str) -> None:
-        parser.exit(2, f"facereenact: error: {' '.join(message.split())} (see {parser.prog} --help)\n")
-
-    parser.error = one_line_error  # type: ignore[method-assign]

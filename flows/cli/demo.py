@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from flows.cli.common import quiet_prefect
+from flows.cli.options import add_device_option, add_quiet_option
 
 REAL_WEIGHTS = "ffhq-1024"
 # The offline schedule: small enough for about 2 minutes on a 2-core CPU (docs/reenact.md).
@@ -26,10 +27,17 @@ TINY = {"resolution": 64, "frames": 24, "steps_first": 100, "steps_next": 16, "i
 REAL = {"frames": 50, "steps_first": 300, "steps_next": 50, "invert_steps": 1000}  # the real defaults
 
 
+EXAMPLES = """examples:
+  facereenact demo                       # offline: a small random generator, about 2 minutes on a CPU
+  facereenact demo --out my-demo --device cuda
+  facereenact weights fetch ffhq-1024 lpips-vgg16 && facereenact demo   # the real weights"""
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default demo-out)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-o", "--out", "--output", default="demo-out", metavar="DIR",
+                        help="output folder (default demo-out)")
+    add_device_option(parser)
+    add_quiet_option(parser)
     # for the tests: the same code path, shorter
     parser.add_argument("--frames", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
@@ -41,8 +49,6 @@ def say(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from flows.samples import sample_path
     from models.losses import PERCEPTUAL_CHOICES
     from storage.errors import CheckpointError, WeightsMissingError
@@ -50,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
     from storage.weights import require
 
     began = time.monotonic()
-    torch.set_num_threads(1)  # a shared 2-core machine: more threads wait on each other (tests/conftest.py)
     out = Path(args.out).expanduser().absolute()
     work = out / ".demo"
     work.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import argparse
 
+from flows.cli.options import add_device_option
+
+EXAMPLES = """examples:
+  facereenact evaluate out.mp4 --source face.jpg --driving clip.mp4
+  facereenact evaluate out.mp4 --source face.jpg --driving clip.mp4 --json"""
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("result", metavar="RESULT", help="the result video to evaluate")
@@ -18,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop-result", choices=["auto", "none", "right"], default="auto",
                         help="use the rightmost square panel of a side-by-side result: from the sidecar's "
                              "layout or the frame shape (auto, default), never (none) or always (right)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    add_device_option(parser, default="cpu")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -47,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
                           "(left out)"),
         ("landmark NME", f"{_fmt(report['landmark_nme'])} over {report['landmark_nme_frames']} frames "
                          f"({report['coordinates']} coordinates)"),
-        ("identity similarity", f"{_fmt(report['identity_similarity'])} (cosine to the source, face-api)"),
+        ("identity similarity", "no face in any result frame" if report["identity_similarity"] is None
+         and report["no_face_result"] else
+         f"{_fmt(report['identity_similarity'])} (cosine to the source, face-api)"),
         ("landmark jitter", f"{_fmt(report['landmark_jitter'])} px (driving: "
                             f"{_fmt(report['driving_landmark_jitter'])} px)"),
         ("seconds per frame", _fmt(report["seconds_per_frame"])),

@@ -13,6 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+EXAMPLES = """examples:
+  facereenact generate --weights ffhq-1024 --seeds 0-3,10 --psi 0.7 --out out/
+  facereenact generate --weights G.pkl --wplus codes.npy --out out/"""
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, metavar="PATH|NAME",
@@ -28,9 +32,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="truncate only the first N ws (default: all)")
     parser.add_argument("--noise-mode", choices=["const", "none", "random"], default="const",
                         help="noise inputs: stored constants (default), none, or fresh random")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    parser.add_argument("-o", "--out", "--output", required=True, type=Path, metavar="DIR",
+                        help="output folder")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--batch", type=int, default=4, help="images per generator call")
+    parser.add_argument("--batch-size", "--batch", dest="batch", type=int, default=4, metavar="B",
+                        help="images per generator call")
 
 
 MAX_SEEDS = 100_000  # images per run; a range like 0-4000000000 would fill memory with seeds

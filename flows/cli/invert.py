@@ -13,11 +13,18 @@ import argparse
 import sys
 
 from flows.cli.common import add_cache_option, quiet_prefect, require_at_least
+from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option
 
 DEFAULT_WEIGHTS = "ffhq-1024"
 PERCEPTUAL = {"lpips": "lpips-vgg", "lpips-alex": "lpips-alex", "uncalibrated": "uncalibrated",
               "uncalibrated-alex": "uncalibrated-alex"}
 LOSS_WEIGHTS = ("lambda_mse", "lambda_lpips", "lambda_id", "lambda_dreg")
+
+
+EXAMPLES = """examples:
+  facereenact invert clips/ --cache cache/                 # every video under clips/
+  facereenact invert 'clips/*.mp4' --cache cache/ --steps 300 --runner dask:2
+  facereenact invert manifest.csv --cache cache/ --retry-failed --max-loss 0.8"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +49,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-resources", action="store_true",
                         help="each batch holds Dask resource GPU=1 (local dask workers declare GPU=1; "
                              "remote workers must be started with --resources GPU=1)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    add_device_option(parser)
     parser.add_argument("--perceptual", choices=sorted(PERCEPTUAL), default="lpips",
                         help="LPIPS backbone: lpips (VGG-16, default), lpips-alex; 'uncalibrated' runs "
                              "without the backbone weights (random backbone; recorded in provenance)")
@@ -50,14 +57,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="expected crop resolution; must be the generator's (default: the generator's)")
     parser.add_argument("--seed", type=int, default=303,
                         help="base seed; each frame's seed derives from (video, frame, base seed)")
-    weights = parser.add_argument_group("loss weights (default: seed 003's 0.1, 1.5, 0.05, 0.002)")
+    weights = parser.add_argument_group(
+        "loss weights (default: 0.1, 1.5, 0.05, 0.002 for MSE, LPIPS, identity and latent distance, "
+        "as in Choe's thesis \"One-Shot Landmark-Based Face Reenactment\")")
     for name in LOSS_WEIGHTS:
         weights.add_argument(f"--{name.replace('_', '-')}", type=float, metavar="W")
     parser.add_argument("--landmarks", choices=["faceapi", "fan"], default="faceapi",
                         help="landmark backend of the prepare stage (default faceapi)")
     parser.add_argument("--face-index", type=int, default=0, help="which face: 0 = largest (default)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--verbose", action="store_true", help="show Prefect's log lines")
+    add_quiet_option(parser)
+    add_verbose_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,12 +78,14 @@ def run(args: argparse.Namespace) -> int:
     if args.max_loss is not None and not args.max_loss >= 0:
         raise InputError(f"--max-loss must be a number >= 0, got {args.max_loss}")
     loss_weights = {n: getattr(args, n) for n in LOSS_WEIGHTS if getattr(args, n) is not None}
+    from flows.cli.preflight import require_weights
+    from storage.manifests import collect_videos
+
+    collect_videos(args.dataset)  # no videos, a bad manifest: fail now, before torch loads
+    require_weights(args.weights, PERCEPTUAL[args.perceptual], args.landmarks)  # all missing, one line
 
     from models.inversion import InversionConfig, inversion_losses
-    from storage.manifests import collect_videos
     from tasks import resources
-
-    collect_videos(args.dataset)  # no videos, a bad manifest: fail now
     try:
         config = InversionConfig(steps=args.steps, perceptual=PERCEPTUAL[args.perceptual], seed=args.seed,
                                  **loss_weights)

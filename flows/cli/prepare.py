@@ -12,8 +12,14 @@ import argparse
 import sys
 
 from flows.cli.common import add_cache_option, quiet_prefect
+from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option
 
 SMOOTHING_METHODS = {"one-euro": "one_euro", "savgol": "savgol", "none": "none"}
+
+
+EXAMPLES = """examples:
+  facereenact prepare clip.mp4 face.jpg --cache cache/
+  facereenact prepare clips/*.mp4 --cache cache/ --landmarks fan --smoothing savgol --window 9"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="landmark backend (default faceapi: offline, weights shipped)")
     parser.add_argument("--face-index", type=int, default=0,
                         help="which face when there are several: 0 = largest (default), 1 = next, ...")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    add_device_option(parser)
     smooth = parser.add_argument_group("temporal smoothing (videos; docs/faces.md)")
     smooth.add_argument("--smoothing", choices=sorted(SMOOTHING_METHODS), default="one-euro",
                         help="filter over time (default one-euro, zero-phase)")
@@ -34,8 +40,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     smooth.add_argument("--causal", action="store_true", help="one-euro forward only (default: zero-phase)")
     smooth.add_argument("--window", type=int, help="savgol window, odd number of frames (default 7)")
     smooth.add_argument("--polyorder", type=int, help="savgol polynomial order (default 2)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--verbose", action="store_true", help="show Prefect's log lines")
+    add_quiet_option(parser)
+    add_verbose_option(parser)
 
 
 def smoothing_options(args: argparse.Namespace) -> dict:
@@ -81,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"facereenact: warning: {medium.path}: {warning}", file=sys.stderr)
 
     quiet_prefect(args.verbose)
+    from flows.cli.preflight import require_weights
+
+    require_weights(landmarks=args.landmarks)  # before torch and Prefect load
     from flows.prepare import prepare
     from tasks import resources
 

@@ -12,6 +12,12 @@ from __future__ import annotations
 import argparse
 
 from flows.cli.common import add_cache_option, quiet_prefect
+from flows.cli.options import add_verbose_option
+
+EXAMPLES = """examples:
+  facereenact status --cache cache/                  # the jobs and their ids
+  facereenact resume 3f2a --cache cache/             # a unique prefix of the id is enough
+  facereenact resume 3f2a --cache cache/ --keep-failed --runner dask:2"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="where the work runs (as for `facereenact invert`)")
     parser.add_argument("--keep-failed", action="store_true",
                         help="do not retry failed frames; compute only the missing ones")
-    parser.add_argument("--verbose", action="store_true", help="show Prefect's log lines")
+    add_verbose_option(parser)
 
 
 def find_job(ws, wanted: str) -> tuple[str, dict]:

@@ -1,4 +1,4 @@
-"""`facereenact status [CACHE]`: progress of every job and table, read from the cache alone.
+"""`facereenact status [--cache CACHE]`: progress of every job and table, read from the cache alone.
 
 No Prefect server is needed: the zarr status arrays are the record of what is done. `--repair` marks
 done frames whose data is not finite (a damaged cache) as failed, so `--retry-failed` redoes them.
@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from flows.cli.common import add_cache_option
+from flows.cli.common import add_cache_option, cache_of
+
+EXAMPLES = """examples:
+  facereenact status --cache cache/                  # every job and table
+  facereenact status --cache cache/ --job 3f2a --failed
+  facereenact status cache/ --json                   # the cache as a first argument works too"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,11 +31,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from storage.cache import Workspace
     from storage.errors import CacheError
 
+    args.cache = cache_of(args)
     if "://" not in args.cache and not Path(args.cache).exists():
         raise CacheError("no cache here (run a job with --cache first)", path=args.cache)
+    from storage.cache import Workspace
+
     ws = Workspace(args.cache)
     report = collect_status(ws, repair=args.repair)
     if args.job:

@@ -13,17 +13,25 @@ from __future__ import annotations
 import argparse
 
 from flows.cli.common import add_cache_option, quiet_prefect, require_at_least
+from flows.cli.options import add_device_option, add_verbose_option
+
+EXAMPLES = """examples:
+  facereenact invert clips/ --cache cache/           # first: the latents it trains on
+  facereenact train-mapping --cache cache/ --out mapping.pt
+  facereenact train-mapping --cache cache/ --out mapping.pt --steps 5000 --representation raster
+  facereenact run --source face.jpg --driving clip.mp4 -o out.mp4 --mode mapping --mapping mapping.pt"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_cache_option(parser, "cache the inversion filled")
-    parser.add_argument("--out", required=True, metavar="PATH",
+    parser.add_argument("-o", "--out", "--output", required=True, metavar="PATH",
                         help="checkpoint to write (and to continue, when it holds this run's earlier steps)")
     parser.add_argument("--steps", type=int, default=1000, help="training steps in all (default 1000)")
     parser.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
                         help="save the checkpoint and loss curve every N steps (default 100)")
     parser.add_argument("--representation", choices=["coords", "raster"], default="coords",
-                        help="landmark input: coordinates (default) or seed 003's rasterised drawings")
+                        help="landmark input: coordinates (default) or rasterised landmark drawings "
+                             "(as in Choe's thesis)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="B", help="pairs per step (default 32)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR", help="Adam (default 1e-3)")
     parser.add_argument("--image-loss", type=float, default=0.0, metavar="W",
@@ -39,9 +47,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inversion", metavar="KEY",
                         help="train on the latents of these inversion settings (when the cache has several)")
     parser.add_argument("--seed", type=int, default=0, help="pair sampling seed (default 0)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    add_device_option(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument("--verbose", action="store_true", help="show Prefect's log lines")
+    add_verbose_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:

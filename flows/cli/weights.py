@@ -16,6 +16,12 @@ import argparse
 import sys
 from pathlib import Path
 
+EXAMPLES = """examples:
+  facereenact weights list
+  facereenact weights fetch ffhq-1024 lpips-vgg16    # the generator and LPIPS backbone of `run`
+  facereenact weights verify ffhq-1024
+  facereenact weights convert stylegan2-ffhq.pkl ffhq.safetensors"""
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
