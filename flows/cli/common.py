@@ -94,8 +94,8 @@ def _bounded_int(option: str, high: int):  # noqa: ANN202 (an argparse type)
 
 def check_numeric_options(parser: argparse.ArgumentParser) -> None:
     """Hold every `type=float` option of `parser` to finite values (`--psi nan` is refused, not
-    rendered black) and every `type=int` one to [0, INT_LIMITS or MAX_INT], and make the parser's
-    parser's errors one line (`facereenact: error: generate: argument --psi: must be a finite number,
+    rendered black) and every `type=int` one to [0, INT_LIMITS or MAX_INT]; a refused value is the
+    parser's one-line error (`facereenact: error: generate: argument --psi: must be a finite number,
     got 'nan'`, exit 2; flows.cli.options.Parser). Called once per subcommand, after its options are added."""
     for action in parser._actions:  # argparse has no public accessor for the added options
         if action.type is float:
