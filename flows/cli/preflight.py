@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from storage.errors import InputError, WeightsMissingError
+from storage.files import require_regular_file
 
 # --perceptual choice -> the LPIPS backbone's registry name, and whether it is calibrated
 # (models.losses.PERCEPTUAL_CHOICES has the same table with the torch side; tests/test_cli.py checks
@@ -112,13 +113,12 @@ def require_weights(generator: str | None = None, perceptual: str | None = None,
 
 
 def existing_file(path: str, what: str) -> Path:
-    """`path` as a Path when it is a file; a one-line InputError otherwise."""
+    """`path` as a Path when it is a regular file; a one-line InputError otherwise (missing, a folder,
+    a FIFO, device or socket: storage.files.require_regular_file)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise InputError(f"{what} not found", path=p)
-    if not p.is_file():
-        raise InputError(f"{what} is not a file (a directory?)", path=p)
-    return p
+    return require_regular_file(p, what)
 
 
 def writable_output(output: str, suffixes: tuple[str, ...]) -> Path:
