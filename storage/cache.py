@@ -48,6 +48,9 @@ PENDING, DONE, FAILED = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 
 _RESERVED_FIELDS = {"status", "error"}
+# Open groups as what they are (zarr v3, not consolidated): otherwise zarr probes for v2 and
+# consolidated metadata first, a round trip each on an object store.
+_V3: dict[str, Any] = {"zarr_format": 3, "use_consolidated": False}
 # errnos of a write refused for want of room: disk full, quota, file-size limit (RLIMIT_FSIZE)
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
@@ -76,7 +79,8 @@ class Field:
 
 
 def open_store(url: str | Path) -> LocalStore | FsspecStore:
-    """A zarr store for a local directory, a file:// URL, or any fsspec URL (memory://, s3://, ...)."""
+    """A zarr store for a local directory, a file:// URL, or any fsspec URL (memory://, s3://, ...;
+    storage/remote.py: checked on first contact, one-line CacheError when unusable)."""
     text = str(url)
     if "://" not in text or text.startswith("file://"):
         path = Path(text.removeprefix("file://")).expanduser()
@@ -92,10 +96,9 @@ def open_store(url: str | Path) -> LocalStore | FsspecStore:
             raise CacheError(("a zarr v2 store" if v2 else "a directory with other files") + ", not a "
                              "facereenact cache; choose a new or empty directory", path=path)
         return LocalStore(path)
-    try:
-        return FsspecStore.from_url(text)
-    except (ImportError, ValueError, OSError) as err:
-        raise CacheError(f"cannot open the cache URL ({err})", path=text) from None
+    from storage.remote import open_remote_store
+
+    return open_remote_store(text)
 
 
 class FrameTable:
@@ -221,14 +224,9 @@ class FrameTable:
             arrays[name] = arr
         with self._writing(idx):
             for name, arr in arrays.items():
-                target = self._array(name)
-                for row, i in enumerate(idx):
-                    target[int(i)] = arr[row]
-            errors = self._array("error")
-            status = self._array("status")
-            for i in idx:
-                errors[int(i)] = ""
-                status[int(i)] = DONE
+                _put(self._array(name), idx, arr)
+            _put(self._array("error"), idx, np.full(idx.size, "", dtype=object))
+            _put(self._array("status"), idx, np.full(idx.size, DONE, dtype=np.uint8))
 
     @contextlib.contextmanager
     def _writing(self, idx: np.ndarray) -> Iterator[None]:
@@ -328,6 +326,17 @@ def _take(array: zarr.Array, idx: np.ndarray) -> np.ndarray:
     return np.empty((0, *array.shape[1:]), dtype=array.dtype)
 
 
+def _put(array: zarr.Array, idx: np.ndarray, values: np.ndarray) -> None:
+    """array[idx] = values along the frame axis. A run of frames is one slice assignment: zarr writes
+    its chunks (one per frame, each whole) concurrently, one round trip of latency for the run on an
+    object store instead of one per frame. Every chunk of the run is written before this returns."""
+    if idx.size and np.array_equal(idx, np.arange(idx[0], idx[0] + idx.size)):
+        array[int(idx[0]):int(idx[0]) + idx.size] = values
+        return
+    for row, i in enumerate(idx):
+        array[int(i)] = values[row]
+
+
 def _short_list(idx: np.ndarray, limit: int = 8) -> str:
     items = [str(int(i)) for i in idx[:limit]]
     return ", ".join(items) + (f", ... ({idx.size} in all)" if idx.size > limit else "")
@@ -423,14 +432,14 @@ class Workspace:
             group = parent.create_group(name)
         except (zarr.errors.ContainsGroupError, FileExistsError):
             if self._wait_until_made(parent[name]):
-                group = zarr.open_group(self.store, path=f"{location}", mode="r+")
+                group = zarr.open_group(self.store, path=f"{location}", mode="r+", **_V3)
                 table = FrameTable(group, location)
                 self._check_existing(table, provenance, num_frames, fields)
                 return table
             # Half-made by a writer that crashed during creation: no frame of it can be done (writers
             # need the metadata), so completing it loses nothing. Arrays already there are kept, so
             # two processes completing it at once cannot wipe each other's frames.
-            group = zarr.open_group(self.store, path=f"{location}", mode="r+")
+            group = zarr.open_group(self.store, path=f"{location}", mode="r+", **_V3)
         attrs = {
             "stage": stage,
             "provenance": _json_roundtrip(provenance),
@@ -459,7 +468,7 @@ class Workspace:
         """An existing table by its location ("media/<key>/<stage>-<pkey>", `FrameTable.location`):
         how a later stage finds the table an earlier one filled."""
         try:
-            group = zarr.open_group(self.store, path=location, mode="r+")
+            group = zarr.open_group(self.store, path=location, mode="r+", **_V3)
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
             raise CacheError("no such table in the cache", path=f"{self.url}/{location}") from None
         if "provenance_key" not in group.attrs:
@@ -523,7 +532,7 @@ class Workspace:
 
 def _fresh_attrs(group: zarr.Group) -> dict[str, Any]:
     """Attributes as stored now (a Group object caches the metadata it was opened with)."""
-    return dict(zarr.open_group(group.store, path=group.path, mode="r").attrs)
+    return dict(zarr.open_group(group.store, path=group.path, mode="r", **_V3).attrs)
 
 
 def _json_roundtrip(value: Any) -> Any:

@@ -24,12 +24,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from storage.cache import Workspace
     from storage.errors import CacheError
+    from storage.remote import cache_exists
 
-    if "://" not in args.cache and not Path(args.cache).exists():
+    if not cache_exists(args.cache):
         raise CacheError("no cache here (run a job with --cache first)", path=args.cache)
     ws = Workspace(args.cache)
     report = collect_status(ws, repair=args.repair)
