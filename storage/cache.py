@@ -29,7 +29,7 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from zarr.storage import FsspecStore, LocalStore
 
 from storage.errors import CacheError
 from storage.provenance import canonical_json, code_version, provenance_key
+from storage.remote import is_remote
 
 LAYOUT_VERSION = 1
 
@@ -357,7 +358,7 @@ class Workspace:
     def __init__(self, url: str | Path) -> None:
         self.url = str(url)
         self.store = open_store(url)
-        self.root = self._open_root()
+        self.root = self._fixed_group("", self._open_root)
         meta = self.root.attrs.get("facereenact")
         if meta is None:
             raise CacheError("this zarr store is not a facereenact cache (no facereenact attribute)",
@@ -386,6 +387,17 @@ class Workspace:
         return f"Workspace({self.url!r})"
 
     # -- groups -----------------------------------------------------------------------------------
+    def _fixed_group(self, path: str, open_: Callable[[], zarr.Group]) -> zarr.Group:
+        """A group whose metadata never changes once made (the root, media/<key>): on an object store
+        it is opened once per process (a round trip or more each time, and every task opens them)."""
+        if not is_remote(self.url):
+            return open_()
+        key = (self.url, path)
+        group = _FIXED_GROUPS.get(key)
+        if group is None:
+            group = _FIXED_GROUPS[key] = open_()
+        return group
+
     def _require_group(self, path: str, attrs: Mapping[str, Any] | None = None) -> zarr.Group:
         """Open or create a group; concurrent creators race safely (the loser opens it)."""
         with contextlib.suppress(KeyError, FileNotFoundError):
@@ -401,7 +413,8 @@ class Workspace:
 
     def media(self, media_key: str, info: Mapping[str, Any] | None = None) -> zarr.Group:
         """The group of one video or image (created with `info` as attributes on first use)."""
-        return self._require_group(f"media/{media_key}", attrs=info)
+        path = f"media/{media_key}"
+        return self._fixed_group(path, lambda: self._require_group(path, attrs=info))
 
     def media_keys(self) -> list[str]:
         if "media" not in self.root:
@@ -427,6 +440,11 @@ class Workspace:
         pkey = provenance_key(provenance)
         name = f"{stage}-{pkey}"
         location = f"media/{media_key}/{name}"
+        made = self._open_made(location)  # the common case (every task opens its table): one read
+        if made is not None:
+            table = FrameTable(made, location)
+            self._check_existing(table, provenance, num_frames, fields)
+            return table
         parent = self.media(media_key)
         try:
             group = parent.create_group(name)
@@ -463,6 +481,15 @@ class Workspace:
                 group.create_array(fname, **spec)
         group = group.update_attributes(attrs)  # one write: the table appears whole or not at all
         return FrameTable(group, location)
+
+    def _open_made(self, location: str) -> zarr.Group | None:
+        """The group at `location` if it is a made table (metadata complete), else None."""
+        try:
+            group = zarr.open_group(self.store, path=location, mode="r+", **_V3)
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.ContainsArrayError,
+                zarr.errors.NodeTypeValidationError):
+            return None
+        return group if "provenance_key" in group.attrs else None
 
     def open_table(self, location: str) -> FrameTable:
         """An existing table by its location ("media/<key>/<stage>-<pkey>", `FrameTable.location`):
@@ -528,6 +555,10 @@ class Workspace:
             return {}
         jobs = self.root["jobs"]
         return {name: dict(jobs[name].attrs) for name in sorted(jobs.group_keys())}
+
+
+# Groups opened once per process on object stores (Workspace._fixed_group), by (URL, path).
+_FIXED_GROUPS: dict[tuple[str, str], zarr.Group] = {}
 
 
 def _fresh_attrs(group: zarr.Group) -> dict[str, Any]:

@@ -130,7 +130,8 @@ def reset_s3_clients() -> None:
     """Forget the s3fs clients and checked URLs of this process (after the environment changed)."""
     import s3fs
 
-    from storage import remote
+    from storage import cache, remote
 
     s3fs.S3FileSystem.clear_instance_cache()
     remote._checked.clear()
+    cache._FIXED_GROUPS.clear()

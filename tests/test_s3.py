@@ -125,7 +125,8 @@ def test_killed_invert_on_s3_resumes_bitwise(data, s3, prefect_api_env, run_cli,
     kill_after, delay = rng.randint(1, TOTAL - 2 * invert_data.BATCH), rng.uniform(0.0, 0.8)
 
     def done_now() -> int:
-        return sum(1 for k in s3.keys(s3.bucket, f"{prefix}/media/") if "/latents-" in k and "/status/c/" in k)
+        keys = s3.keys(s3.bucket, f"{prefix}/media/")
+        return sum(1 for k in keys if "/latents-" in k and "/status/c/" in k)
 
     kill_cli_when(args, env, lambda: done_now() >= kill_after, delay, log=tmp_path / "run1.log")
     at_kill = latent_writes(s3, s3.bucket, f"{prefix}/")
