@@ -23,6 +23,7 @@ S3 specifics:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 from urllib.parse import urlsplit
@@ -86,7 +87,33 @@ def open_remote_store(url: str) -> FsspecStore:
     if url not in _checked:
         _check(store, url)
         _checked.add(url)
+    _close_at_exit(store.fs)
     return store
+
+
+_to_close: list[Any] = []
+
+
+def _close_at_exit(fs: Any) -> None:
+    """Close the store's client when the process ends: its HTTP session is otherwise garbage
+    collected open, and asyncio logs "Unclosed client session" errors after the command's output."""
+    if any(f is fs for f in _to_close):
+        return
+    if not _to_close:
+        import atexit
+
+        atexit.register(_close_clients)  # after zarr's own atexit hook: runs before it (LIFO)
+    _to_close.append(fs)
+
+
+def _close_clients() -> None:
+    from zarr.core.sync import sync
+
+    while _to_close:
+        client = getattr(_to_close.pop(), "_s3", None)
+        if client is not None:
+            with contextlib.suppress(Exception):  # best effort at exit
+                sync(client.__aexit__(None, None, None), timeout=2)
 
 
 def _check(store: FsspecStore, url: str) -> None:

@@ -132,6 +132,7 @@ def reset_s3_clients() -> None:
 
     from storage import cache, remote
 
+    remote._close_clients()
     s3fs.S3FileSystem.clear_instance_cache()
     remote._checked.clear()
     cache._FIXED_GROUPS.clear()

@@ -77,10 +77,11 @@ def names_by_key(url: str) -> dict[str, str]:
     return {key: Path(ws.media(key).attrs["source"]).name for key in ws.media_keys()}
 
 
-def test_invert_and_status_on_s3(data, s3, prefect_api_env, run_cli, cli):
+def test_invert_and_status_on_s3(data, s3, prefect_api_env, run_cli, cli, tmp_path):
     """A whole `invert` (prepare included) of one clip into an empty s3 prefix: the latents are the
     local reference run's, bit for bit; every frame's chunks were written exactly once; `status`
-    reads the job back from s3, and `resume` of the finished job computes nothing."""
+    reads the job back from s3, `resume` of the finished job computes nothing, and `train-mapping`
+    trains on the s3 latents."""
     url = f"s3://{s3.bucket}/ws"
     env = {**prefect_api_env, **s3.env()}
     proc = run_cli("invert", data.videos / "c.mp4", "--cache", url, "--weights", data.weights, *CLI_SETTINGS,
@@ -109,6 +110,14 @@ def test_invert_and_status_on_s3(data, s3, prefect_api_env, run_cli, cli):
     resumed = cli("resume", job["job"], "--cache", url)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert latent_writes(s3, s3.bucket, "ws/") == writes  # nothing written again
+
+    # train-mapping reads those latents from s3; its checkpoint is a local file.
+    out = tmp_path / "mapping.pt"
+    trained = cli("train-mapping", "--cache", url, "--out", out, "--steps", "2", "--checkpoint-every", "2",
+                  "--batch-size", "4", "--device", "cpu", "--json")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert out.is_file() and json.loads(trained.stdout)
+    assert not any("mapping" in k for k in s3.keys(s3.bucket))
 
 
 def test_killed_invert_on_s3_resumes_bitwise(data, s3, prefect_api_env, run_cli, tmp_path):
