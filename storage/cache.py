@@ -41,7 +41,7 @@ from zarr.storage import FsspecStore, LocalStore
 
 from storage.errors import CacheError
 from storage.provenance import canonical_json, code_version, provenance_key
-from storage.remote import is_remote
+from storage.remote import is_remote, is_store_error, remote_problem
 
 LAYOUT_VERSION = 1
 
@@ -236,8 +236,14 @@ class FrameTable:
         so the frames being written stay pending (or as they were) and a rerun redoes them."""
         try:
             yield
-        except OSError as err:
-            if err.errno not in _DISK_FULL:
+        except Exception as err:
+            if isinstance(self.group.store, FsspecStore) and is_store_error(err):
+                # An object store that fails mid-run (endpoint gone, credentials expired, throttled
+                # past the retries): one line, and the frames stay pending as after a crash.
+                raise CacheError(f"cannot write frames {_short_list(idx)} to the object store "
+                                 f"({remote_problem(err)}); run the same command to resume",
+                                 path=self.location) from None
+            if not isinstance(err, OSError) or err.errno not in _DISK_FULL:
                 raise
             root = getattr(self.group.store, "root", None)
             where = f"{root}/{self.location}" if root is not None else self.location

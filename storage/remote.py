@@ -32,7 +32,8 @@ from zarr.storage import FsspecStore
 
 from storage.errors import CacheError
 
-__all__ = ["S3_CONFIG", "is_remote", "open_remote_store", "remote_problem", "storage_options"]
+__all__ = ["S3_CONFIG", "cache_exists", "is_remote", "is_store_error", "open_remote_store", "remote_problem",
+           "storage_options"]
 
 # botocore's client config for the cache: a short connect timeout and few attempts (the "standard"
 # retry mode backs off on throttling, 503 SlowDown, and connection errors). Each default once, here.
@@ -141,6 +142,15 @@ def _check(store: FsspecStore, url: str) -> None:
 
 def _protocols(fs: Any) -> tuple[str, ...]:
     return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
+def is_store_error(err: BaseException) -> bool:
+    """An error of the object store or the way to it (not a bug of ours): an OSError (s3fs turns the
+    store's answers into those), or an error of botocore, aiobotocore or aiohttp."""
+    if isinstance(err, OSError):
+        return True
+    return any(cls.__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp")
+               for cls in type(err).__mro__)
 
 
 def remote_problem(err: BaseException) -> str:

@@ -256,3 +256,26 @@ def test_bad_endpoint_credentials_and_bucket(s3, cli, tmp_path, prefect_harness)
     assert_user_error(cli("status", f"s3://{s3.bucket}/other"), "holds other files", code=5)
     assert_user_error(cli("status", url), "no cache here", code=5)
     assert s3.keys(s3.bucket) == ["other/data.csv"]
+
+
+def test_store_gone_mid_run_is_one_line(monkeypatch):
+    """The object store stops answering after the cache was opened (a worker losing its endpoint):
+    the write is a one-line CacheError naming the frames and the endpoint, not a traceback."""
+    from storage.cache import Workspace
+    from storage.errors import CacheError
+    from storage.latents import LatentCache
+
+    with S3Server() as server:
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        reset_s3_clients()
+        server.create_bucket("gone")
+        url = "s3://gone/ws"
+        try:
+            cache = LatentCache.require(Workspace(url), "k" * 64, {"t": 1}, 4, 2, 3)
+            server.stop()
+            with pytest.raises(CacheError, match=r"cannot write frames 1, 2 to the object store") as err:
+                cache.write([1, 2], np.ones((2, 2, 3)), [0.1, 0.2], [1, 2])
+            assert "\n" not in str(err.value) and "cannot reach the object store endpoint" in str(err.value)
+        finally:
+            reset_s3_clients()
