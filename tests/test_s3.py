@@ -222,7 +222,7 @@ def test_run_on_s3(s3, prefect_harness, cli, tmp_path):
     assert {k: v for k, v in s3.versions(s3.bucket, "run/").items() if "/c/" in k} == chunks
 
 
-def test_bad_endpoint_credentials_and_bucket(s3, cli, tmp_path, prefect_harness):
+def test_bad_endpoint_credentials_and_bucket(s3, cli, run_cli, tmp_path, prefect_api_env):
     """One line naming the URL and the problem, exit 5, no traceback, nothing written; in seconds."""
     import time
 
@@ -245,7 +245,9 @@ def test_bad_endpoint_credentials_and_bucket(s3, cli, tmp_path, prefect_harness)
     # Commands that write fail the same way before any work (train-mapping reads an existing cache).
     weights = reenact_data.tiny_weights(tmp_path)
     clip = reenact_data.driving_clip(tmp_path / "clip.mp4", frames=2)
-    proc = cli("invert", clip, "--cache", "s3://no-such-bucket/x", "--weights", weights, *CLI_SETTINGS)
+    # (a process of its own, as a user runs it: in this one Prefect's logging is set up already)
+    proc = run_cli("invert", clip, "--cache", "s3://no-such-bucket/x", "--weights", weights, *CLI_SETTINGS,
+                   env={**prefect_api_env, **s3.env()})
     assert_user_error(proc, "s3://no-such-bucket/x", "bucket does not exist", code=5)
     proc = cli("train-mapping", "--cache", "s3://no-such-bucket/x", "--out", tmp_path / "m.pt")
     assert_user_error(proc, "s3://no-such-bucket/x", "bucket does not exist", code=5)
