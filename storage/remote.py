@@ -93,17 +93,20 @@ def open_remote_store(url: str) -> FsspecStore:
 
 
 _to_close: list[Any] = []
+_close_registered = False
 
 
 def _close_at_exit(fs: Any) -> None:
     """Close the store's client when the process ends: its HTTP session is otherwise garbage
     collected open, and asyncio logs "Unclosed client session" errors after the command's output."""
+    global _close_registered
     if any(f is fs for f in _to_close):
         return
-    if not _to_close:
+    if not _close_registered:
         import atexit
 
         atexit.register(_close_clients)  # after zarr's own atexit hook: runs before it (LIFO)
+        _close_registered = True
     _to_close.append(fs)
 
 

@@ -87,6 +87,7 @@ def test_invert_and_status_on_s3(data, s3, prefect_api_env, run_cli, cli, tmp_pa
     proc = run_cli("invert", data.videos / "c.mp4", "--cache", url, "--weights", data.weights, *CLI_SETTINGS,
                    env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Unclosed" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     latents = invert_data.latents_by_video(url)
     np.testing.assert_array_equal(latents["c.mp4"], data.reference_latents()["c.mp4"])
     writes = latent_writes(s3, s3.bucket, "ws/")
