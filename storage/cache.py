@@ -29,7 +29,7 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from zarr.storage import FsspecStore, LocalStore
 
 from storage.errors import CacheError
 from storage.provenance import canonical_json, code_version, provenance_key
+from storage.remote import is_remote, is_store_error, remote_problem
 
 LAYOUT_VERSION = 1
 
@@ -48,6 +49,9 @@ PENDING, DONE, FAILED = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 
 _RESERVED_FIELDS = {"status", "error"}
+# Open groups as what they are (zarr v3, not consolidated): otherwise zarr probes for v2 and
+# consolidated metadata first, a round trip each on an object store.
+_V3: dict[str, Any] = {"zarr_format": 3, "use_consolidated": False}
 # errnos of a write refused for want of room: disk full, quota, file-size limit (RLIMIT_FSIZE)
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
@@ -76,7 +80,8 @@ class Field:
 
 
 def open_store(url: str | Path) -> LocalStore | FsspecStore:
-    """A zarr store for a local directory, a file:// URL, or any fsspec URL (memory://, s3://, ...)."""
+    """A zarr store for a local directory, a file:// URL, or any fsspec URL (memory://, s3://, ...;
+    storage/remote.py: checked on first contact, one-line CacheError when unusable)."""
     text = str(url)
     if "://" not in text or text.startswith("file://"):
         path = Path(text.removeprefix("file://")).expanduser()
@@ -92,10 +97,9 @@ def open_store(url: str | Path) -> LocalStore | FsspecStore:
             raise CacheError(("a zarr v2 store" if v2 else "a directory with other files") + ", not a "
                              "facereenact cache; choose a new or empty directory", path=path)
         return LocalStore(path)
-    try:
-        return FsspecStore.from_url(text)
-    except (ImportError, ValueError, OSError) as err:
-        raise CacheError(f"cannot open the cache URL ({err})", path=text) from None
+    from storage.remote import open_remote_store
+
+    return open_remote_store(text)
 
 
 class FrameTable:
@@ -221,14 +225,9 @@ class FrameTable:
             arrays[name] = arr
         with self._writing(idx):
             for name, arr in arrays.items():
-                target = self._array(name)
-                for row, i in enumerate(idx):
-                    target[int(i)] = arr[row]
-            errors = self._array("error")
-            status = self._array("status")
-            for i in idx:
-                errors[int(i)] = ""
-                status[int(i)] = DONE
+                _put(self._array(name), idx, arr)
+            _put(self._array("error"), idx, np.full(idx.size, "", dtype=object))
+            _put(self._array("status"), idx, np.full(idx.size, DONE, dtype=np.uint8))
 
     @contextlib.contextmanager
     def _writing(self, idx: np.ndarray) -> Iterator[None]:
@@ -237,8 +236,14 @@ class FrameTable:
         so the frames being written stay pending (or as they were) and a rerun redoes them."""
         try:
             yield
-        except OSError as err:
-            if err.errno not in _DISK_FULL:
+        except Exception as err:
+            if isinstance(self.group.store, FsspecStore) and is_store_error(err):
+                # An object store that fails mid-run (endpoint gone, credentials expired, throttled
+                # past the retries): one line, and the frames stay pending as after a crash.
+                raise CacheError(f"cannot write frames {_short_list(idx)} to the object store "
+                                 f"({remote_problem(err)}); run the same command to resume",
+                                 path=self.location) from None
+            if not isinstance(err, OSError) or err.errno not in _DISK_FULL:
                 raise
             root = getattr(self.group.store, "root", None)
             where = f"{root}/{self.location}" if root is not None else self.location
@@ -328,6 +333,17 @@ def _take(array: zarr.Array, idx: np.ndarray) -> np.ndarray:
     return np.empty((0, *array.shape[1:]), dtype=array.dtype)
 
 
+def _put(array: zarr.Array, idx: np.ndarray, values: np.ndarray) -> None:
+    """array[idx] = values along the frame axis. A run of frames is one slice assignment: zarr writes
+    its chunks (one per frame, each whole) concurrently, one round trip of latency for the run on an
+    object store instead of one per frame. Every chunk of the run is written before this returns."""
+    if idx.size and np.array_equal(idx, np.arange(idx[0], idx[0] + idx.size)):
+        array[int(idx[0]):int(idx[0]) + idx.size] = values
+        return
+    for row, i in enumerate(idx):
+        array[int(i)] = values[row]
+
+
 def _short_list(idx: np.ndarray, limit: int = 8) -> str:
     items = [str(int(i)) for i in idx[:limit]]
     return ", ".join(items) + (f", ... ({idx.size} in all)" if idx.size > limit else "")
@@ -348,7 +364,7 @@ class Workspace:
     def __init__(self, url: str | Path) -> None:
         self.url = str(url)
         self.store = open_store(url)
-        self.root = self._open_root()
+        self.root = self._fixed_group("", self._open_root)
         meta = self.root.attrs.get("facereenact")
         if meta is None:
             raise CacheError("this zarr store is not a facereenact cache (no facereenact attribute)",
@@ -377,6 +393,17 @@ class Workspace:
         return f"Workspace({self.url!r})"
 
     # -- groups -----------------------------------------------------------------------------------
+    def _fixed_group(self, path: str, open_: Callable[[], zarr.Group]) -> zarr.Group:
+        """A group whose metadata never changes once made (the root, media/<key>): on an object store
+        it is opened once per process (a round trip or more each time, and every task opens them)."""
+        if not is_remote(self.url):
+            return open_()
+        key = (self.url, path)
+        group = _FIXED_GROUPS.get(key)
+        if group is None:
+            group = _FIXED_GROUPS[key] = open_()
+        return group
+
     def _require_group(self, path: str, attrs: Mapping[str, Any] | None = None) -> zarr.Group:
         """Open or create a group; concurrent creators race safely (the loser opens it)."""
         with contextlib.suppress(KeyError, FileNotFoundError):
@@ -392,7 +419,8 @@ class Workspace:
 
     def media(self, media_key: str, info: Mapping[str, Any] | None = None) -> zarr.Group:
         """The group of one video or image (created with `info` as attributes on first use)."""
-        return self._require_group(f"media/{media_key}", attrs=info)
+        path = f"media/{media_key}"
+        return self._fixed_group(path, lambda: self._require_group(path, attrs=info))
 
     def media_keys(self) -> list[str]:
         if "media" not in self.root:
@@ -418,19 +446,24 @@ class Workspace:
         pkey = provenance_key(provenance)
         name = f"{stage}-{pkey}"
         location = f"media/{media_key}/{name}"
+        made = self._open_made(location)  # the common case (every task opens its table): one read
+        if made is not None:
+            table = FrameTable(made, location)
+            self._check_existing(table, provenance, num_frames, fields)
+            return table
         parent = self.media(media_key)
         try:
             group = parent.create_group(name)
         except (zarr.errors.ContainsGroupError, FileExistsError):
             if self._wait_until_made(parent[name]):
-                group = zarr.open_group(self.store, path=f"{location}", mode="r+")
+                group = zarr.open_group(self.store, path=f"{location}", mode="r+", **_V3)
                 table = FrameTable(group, location)
                 self._check_existing(table, provenance, num_frames, fields)
                 return table
             # Half-made by a writer that crashed during creation: no frame of it can be done (writers
             # need the metadata), so completing it loses nothing. Arrays already there are kept, so
             # two processes completing it at once cannot wipe each other's frames.
-            group = zarr.open_group(self.store, path=f"{location}", mode="r+")
+            group = zarr.open_group(self.store, path=f"{location}", mode="r+", **_V3)
         attrs = {
             "stage": stage,
             "provenance": _json_roundtrip(provenance),
@@ -455,11 +488,20 @@ class Workspace:
         group = group.update_attributes(attrs)  # one write: the table appears whole or not at all
         return FrameTable(group, location)
 
+    def _open_made(self, location: str) -> zarr.Group | None:
+        """The group at `location` if it is a made table (metadata complete), else None."""
+        try:
+            group = zarr.open_group(self.store, path=location, mode="r+", **_V3)
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.ContainsArrayError,
+                zarr.errors.NodeTypeValidationError):
+            return None
+        return group if "provenance_key" in group.attrs else None
+
     def open_table(self, location: str) -> FrameTable:
         """An existing table by its location ("media/<key>/<stage>-<pkey>", `FrameTable.location`):
         how a later stage finds the table an earlier one filled."""
         try:
-            group = zarr.open_group(self.store, path=location, mode="r+")
+            group = zarr.open_group(self.store, path=location, mode="r+", **_V3)
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
             raise CacheError("no such table in the cache", path=f"{self.url}/{location}") from None
         if "provenance_key" not in group.attrs:
@@ -521,9 +563,13 @@ class Workspace:
         return {name: dict(jobs[name].attrs) for name in sorted(jobs.group_keys())}
 
 
+# Groups opened once per process on object stores (Workspace._fixed_group), by (URL, path).
+_FIXED_GROUPS: dict[tuple[str, str], zarr.Group] = {}
+
+
 def _fresh_attrs(group: zarr.Group) -> dict[str, Any]:
     """Attributes as stored now (a Group object caches the metadata it was opened with)."""
-    return dict(zarr.open_group(group.store, path=group.path, mode="r").attrs)
+    return dict(zarr.open_group(group.store, path=group.path, mode="r", **_V3).attrs)
 
 
 def _json_roundtrip(value: Any) -> Any:

@@ -65,10 +65,12 @@ def loss_plot_path(out: str | Path) -> Path:
 def open_cache(cache: str) -> Workspace:
     """The workspace of an existing cache (a local directory that is absent is an error here, not an
     empty new cache)."""
-    if "://" not in cache or cache.startswith("file://"):
-        path = Path(cache.removeprefix("file://")).expanduser()
-        if not path.exists():
-            raise CacheError("no such cache directory", path=path)
+    from storage.remote import cache_exists, is_remote
+
+    if not cache_exists(cache):
+        if is_remote(cache):
+            raise CacheError("no cache at this URL (run `facereenact invert` with it first)", path=cache)
+        raise CacheError("no such cache directory", path=Path(cache.removeprefix("file://")).expanduser())
     return Workspace(cache)
 
 

@@ -49,12 +49,12 @@ def find_job(ws, wanted: str) -> tuple[str, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from storage.cache import Workspace
     from storage.errors import CacheError, InputError
+    from storage.remote import cache_exists
 
-    if "://" not in args.cache and not Path(args.cache).exists():
+    if not cache_exists(args.cache):
         raise CacheError("no cache here (run a job with --cache first)", path=args.cache)
     ws = Workspace(args.cache)
     job, record = find_job(ws, args.job)

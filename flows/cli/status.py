@@ -29,12 +29,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from storage.errors import CacheError
+    from storage.remote import cache_exists
 
     args.cache = cache_of(args)
-    if "://" not in args.cache and not Path(args.cache).exists():
+    if not cache_exists(args.cache):
         raise CacheError("no cache here (run a job with --cache first)", path=args.cache)
     from storage.cache import Workspace
 
