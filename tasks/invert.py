@@ -29,12 +29,15 @@ from models.stylegan2 import Generator
 from storage.cache import Workspace
 from storage.errors import CacheError, FacereenactError
 from storage.latents import LatentCache, fixed_batches, frame_seed, latents_provenance
+from storage.leases import Lease
 from storage.provenance import canonical_json
 from tasks import resources
+from tasks.gpu import GPU_TAG, gpu_task
 
-__all__ = ["GPU_TAG", "config_from_settings", "invert_batches", "open_latents", "settings_of"]
+__all__ = ["GPU_TAG", "batch_lease_name", "config_from_settings", "invert_batches", "open_latents",
+           "settings_of"]
 
-GPU_TAG = "gpu"
+CLAIM_POLL = 0.5  # seconds between looks at batches other jobs hold
 
 
 def config_from_settings(settings: Mapping[str, Any]) -> InversionConfig:
@@ -75,7 +78,7 @@ def _batches_run_name() -> str:
     return f"invert-{p['name']}-frames-{p['batches'][0][0]}-{p['batches'][-1][1] - 1}"
 
 
-@task(name="invert-batches", tags=[GPU_TAG], cache_policy=NO_CACHE, task_run_name=_batches_run_name)
+@gpu_task(name="invert-batches", cache_policy=NO_CACHE, task_run_name=_batches_run_name)
 def invert_batches(cache: str, table: str, crops_table: str, media_key: str, name: str, weights: str,
                    settings: dict[str, Any], batches: list[list[int]], retry_failed: bool = False,
                    max_loss: float | None = None, device: str = "auto") -> dict[str, Any]:
@@ -90,26 +93,51 @@ def invert_batches(cache: str, table: str, crops_table: str, media_key: str, nam
                                "failed": {}, "seconds": 0.0,
                                "worker": f"{socket.gethostname()}:{os.getpid()}"}
     crops, config, G = None, config_from_settings(settings), None
-    for start, stop in batches:
-        frames = np.arange(start, stop)
-        todo = latents.todo_frames(retry_failed, frames)
-        if todo.size == 0:  # done meanwhile (another run of the same job)
-            continue
-        logger.info(f"inverting frames {start}-{stop - 1} of {name} ({todo.size} to do)")
-        if G is None:
-            G = resources.generator(weights, device)
-            crops = ws.open_table(crops_table)
-            _check_provenance(latents, _provenance(G, config, crops.key, G.w_avg.device))
-        t0 = time.perf_counter()
-        written, failed = _invert_batch(G, config, latents, crops, media_key, frames, todo, max_loss, logger)
-        summary["batches"] += 1
-        summary["computed"] += int(frames.size)
-        summary["written"] += written
-        summary["failed"].update(failed)
-        logger.info(f"frames {start}-{stop - 1} of {name}: {written} done, {len(failed)} failed "
-                    f"in {time.perf_counter() - t0:.1f} s")
+    # Each batch is claimed with an expiring lease (storage/leases.py) before it is computed, so two
+    # jobs on the same inputs split the batches; a batch another live job holds is deferred, and
+    # taken over when its lease lapses (that job was killed) unless it is done by then.
+    pending = [(int(start), int(stop)) for start, stop in batches]
+    while pending:
+        deferred = []
+        for start, stop in pending:
+            frames = np.arange(start, stop)
+            todo = latents.todo_frames(retry_failed, frames)
+            if todo.size == 0:  # done meanwhile (another run of the same job)
+                continue
+            claim = Lease(ws.root, batch_lease_name(table, start), job=name)
+            if not claim.acquire():
+                deferred.append((start, stop))
+                continue
+            try:
+                todo = latents.todo_frames(retry_failed, frames)  # as of the claim
+                if todo.size == 0:
+                    continue
+                logger.info(f"inverting frames {start}-{stop - 1} of {name} ({todo.size} to do)")
+                if G is None:
+                    G = resources.generator(weights, device)
+                    crops = ws.open_table(crops_table)
+                    _check_provenance(latents, _provenance(G, config, crops.key, G.w_avg.device))
+                t0 = time.perf_counter()
+                written, failed = _invert_batch(G, config, latents, crops, media_key, frames, todo, max_loss,
+                                                logger)
+            finally:
+                claim.release()
+            summary["batches"] += 1
+            summary["computed"] += int(frames.size)
+            summary["written"] += written
+            summary["failed"].update(failed)
+            logger.info(f"frames {start}-{stop - 1} of {name}: {written} done, {len(failed)} failed "
+                        f"in {time.perf_counter() - t0:.1f} s")
+        if deferred and deferred == pending:  # all held by other jobs: wait for them
+            time.sleep(CLAIM_POLL)
+        pending = deferred
     summary["seconds"] = time.perf_counter() - began
     return summary
+
+
+def batch_lease_name(table: str, start: int) -> str:
+    """The lease of the fixed batch starting at `start` of the latent table at `table`."""
+    return f"frames-{table.replace('/', '~')}-{int(start)}"
 
 
 def _invert_batch(G: Generator, config: InversionConfig, latents: LatentCache, crops, media_key: str,

@@ -35,6 +35,7 @@ from storage.latents import LatentCache
 from storage.provenance import code_version, provenance_key, sha256_file
 from storage.reenact import ReenactCache, read_sidecar, sidecar_path, write_sidecar
 from tasks import resources
+from tasks.gpu import gpu_task
 
 __all__ = ["map_driving", "project_driving", "render_output", "report_run"]
 
@@ -47,7 +48,7 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
-@task(name="project", cache_policy=NO_CACHE)
+@gpu_task(name="project", cache_policy=NO_CACHE)
 def project_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any],
                     variant: str, settings: dict[str, Any], device: str = "auto", landmarks: str = "faceapi",
                     progress: bool = False) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def project_driving(cache: str, weights: str, source: dict[str, Any], driving: d
     return _table_summary(table, done)
 
 
-@task(name="map", cache_policy=NO_CACHE)
+@gpu_task(name="map", cache_policy=NO_CACHE)
 def map_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
                 settings: dict[str, Any], device: str = "auto", landmarks: str = "faceapi",
                 progress: bool = False) -> dict[str, Any]:
@@ -126,7 +127,7 @@ def _table_summary(table: ReenactCache, done: dict[str, Any]) -> dict[str, Any]:
             "seconds": round(done["seconds"], 3)}
 
 
-@task(name="render", cache_policy=NO_CACHE)
+@gpu_task(name="render", cache_policy=NO_CACHE)
 def render_output(cache: str, weights: str, projected: dict[str, Any], source: dict[str, Any],
                   driving: dict[str, Any], output: str, layout: str = "result", paste_back: bool = False,
                   subframes: bool = False, preview: str | None = None, device: str = "auto",

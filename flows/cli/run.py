@@ -71,13 +71,15 @@ def run(args: argparse.Namespace) -> int:
         options["refine_steps"] = args.refine_steps
     check_inputs(args.source, args.driving, args.output, args.mode, args.variant, args.weights, args.device,
                  args.landmarks, options)
-    from flows.reenact import reenact
+    from flows.reenact_job import run_recorded
 
-    summary = reenact(args.source, args.driving, args.output, args.cache, args.weights, mode=args.mode,
-                      variant=args.variant, layout=args.layout, paste_back=args.paste_back,
-                      subframes=args.subframes, device=args.device, landmarks=args.landmarks,
-                      progress=not args.quiet, **options)
+    # recorded in the cache as a job (status lists it, `facereenact resume JOB` runs it again)
+    summary = run_recorded(args.source, args.driving, args.output, args.cache, args.weights, mode=args.mode,
+                           variant=args.variant, layout=args.layout, paste_back=args.paste_back,
+                           subframes=args.subframes, device=args.device, landmarks=args.landmarks,
+                           progress=not args.quiet, **options)
     print(format_summary(summary))
+    print(f"job {summary['job']}")
     return 0
 
 
