@@ -256,6 +256,23 @@ class FrameTable:
             count += 1
         return count
 
+    def update(self, frames: int | Sequence[int] | np.ndarray, **values: np.ndarray) -> None:
+        """Rewrite some fields of done frames (measurements made later, e.g. the render's landmarks);
+        their status stays done. Each value is shaped (len(frames), *field.shape)."""
+        idx = self._frames(frames)
+        if (self.status(idx) != DONE).any():
+            raise ValueError(f"{self.location}: update only rewrites done frames")
+        for name, value in values.items():
+            spec = self.fields[name]
+            arr = np.asarray(value, dtype=spec.dtype)
+            if arr.shape != (idx.size, *spec.shape):
+                raise ValueError(f"{self.location}: field {name!r} expects shape "
+                                 f"{(idx.size, *spec.shape)}, got {arr.shape}")
+            with self._writing(idx):
+                target = self._array(name)
+                for row, i in enumerate(idx):
+                    target[int(i)] = arr[row]
+
     def fail(self, frames: int | Sequence[int] | np.ndarray, reason: str) -> None:
         """Mark `frames` failed with a one-line reason; their data stays NaN/unused."""
         reason = " ".join(str(reason).split())[:500] or "failed"

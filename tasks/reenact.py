@@ -22,6 +22,7 @@ from models.reenact import (
     load_mapping,
     make_projector,
     map_to_cache,
+    mapping_metrics,
     mapping_provenance,
     mapping_settings,
     project_to_cache,
@@ -131,10 +132,12 @@ def _table_summary(table: ReenactCache, done: dict[str, Any]) -> dict[str, Any]:
 def render_output(cache: str, weights: str, projected: dict[str, Any], source: dict[str, Any],
                   driving: dict[str, Any], output: str, layout: str = "result", paste_back: bool = False,
                   subframes: bool = False, preview: str | None = None, device: str = "auto",
-                  progress: bool = False) -> dict[str, Any]:
+                  progress: bool = False, landmarks: str = "faceapi") -> dict[str, Any]:
     """Render the finished table into `output` (+ the preview PNG and the `output.json` sidecar with
     metrics and provenance). Skipped when the output and its sidecar say they were made from this
-    table with these settings and the file is unchanged."""
+    table with these settings and the file is unchanged. For a mapping-mode table the render is the
+    frames' one generator pass: it measures their landmarks and NMEs into the table on the way
+    (models.reenact.mapping_metrics)."""
     ws = Workspace(cache)
     table = ReenactCache.at(ws, projected["table"])
     settings = {"table": table.key, "layout": layout, "paste_back": paste_back, "subframes": subframes,
@@ -147,10 +150,16 @@ def render_output(cache: str, weights: str, projected: dict[str, Any], source: d
     crops = ws.open_table(source["crops"])
     bar = _bar(table.num_frames * (2 if subframes else 1), "rendering", progress)
     try:
+        driving_crops = ws.open_table(driving["crops"])
+        metrics = None
+        if table.table.provenance.get("mode") == "mapping":
+            metrics = mapping_metrics(table, resources.landmark_backend(landmarks, device),
+                                      crops.read("crop_landmarks", [0])[0],
+                                      driving_crops.read("crop_landmarks"))
         video = render_video(G, table, crops.read("crop", [0])[0], driving["path"],
-                             ws.open_table(driving["crops"]), Fraction(driving["fps"]), output, layout=layout,
+                             driving_crops, Fraction(driving["fps"]), output, layout=layout,
                              paste=paste_back, subframes=subframes, preview=preview,
-                             on_frames=bar.update if bar is not None else None)
+                             on_frames=bar.update if bar is not None else None, on_images=metrics)
     finally:
         if bar is not None:
             bar.close()
