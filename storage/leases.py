@@ -118,6 +118,13 @@ class Lease:
         self._thread.start()
         return True
 
+    def wait(self, poll: float = 0.5) -> Lease:
+        """Acquire, waiting while another live holder has it (until it releases it or its lease
+        lapses); returns self, held."""
+        while not self.acquire():
+            time.sleep(poll)
+        return self
+
     def _renew(self) -> None:
         while not self._stop.wait(self.seconds / 3):
             try:
@@ -161,3 +168,10 @@ class JobLease(Lease):
 
 def job_lease_name(job: str) -> str:
     return f"job-{job}"
+
+
+def table_lease(root: zarr.Group, location: str, job: str = "") -> Lease:
+    """The lease of a whole table's sequential computation (a reenactment's projection, each frame
+    starting from the one before, cannot be split between jobs): a second job on the same table waits
+    for the first and then finds its frames done."""
+    return Lease(root, f"table-{location.replace('/', '~')}", job=job)

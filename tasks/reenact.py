@@ -33,6 +33,7 @@ from models.reenact import (
 )
 from storage.cache import Workspace
 from storage.latents import LatentCache
+from storage.leases import table_lease
 from storage.provenance import code_version, provenance_key, sha256_file
 from storage.reenact import ReenactCache, read_sidecar, sidecar_path, write_sidecar
 from tasks import resources
@@ -68,6 +69,7 @@ def project_driving(cache: str, weights: str, source: dict[str, Any], driving: d
         ws, driving["key"], projection_provenance(projector, driving_crops.key, source["key"],
                                                   source["latents_key"]),
         driving_crops.num_frames, G.num_ws, G.w_dim)
+    claim = table_lease(ws.root, table.location).wait()  # another job projecting it: wait, then resume
     start = table.resume_frame()
     bar = _bar(table.num_frames, "projecting", progress and start < table.num_frames)
     if bar is not None:
@@ -77,6 +79,7 @@ def project_driving(cache: str, weights: str, source: dict[str, Any], driving: d
                                 driving_crops.read("interpolated"),
                                 bar.update if bar is not None else None)
     finally:
+        claim.release()
         if bar is not None:
             bar.close()
     return _table_summary(table, done)
@@ -106,6 +109,7 @@ def map_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[
     provenance = mapping_provenance(G, net, checkpoint_sha, backend, relative, options.refine_steps,
                                     projector, driving_crops.key, source["key"], source["latents_key"])
     table = ReenactCache.require(ws, driving["key"], provenance, driving_crops.num_frames, G.num_ws, G.w_dim)
+    claim = table_lease(ws.root, table.location).wait()  # another job mapping it: wait, then resume
     start = table.resume_frame()
     bar = _bar(table.num_frames, "mapping", progress and start < table.num_frames)
     if bar is not None:
@@ -116,6 +120,7 @@ def map_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[
                             batch_size=options.batch, projector=projector,
                             on_frames=bar.update if bar is not None else None)
     finally:
+        claim.release()
         if bar is not None:
             bar.close()
     return _table_summary(table, done)

@@ -222,3 +222,24 @@ def test_bad_process_runner(spec):
 
     with pytest.raises(InputError, match="whole number"):
         task_runner(spec)
+
+
+def test_a_second_job_on_a_sequential_table_waits_for_the_first(tmp_path):
+    """The projection of a table cannot be split (each frame starts from the one before): a second
+    job waits on the table's lease until the first releases it (or its lease lapses), then resumes."""
+    import threading
+
+    from storage.leases import table_lease
+
+    ws = Workspace(tmp_path / "c")
+    first = table_lease(ws.root, "media/k/reenact-abc").wait()
+    got: list[float] = []
+    waiter = threading.Thread(target=lambda: got.append(time.monotonic())
+                              if table_lease(ws.root, "media/k/reenact-abc").wait(poll=0.05) else None)
+    waiter.start()
+    time.sleep(0.8)
+    assert not got  # still waiting while the first holds it
+    released = time.monotonic()
+    first.release()
+    waiter.join(timeout=30)
+    assert got and got[0] >= released
