@@ -234,8 +234,13 @@ def test_a_second_job_on_a_sequential_table_waits_for_the_first(tmp_path):
     ws = Workspace(tmp_path / "c")
     first = table_lease(ws.root, "media/k/reenact-abc").wait()
     got: list[float] = []
-    waiter = threading.Thread(target=lambda: got.append(time.monotonic())
-                              if table_lease(ws.root, "media/k/reenact-abc").wait(poll=0.05) else None)
+
+    def second() -> None:
+        lease = table_lease(ws.root, "media/k/reenact-abc").wait(poll=0.05)
+        got.append(time.monotonic())
+        lease.release()
+
+    waiter = threading.Thread(target=second)
     waiter.start()
     time.sleep(0.8)
     assert not got  # still waiting while the first holds it
