@@ -143,7 +143,9 @@ def test_lease_is_exclusive_and_expires(tmp_path):
     second._thread.join()
     assert not Lease(ws.root, "frames-x-0", seconds=1.0).acquire()
     time.sleep(1.1)
-    assert Lease(ws.root, "frames-x-0", seconds=1.0).acquire()  # lapsed: taken over
+    third = Lease(ws.root, "frames-x-0", seconds=1.0)
+    assert third.acquire()  # lapsed: taken over
+    third.release()
 
 
 HOLD_JOB = """
