@@ -46,6 +46,17 @@ def _outer() -> str:
     return _inner() + "+outer"
 
 
+@gpu_task(name="outer-flow-gpu")
+def _outer_with_flow() -> str:  # run-job's shape: a GPU task running a flow whose tasks use the GPU
+    from prefect import flow
+
+    @flow(name="nested-in-gpu-task")
+    def nested() -> str:
+        return _inner()
+
+    return nested() + "+flow"
+
+
 def test_nested_gpu_tasks_run_in_the_parents_slot_under_a_limit_of_one(prefect_harness):
     """With `prefect concurrency-limit create gpu 1`, a GPU task inside a GPU task (run-job running the
     reenact flow) must not wait for the slot its parent holds: it is not tagged again. A GPU task on
@@ -55,7 +66,7 @@ def test_nested_gpu_tasks_run_in_the_parents_slot_under_a_limit_of_one(prefect_h
 
     @flow(name="gpu-nesting")
     def nesting() -> list[str]:
-        return [_outer(), _inner()]
+        return [_outer(), _inner(), _outer_with_flow()]
 
     with get_client(sync_client=True) as client:
         client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=1)
@@ -65,13 +76,14 @@ def test_nested_gpu_tasks_run_in_the_parents_slot_under_a_limit_of_one(prefect_h
 
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 state = pool.submit(nesting, return_state=True).result(timeout=120)
-            assert state.result() == ["inner+outer", "inner"]
+            assert state.result() == ["inner+outer", "inner", "inner+flow"]
             runs = client.read_task_runs()
         finally:
             client.delete_concurrency_limit_by_tag(GPU_TAG)
-    mine = [r for r in runs if r.flow_run_id == state.state_details.flow_run_id]
-    tags = sorted((r.name.rsplit("-", 1)[0], tuple(r.tags)) for r in mine)
-    assert tags == [("inner-gpu", ()), ("inner-gpu", ("gpu",)), ("outer-gpu", ("gpu",))]
+    tags = sorted((r.name.rsplit("-", 1)[0], tuple(r.tags)) for r in runs
+                  if r.name.startswith(("inner-gpu", "outer-gpu", "outer-flow-gpu")))
+    assert tags == [("inner-gpu", ()), ("inner-gpu", ()), ("inner-gpu", ("gpu",)),
+                    ("outer-flow-gpu", ("gpu",)), ("outer-gpu", ("gpu",))]
 
 
 def test_worker_devices_deal_the_visible_gpus(monkeypatch):

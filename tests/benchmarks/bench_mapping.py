@@ -234,7 +234,7 @@ def _reenactment_rows(args: argparse.Namespace, gname: str, G: Generator) -> Non
         # net's pass is the same in both and left out.
         two_pass, one_pass = both_s + generator_s, mapping_s + generator_s
         print(f"{gname:<14} {name:<15} {args.frames / mapping_s:>9.1f} {args.frames / generator_s:>9.1f} "
-              f"{args.frames / both_s:>9.1f} {args.frames / two_pass:>11.1f} {args.frames / one_pass:>11.1f} "
+              f"{args.frames / both_s:>9.1f} {args.frames / two_pass:>11.2f} {args.frames / one_pass:>11.2f} "
               f"{two_pass / one_pass:>7.2f}x", flush=True)
 
 
