@@ -16,7 +16,8 @@ and settings alone (per-frame seeds), each chunk is written whole, and the statu
 Leases avoid duplicated work; the cache's correctness never depends on them.
 
 Clocks: `expires` is wall-clock time (time.time()); hosts sharing a cache need clocks in step to well
-under LEASE_SECONDS (NTP).
+under LEASE_SECONDS (NTP). On the holder's own host a lease whose process is gone counts as lapsed at
+once (hosts sharing a cache must have distinct host names, as machines and pods do).
 """
 
 from __future__ import annotations
@@ -72,10 +73,25 @@ def read_lease(root: zarr.Group, name: str) -> dict[str, Any] | None:
 
 
 def is_live(record: dict[str, Any] | None, now: float | None = None) -> bool:
-    """A record that is held and not expired."""
+    """A record that is held and not expired, by a process that still exists when it is on this host
+    (a job killed here frees its leases at once; elsewhere they lapse at their expiry)."""
     if not record or record.get("released"):
         return False
-    return float(record.get("expires", 0)) > (time.time() if now is None else now)
+    if float(record.get("expires", 0)) <= (time.time() if now is None else now):
+        return False
+    if record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int):
+        return _pid_alive(record["pid"])
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 class Lease:
