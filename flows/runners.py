@@ -4,10 +4,12 @@ which GPU each local worker process uses.
 Shared by the dataset inversion (flows/invert.py: batches of frames) and the reenactment batch
 (flows/batch.py: whole jobs).
 
-Device pinning: each worker process this module starts (local Dask workers of "dask:N", process-pool
-workers of "processes:N") sees one GPU only, through CUDA_VISIBLE_DEVICES, so `--device cuda` (or
-auto) in worker i is the GPU `worker_devices(N)[i]`: the visible GPUs (CUDA_VISIBLE_DEVICES of the
-CLI's process, else every GPU torch counts) dealt round robin. Without a GPU nothing is pinned.
+Device pinning: each worker process this module starts uses its own GPU, `worker_devices(N)[i]` for
+worker i: the visible GPUs (CUDA_VISIBLE_DEVICES of the CLI's process, else every GPU torch counts)
+dealt round robin. Local Dask workers ("dask:N") see that GPU only (their CUDA_VISIBLE_DEVICES, so
+`--device cuda` or auto is it); process-pool workers ("processes:N", whose tasks Prefect runs with the
+parent's environment) are pinned to it by index (models.device.pin_device: "cuda" / "auto" mean
+cuda:i there). Without a GPU nothing is pinned.
 Workers of an existing cluster (tcp://...) are pinned by whoever starts them (SLURM's --gres,
 Kubernetes' nvidia.com/gpu request, or CUDA_VISIBLE_DEVICES on `dask worker`).
 """
@@ -38,7 +40,7 @@ def task_runner(spec: str = "threads", gpu_resources: bool = False) -> TaskRunne
     - "dask" / "dask:N": a local Dask cluster of N single-threaded worker processes (default 1),
       each declaring the resource GPU=1 when `gpu_resources`, each pinned to its GPU (worker_devices);
     - "processes" / "processes:N": Prefect's ProcessPoolTaskRunner with N worker processes, each
-      pinned to its GPU the same way;
+      pinned to its GPU by index (models.device.pin_device);
     - "tcp://host:port" (or tls://): an existing Dask scheduler; its workers must see the cache and
       the weight files at the same paths, and declare `--resources GPU=1` when `gpu_resources`.
     """
@@ -142,20 +144,28 @@ def _pinned_cluster_class() -> type:
     return PinnedLocalCluster
 
 
-def _pin_process(counter: Any, devices: Sequence[str | None]) -> None:
-    """Initializer of each process-pool worker: take the next device of `devices`."""
-    with counter.get_lock():
-        index = counter.value
-        counter.value += 1
-    device = devices[index % len(devices)] if devices else None
-    if device is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
+def _pin_process(slots: str, devices: Sequence[str | None]) -> None:
+    """Initializer of each process-pool worker: take the next free slot (a file created exclusively
+    in the pool's own temporary folder: worker processes share no memory with the parent) and pin
+    this process to that slot's GPU as an explicit index (models.device.pin_device: "cuda" and
+    "auto" mean cuda:N here). Not CUDA_VISIBLE_DEVICES: Prefect's process pool runs each task with
+    the parent's environment."""
+    from models.device import pin_device
+
+    index = 0
+    while True:
+        try:
+            os.close(os.open(os.path.join(slots, str(index)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            break
+        except FileExistsError:
+            index += 1
+    pin_device(index % len(devices) if devices and devices[0] is not None else None)
 
 
 def _process_pool(n: int, devices: list[str | None]) -> TaskRunner:
-    import multiprocessing
+    import tempfile
 
     from prefect.task_runners import ProcessPoolTaskRunner
 
-    counter = multiprocessing.get_context("spawn").Value("i", 0)
-    return ProcessPoolTaskRunner(max_workers=n, initializer=_pin_process, initargs=(counter, devices))
+    slots = tempfile.mkdtemp(prefix="facereenact-workers-")
+    return ProcessPoolTaskRunner(max_workers=n, initializer=_pin_process, initargs=(slots, devices))

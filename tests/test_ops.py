@@ -118,27 +118,34 @@ def test_each_local_dask_worker_sees_its_own_gpu(monkeypatch):
     assert {name: seen[address] for name, address in names.items()} == {0: "3", 1: "5"}
 
 
-def test_each_process_pool_worker_sees_its_own_gpu():
-    """`--runner processes:2`: the pool's initializer gives each worker process the next GPU."""
-    import concurrent.futures
-    import multiprocessing
+def test_each_process_pool_worker_uses_its_own_gpu(prefect_harness, monkeypatch):
+    """`--runner processes:2` on a machine showing two GPUs: the tasks of a flow run in two worker
+    processes, each pinned by the pool's initializer to its own GPU index ("cuda" and "auto" mean
+    cuda:0 in one, cuda:1 in the other). Real worker processes; no GPU needed to see the pinning."""
+    from prefect import flow
 
-    from flows.runners import _pin_process
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
 
-    runner = task_runner("processes:3")
-    assert runner._initializer is _pin_process
-    context = multiprocessing.get_context("spawn")
-    counter = context.Value("i", 0)
-    with concurrent.futures.ProcessPoolExecutor(3, mp_context=context, initializer=_pin_process,
-                                                initargs=(counter, ["0", "1", "0"])) as pool:
-        seen = {pool.submit(_slow_device).result() for _ in range(3)}
-        seen |= set(pool.map(_slow_device, range(6)))
-    assert seen <= {"0", "1"} and counter.value == 3
+    @flow(name="which-devices")
+    def which() -> list[tuple[int, int | None]]:
+        return [future.result() for future in [_device_task.submit(i) for i in range(6)]]
+
+    seen = set(which.with_options(task_runner=task_runner("processes:2"))())
+    by_pid: dict[int, set] = {}
+    for pid, index in seen:
+        by_pid.setdefault(pid, set()).add(index)
+    assert all(len(indices) == 1 for indices in by_pid.values())  # one device per worker process
+    assert set().union(*by_pid.values()) <= {0, 1} and os.getpid() not in by_pid
+    if len(by_pid) == 2:  # both workers took tasks (the usual case): one each
+        assert set().union(*by_pid.values()) == {0, 1}
 
 
-def _slow_device(_: int = 0) -> str | None:
-    time.sleep(0.05)
-    return os.environ.get("CUDA_VISIBLE_DEVICES")
+@gpu_task(name="which-device")
+def _device_task(i: int) -> tuple[int, int | None]:
+    from models.device import pinned_device
+
+    time.sleep(0.5)
+    return os.getpid(), pinned_device()
 
 
 def test_lease_is_exclusive_and_expires(tmp_path):
