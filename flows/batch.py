@@ -27,6 +27,7 @@ from prefect.futures import as_completed
 from flows.runners import gpu_annotation, task_runner
 from storage.cache import Workspace
 from storage.errors import InputError, JobFailedError
+from storage.leases import JobLease
 from storage.manifests import BatchJob, load_batch
 from storage.provenance import code_version, provenance_key
 from tasks.batch import run_job
@@ -144,6 +145,8 @@ def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_
     for job in jobs:
         states[job.name] = {"job": job.job_id, "state": "pending", "output": str(job.output)}
     note("running")
+    lease = JobLease(ws, this_batch)  # renewed while the batch runs: status tells a killed one (stale)
+    lease.acquire(settle=0)
     logger.info(f"batch {this_batch}: {len(jobs)} job(s) from {path}")
     ended = [0]
 
@@ -213,6 +216,7 @@ def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_
                "workers": {n: s["worker"] for n, s in states.items() if s.get("worker")},
                "seconds": round(time.monotonic() - began, 2)}
     note("failed" if summary["failed"] else "finished", summary=summary)
+    lease.release()
     logger.info(format_batch_summary(summary))
     if summary["failed"]:
         names = ", ".join(summary["failed"])

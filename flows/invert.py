@@ -32,6 +32,7 @@ from flows.runners import gpu_annotation
 from models.inversion import InversionConfig
 from storage.cache import Workspace
 from storage.errors import FacereenactError, InputError, JobFailedError
+from storage.leases import JobLease
 from storage.manifests import collect_videos
 from storage.provenance import code_version, provenance_key
 from tasks import resources
@@ -88,6 +89,8 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, ba
                                  "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra})
 
     note("running")
+    lease = JobLease(ws, this_job)  # renewed while the job runs: status tells a killed job (stale)
+    lease.acquire(settle=0)
     logger.info(f"job {this_job}: {len(videos)} video(s), {steps} steps, batch {batch_size}, "
                 f"generator {G.img_resolution} px")
     bar = _progress_bar(progress)
@@ -131,6 +134,7 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, ba
         note("failed", error="the job stopped before its end (see the flow run's logs)")
         raise
     finally:
+        lease.release()
         if bar is not None:
             bar.close()
 

@@ -149,7 +149,7 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str, mo
         raise JobFailedError(f"no frame could be reenacted: {reason}", path=driving)
     rendered = render_output(cache, weights_path, projected, source_face, driving_info, str(output),
                              layout=layout, paste_back=paste_back, subframes=subframes, preview=preview,
-                             device=device, progress=progress)
+                             device=device, progress=progress, landmarks=landmarks)
     report_run(rendered)
     summary = {
         "output": rendered["output"], "preview": rendered["preview"], "sidecar": rendered["sidecar"],

@@ -6,7 +6,21 @@ import torch
 
 from storage.errors import InputError
 
-__all__ = ["resolve_device"]
+__all__ = ["pin_device", "pinned_device", "resolve_device"]
+
+# The GPU index (among the visible ones) this process is pinned to, or None: set once in a worker
+# process by its pool's initializer (flows/runners.py), so "cuda" and "auto" mean that GPU there.
+_PINNED: int | None = None
+
+
+def pin_device(index: int | None) -> None:
+    """Make "cuda" / "auto" mean cuda:`index` in this process (None: unpinned)."""
+    global _PINNED
+    _PINNED = None if index is None else int(index)
+
+
+def pinned_device() -> int | None:
+    return _PINNED
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -16,6 +30,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     without a usable GPU is the user's to fix, so it is an InputError rather than torch's traceback.
     """
     text = str(device).strip().lower()
+    if _PINNED is not None and text in ("auto", "cuda") and torch.cuda.is_available():
+        text = f"cuda:{_PINNED}"  # this worker process's own GPU (flows/runners.py)
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -42,6 +42,21 @@ from models.losses import (
 from models.stylegan2 import Generator, mapped_w_stats
 
 LOSS_TERMS = ("mse", "lpips", "id", "dreg", "noise_reg")
+# The terms that measure how well G(w) reproduces the frame (the rest regularise w and the noise maps):
+# what the inversion's quality gate (`--max-loss`) judges.
+RECONSTRUCTION_TERMS = ("mse", "lpips", "id")
+
+
+def reconstruction_loss(losses: dict[str, torch.Tensor], config: InversionConfig) -> torch.Tensor:
+    """(N,) weighted sum of the reconstruction terms (MSE, LPIPS, identity) of an inversion's final
+    `losses`: the total without the delta and noise-map regularisers (the noise regulariser, weighted
+    1e5, is most of the total and says nothing about the likeness)."""
+    weights = {"mse": config.lambda_mse, "lpips": config.lambda_lpips, "id": config.lambda_id}
+    total = torch.zeros_like(losses["total"])
+    for name in RECONSTRUCTION_TERMS:
+        if name in losses and weights[name] > 0:
+            total = total + weights[name] * losses[name]
+    return total
 
 
 @dataclass(frozen=True)

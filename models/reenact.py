@@ -214,7 +214,8 @@ def render_video(G: Generator, table: ReenactCache, source_crop: np.ndarray, dri
                  driving_crops: FrameTable, fps: Fraction, output: str | Path, *, layout: str = "result",
                  paste: bool = False, subframes: bool = False, preview: str | Path | None = None,
                  batch: int = 8, identity=None, on_frames: Callable[[int], None] | None = None,
-                 detector=None) -> dict[str, Any]:
+                 detector=None,
+                 on_images: Callable[[list[int], torch.Tensor], None] | None = None) -> dict[str, Any]:
     """Render the cached latents of a finished table into `output` (H.264 at the driving fps, twice it
     with `subframes`, the driving clip's audio kept) and, when given, a preview PNG (look | driving |
     result of the first, middle and last frames). The video appears only when complete (VideoWriter
@@ -223,7 +224,9 @@ def render_video(G: Generator, table: ReenactCache, source_crop: np.ndarray, dri
     layout "result": the generated frame; "side-by-side": look | driving | result. `paste`: the
     generated crop pasted into the original driving frame (models.alignment.paste_back with the
     crop's stored transform), which then stands for "driving" and "result" at the frame's size.
-    Sub-frames (latent midpoints) show the driving frame before them. Returns the frame count, fps,
+    Sub-frames (latent midpoints) show the driving frame before them. `on_images(frames, images)` gets
+    each batch's key frames ((n, 3, R, R) in [-1, 1], CPU) as rendered: what mapping mode measures its
+    landmarks on (`mapping_metrics`), before the jitter is read. Returns the frame count, fps,
     frame size, the mean identity similarity to the source of the key frames in which `detector`
     (default: Haar, as `facereenact evaluate`) finds a face (None when it finds none: a similarity of
     noise to a face still scores 0.8-0.9, so it is not reported), how many key frames had no face,
@@ -271,6 +274,8 @@ def render_video(G: Generator, table: ReenactCache, source_crop: np.ndarray, dri
             if faces:
                 sims = identity_similarity_to_source(images[faces], source_crop, identity=identity)
                 similarities.extend(float(s) for s in sims)
+            if on_images is not None and keys:
+                on_images([indices[k] for k in keys], images[keys])
             driving = driving_crops.read("crop", sorted(set(indices)))
             driving_of = {i: driving[n] for n, i in enumerate(sorted(set(indices)))}
             for k, i in enumerate(indices):
@@ -399,6 +404,38 @@ def mapping_inputs(source_landmarks: np.ndarray, driving_points: np.ndarray, rel
     return np.asarray(source_landmarks, np.float32)[None] + (points - reference[None]), reference
 
 
+def mapping_metrics(table: ReenactCache, landmarks, source_landmarks: np.ndarray, driving_points: np.ndarray
+                    ) -> Callable[[list[int], torch.Tensor], None] | None:
+    """`render_video`'s `on_images` for a mapping-mode table: the landmarks of each rendered done frame
+    whose metrics are not measured yet, their NME to the driving frame and to the network's input
+    landmarks, stored into the table (its data only: the frames stay done). None when every done
+    frame has them (a second render, or a projection table)."""
+    status = table.table.status()
+    done = np.flatnonzero(status == 1)
+    if done.size == 0 or table.table.provenance.get("mode") != "mapping":
+        return None
+    missing = np.zeros(table.num_frames, dtype=bool)
+    missing[done] = ~np.isfinite(table.read("points", done).reshape(done.size, -1)).all(axis=1)
+    if not missing.any():
+        return None
+    points = np.asarray(driving_points, np.float32)
+    relative = bool(table.table.provenance.get("relative_landmarks"))
+    inputs, _ = mapping_inputs(source_landmarks, points, relative)
+
+    def measure(frames: list[int], images: torch.Tensor) -> None:
+        rows = [k for k, f in enumerate(frames) if missing[f]]
+        if not rows:
+            return
+        todo = np.asarray([frames[k] for k in rows])
+        with torch.no_grad():
+            marks = landmarks((images[rows] + 1) / 2).points.float().cpu()
+        table.table.update(todo, points=marks.numpy(), nme=landmark_nme(marks, points[todo]).float().numpy(),
+                           nme_target=landmark_nme(marks, inputs[todo]).float().numpy())
+        missing[todo] = False
+
+    return measure
+
+
 def mapping_provenance(G: Generator, net, checkpoint_sha256: str, landmarks, relative: bool,
                        refine_steps: int, projector: Projector | None, driving_crops_key: str,
                        source_key: str, source_latents_key: str | None) -> dict[str, Any]:
@@ -423,9 +460,10 @@ def map_to_cache(G: Generator, net, table: ReenactCache, source: SourceFace, dri
     """Mapping-mode latents of every pending frame of `table`, stored per batch as soon as done.
 
     Without `projector`: frames are independent; per batch of `batch_size` pending frames one mapping
-    pass and one generator pass (`reenact_with_mapping`), the render's landmarks by `landmarks`, and
-    NME to the driving frame and to the network's input landmarks. A frame without finite driving
-    landmarks fails alone. The table gets an empty state first (G's constant noise), which is what the
+    pass (`reenact_with_mapping`, latents only); the generator pass is the render's (one per output
+    frame), which measures the render's landmarks and their NME to the driving frame and to the
+    network's input landmarks (`mapping_metrics`), so they are NaN here. A frame without finite
+    driving landmarks fails alone. The table gets an empty state first (G's constant noise), which is what the
     render reads.
     With `projector` (refinement, `refine_config`): the network's latents of all frames are where the
     projection of each frame starts (`project_to_cache(..., init_latents=)`: the projection loop, its
@@ -473,16 +511,14 @@ def map_to_cache(G: Generator, net, table: ReenactCache, source: SourceFace, dri
     for first in range(0, good.size, batch_size):
         frames = good[first:first + batch_size]
         t0 = time.perf_counter()
-        rendered: list[torch.Tensor] = []
+        # latents only: the render's generator pass is the one pass per frame, and it measures the
+        # landmarks (render_video's on_images = mapping_metrics), so points and NMEs are NaN until then
         ws = reenact_with_mapping(G, net, w_src, src, torch.from_numpy(inputs[frames]), len(frames),
-                                  crop_resolution=G.img_resolution,
-                                  on_images=lambda _, images, out=rendered: out.append(images))
-        with torch.no_grad():
-            marks = landmarks((rendered[0] + 1) / 2).points.float().cpu()
+                                  crop_resolution=G.img_resolution)
         n = len(frames)
-        table.write(frames, latents=ws.numpy(), loss=np.full(n, np.nan, np.float32), points=marks.numpy(),
-                    nme=landmark_nme(marks, points[frames]).float().numpy(),
-                    nme_target=landmark_nme(marks, inputs[frames]).float().numpy(),
+        nan = np.full(n, np.nan, np.float32)
+        table.write(frames, latents=ws.numpy(), loss=nan, points=np.full((n, 68, 2), np.nan, np.float32),
+                    nme=nan, nme_target=nan,
                     steps=np.zeros(n, np.int32),
                     seconds=np.full(n, (time.perf_counter() - t0) / n, np.float32),
                     interpolated=flags[frames])

@@ -261,6 +261,23 @@ class FrameTable:
             count += 1
         return count
 
+    def update(self, frames: int | Sequence[int] | np.ndarray, **values: np.ndarray) -> None:
+        """Rewrite some fields of done frames (measurements made later, e.g. the render's landmarks);
+        their status stays done. Each value is shaped (len(frames), *field.shape)."""
+        idx = self._frames(frames)
+        if (self.status(idx) != DONE).any():
+            raise ValueError(f"{self.location}: update only rewrites done frames")
+        for name, value in values.items():
+            spec = self.fields[name]
+            arr = np.asarray(value, dtype=spec.dtype)
+            if arr.shape != (idx.size, *spec.shape):
+                raise ValueError(f"{self.location}: field {name!r} expects shape "
+                                 f"{(idx.size, *spec.shape)}, got {arr.shape}")
+            with self._writing(idx):
+                target = self._array(name)
+                for row, i in enumerate(idx):
+                    target[int(i)] = arr[row]
+
     def fail(self, frames: int | Sequence[int] | np.ndarray, reason: str) -> None:
         """Mark `frames` failed with a one-line reason; their data stays NaN/unused."""
         reason = " ".join(str(reason).split())[:500] or "failed"
@@ -318,6 +335,45 @@ class FrameTable:
                 if not np.isfinite(np.asarray(arr[int(i)])).all():
                     bad.add(int(i))
         return np.asarray(sorted(bad), dtype=np.int64)
+
+    def damaged_frames(self) -> np.ndarray:
+        """Done frames whose data is damaged: a float field's chunk missing (it reads as its NaN
+        fill), unreadable (a truncated or garbled chunk) or not finite. Fields that may hold NaN
+        (`nan_ok`) and integer fields are not read: their fill is a legal value, so a missing chunk
+        cannot be told from a written one, and reading them (the crops) would cost far more than the
+        check is worth. One bulk read per checked field; per-frame reads only when the bulk read
+        fails, to name the unreadable frames. Cheap enough to run whenever a job opens the table
+        (tests/benchmarks/bench_integrity.py measures it per 1000 frames)."""
+        done = self.done_frames()
+        checked = [name for name, spec in self.fields.items()
+                   if np.dtype(spec.dtype).kind == "f" and not spec.nan_ok]
+        if done.size == 0 or not checked:
+            return np.empty(0, dtype=np.int64)
+        bad = np.zeros(self.num_frames, dtype=bool)
+        lo, hi = int(done[0]), int(done[-1]) + 1
+        for name in checked:
+            array = self._array(name)
+            try:
+                values = np.asarray(array[lo:hi])
+                finite = np.isfinite(values.reshape(hi - lo, -1)).all(axis=1)
+                bad[lo:hi] |= ~finite
+            except Exception:  # some chunk cannot be decoded: find which, frame by frame
+                for i in done:
+                    try:
+                        if not np.isfinite(np.asarray(array[int(i)])).all():
+                            bad[int(i)] = True
+                    except Exception:
+                        bad[int(i)] = True
+        found = np.flatnonzero(bad)  # pending frames in the range read as NaN too: keep done ones
+        return found[np.isin(found, done)].astype(np.int64)
+
+    def reset_damaged(self) -> np.ndarray:
+        """Mark damaged done frames (damaged_frames) pending again, so the job computes them anew;
+        returns them."""
+        damaged = self.damaged_frames()
+        if damaged.size:
+            self.reset(damaged)
+        return damaged
 
     @property
     def attrs(self) -> Mapping[str, Any]:
@@ -459,6 +515,7 @@ class Workspace:
                 group = zarr.open_group(self.store, path=f"{location}", mode="r+", **_V3)
                 table = FrameTable(group, location)
                 self._check_existing(table, provenance, num_frames, fields)
+                table.reset_damaged()  # done frames with missing / unreadable / NaN data: redo them
                 return table
             # Half-made by a writer that crashed during creation: no frame of it can be done (writers
             # need the metadata), so completing it loses nothing. Arrays already there are kept, so

@@ -12,15 +12,16 @@ import time
 import traceback
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.cache_policies import NO_CACHE
 
 from storage.errors import FacereenactError, InputError
+from tasks.gpu import gpu_task
 
 __all__ = ["run_job"]
 
 
-@task(name="run-job", cache_policy=NO_CACHE)
+@gpu_task(name="run-job", cache_policy=NO_CACHE)
 def run_job(name: str, source: str, driving: str, output: str, cache: str, weights: str, mode: str,
             options: dict[str, Any], device: str = "auto", landmarks: str = "faceapi",
             progress: bool = False) -> dict[str, Any]:

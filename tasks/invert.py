@@ -24,17 +24,26 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from models.inversion import InversionConfig, inversion_losses, inversion_provenance, invert
+from models.inversion import (
+    InversionConfig,
+    inversion_losses,
+    inversion_provenance,
+    invert,
+    reconstruction_loss,
+)
 from models.stylegan2 import Generator
 from storage.cache import Workspace
 from storage.errors import CacheError, FacereenactError
 from storage.latents import LatentCache, fixed_batches, frame_seed, latents_provenance
+from storage.leases import Lease
 from storage.provenance import canonical_json
 from tasks import resources
+from tasks.gpu import GPU_TAG, gpu_task
 
-__all__ = ["GPU_TAG", "config_from_settings", "invert_batches", "open_latents", "settings_of"]
+__all__ = ["GPU_TAG", "batch_lease_name", "config_from_settings", "invert_batches", "open_latents",
+           "settings_of"]
 
-GPU_TAG = "gpu"
+CLAIM_POLL = 0.5  # seconds between looks at batches other jobs hold
 
 
 def config_from_settings(settings: Mapping[str, Any]) -> InversionConfig:
@@ -75,7 +84,7 @@ def _batches_run_name() -> str:
     return f"invert-{p['name']}-frames-{p['batches'][0][0]}-{p['batches'][-1][1] - 1}"
 
 
-@task(name="invert-batches", tags=[GPU_TAG], cache_policy=NO_CACHE, task_run_name=_batches_run_name)
+@gpu_task(name="invert-batches", cache_policy=NO_CACHE, task_run_name=_batches_run_name)
 def invert_batches(cache: str, table: str, crops_table: str, media_key: str, name: str, weights: str,
                    settings: dict[str, Any], batches: list[list[int]], retry_failed: bool = False,
                    max_loss: float | None = None, device: str = "auto") -> dict[str, Any]:
@@ -90,26 +99,51 @@ def invert_batches(cache: str, table: str, crops_table: str, media_key: str, nam
                                "failed": {}, "seconds": 0.0,
                                "worker": f"{socket.gethostname()}:{os.getpid()}"}
     crops, config, G = None, config_from_settings(settings), None
-    for start, stop in batches:
-        frames = np.arange(start, stop)
-        todo = latents.todo_frames(retry_failed, frames)
-        if todo.size == 0:  # done meanwhile (another run of the same job)
-            continue
-        logger.info(f"inverting frames {start}-{stop - 1} of {name} ({todo.size} to do)")
-        if G is None:
-            G = resources.generator(weights, device)
-            crops = ws.open_table(crops_table)
-            _check_provenance(latents, _provenance(G, config, crops.key, G.w_avg.device))
-        t0 = time.perf_counter()
-        written, failed = _invert_batch(G, config, latents, crops, media_key, frames, todo, max_loss, logger)
-        summary["batches"] += 1
-        summary["computed"] += int(frames.size)
-        summary["written"] += written
-        summary["failed"].update(failed)
-        logger.info(f"frames {start}-{stop - 1} of {name}: {written} done, {len(failed)} failed "
-                    f"in {time.perf_counter() - t0:.1f} s")
+    # Each batch is claimed with an expiring lease (storage/leases.py) before it is computed, so two
+    # jobs on the same inputs split the batches; a batch another live job holds is deferred, and
+    # taken over when its lease lapses (that job was killed) unless it is done by then.
+    pending = [(int(start), int(stop)) for start, stop in batches]
+    while pending:
+        deferred = []
+        for start, stop in pending:
+            frames = np.arange(start, stop)
+            todo = latents.todo_frames(retry_failed, frames)
+            if todo.size == 0:  # done meanwhile (another run of the same job)
+                continue
+            claim = Lease(ws.root, batch_lease_name(table, start), job=name)
+            if not claim.acquire():
+                deferred.append((start, stop))
+                continue
+            try:
+                todo = latents.todo_frames(retry_failed, frames)  # as of the claim
+                if todo.size == 0:
+                    continue
+                logger.info(f"inverting frames {start}-{stop - 1} of {name} ({todo.size} to do)")
+                if G is None:
+                    G = resources.generator(weights, device)
+                    crops = ws.open_table(crops_table)
+                    _check_provenance(latents, _provenance(G, config, crops.key, G.w_avg.device))
+                t0 = time.perf_counter()
+                written, failed = _invert_batch(G, config, latents, crops, media_key, frames, todo, max_loss,
+                                                logger)
+            finally:
+                claim.release()
+            summary["batches"] += 1
+            summary["computed"] += int(frames.size)
+            summary["written"] += written
+            summary["failed"].update(failed)
+            logger.info(f"frames {start}-{stop - 1} of {name}: {written} done, {len(failed)} failed "
+                        f"in {time.perf_counter() - t0:.1f} s")
+        if deferred and deferred == pending:  # all held by other jobs: wait for them
+            time.sleep(CLAIM_POLL)
+        pending = deferred
     summary["seconds"] = time.perf_counter() - began
     return summary
+
+
+def batch_lease_name(table: str, start: int) -> str:
+    """The lease of the fixed batch starting at `start` of the latent table at `table`."""
+    return f"frames-{table.replace('/', '~')}-{int(start)}"
 
 
 def _invert_batch(G: Generator, config: InversionConfig, latents: LatentCache, crops, media_key: str,
@@ -119,20 +153,23 @@ def _invert_batch(G: Generator, config: InversionConfig, latents: LatentCache, c
 
     The whole batch is inverted even when some of its frames are done (a half-written batch after a
     crash), so every frame is computed in the batch it belongs to: the same bits as an uninterrupted
-    run. A frame whose inversion fails (non-finite loss, an exception) or whose final total loss is
-    above `max_loss` is marked failed with the reason; the others are stored.
+    run. A frame whose inversion fails (non-finite loss, an exception) or whose final reconstruction
+    loss (models.inversion.reconstruction_loss: the weighted MSE, LPIPS and identity terms, not the
+    regularisers) is above `max_loss` is marked failed with the reason; the others are stored (with
+    their total loss).
     """
     start = int(frames[0])
     targets = torch.from_numpy(crops.read("crop", frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
     points = torch.from_numpy(crops.read("crop_landmarks", frames))
     seeds = [frame_seed(media_key, int(i), config.seed) for i in frames]
-    reasons, result_latents, result_losses = _invert_or_isolate(G, targets, points, seeds, config, logger)
+    reasons, result_latents, result_losses, likeness = _invert_or_isolate(G, targets, points, seeds, config,
+                                                                          logger)
     done: list[int] = []
     failed: dict[int, str] = {}
     for row in sorted(int(i) - start for i in todo):
         reason = reasons[row]
-        if reason is None and max_loss is not None and not result_losses[row] <= max_loss:
-            reason = f"final loss {result_losses[row]:.6g} above --max-loss {max_loss:g}"
+        if reason is None and max_loss is not None and not likeness[row] <= max_loss:
+            reason = f"final reconstruction loss {likeness[row]:.6g} above --max-loss {max_loss:g}"
         if reason is None:
             done.append(row)
         else:
@@ -145,10 +182,11 @@ def _invert_batch(G: Generator, config: InversionConfig, latents: LatentCache, c
 
 
 def _invert_or_isolate(G: Generator, targets: torch.Tensor, points: torch.Tensor, seeds: list[int],
-                       config: InversionConfig, logger) -> tuple[list[str | None], np.ndarray, np.ndarray]:
-    """Per-frame failure reasons, latents and final total losses of a batch. When the batched call
-    raises (not a user error: those stop the job), each frame is run alone, so one frame that raises
-    fails alone and the others finish."""
+                       config: InversionConfig, logger
+                       ) -> tuple[list[str | None], np.ndarray, np.ndarray, np.ndarray]:
+    """Per-frame failure reasons, latents, final total losses and final reconstruction losses of a
+    batch. When the batched call raises (not a user error: those stop the job), each frame is run
+    alone, so one frame that raises fails alone and the others finish."""
     try:
         return _run(G, targets, points, seeds, config)
     except FacereenactError:
@@ -156,20 +194,22 @@ def _invert_or_isolate(G: Generator, targets: torch.Tensor, points: torch.Tensor
     except Exception as err:
         if len(seeds) == 1:
             logger.warning(f"inversion raised {type(err).__name__}: {err}", exc_info=True)
+            nan = np.full(1, np.nan, np.float32)
             return ([f"inversion raised {type(err).__name__}: {err}"],
-                    np.full((1, G.num_ws, G.w_dim), np.nan, np.float32), np.full(1, np.nan, np.float32))
+                    np.full((1, G.num_ws, G.w_dim), np.nan, np.float32), nan, nan.copy())
         logger.warning(f"batched inversion raised {type(err).__name__}: {err}; running its frames one by one")
     parts = [_invert_or_isolate(G, targets[i:i + 1], points[i:i + 1], seeds[i:i + 1], config, logger)
              for i in range(len(seeds))]
     return ([p[0][0] for p in parts], np.concatenate([p[1] for p in parts]),
-            np.concatenate([p[2] for p in parts]))
+            np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]))
 
 
 def _run(G: Generator, targets: torch.Tensor, points: torch.Tensor, seeds: list[int],
-         config: InversionConfig) -> tuple[list[str | None], np.ndarray, np.ndarray]:
+         config: InversionConfig) -> tuple[list[str | None], np.ndarray, np.ndarray, np.ndarray]:
     result = invert(G, targets, config, landmarks=points, seeds=seeds,
                     losses=inversion_losses(config, G.w_avg.device))
-    return list(result.failed), result.latents.numpy(), result.losses["total"].numpy()
+    return (list(result.failed), result.latents.numpy(), result.losses["total"].numpy(),
+            reconstruction_loss(result.losses, config).numpy())
 
 
 def _check_provenance(latents: LatentCache, provenance: dict[str, Any]) -> None:

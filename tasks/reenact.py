@@ -22,6 +22,7 @@ from models.reenact import (
     load_mapping,
     make_projector,
     map_to_cache,
+    mapping_metrics,
     mapping_provenance,
     mapping_settings,
     project_to_cache,
@@ -32,9 +33,11 @@ from models.reenact import (
 )
 from storage.cache import Workspace
 from storage.latents import LatentCache
+from storage.leases import table_lease
 from storage.provenance import code_version, provenance_key, sha256_file
 from storage.reenact import ReenactCache, read_sidecar, sidecar_path, write_sidecar
 from tasks import resources
+from tasks.gpu import gpu_task
 
 __all__ = ["map_driving", "project_driving", "render_output", "report_run"]
 
@@ -47,7 +50,7 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
-@task(name="project", cache_policy=NO_CACHE)
+@gpu_task(name="project", cache_policy=NO_CACHE)
 def project_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any],
                     variant: str, settings: dict[str, Any], device: str = "auto", landmarks: str = "faceapi",
                     progress: bool = False) -> dict[str, Any]:
@@ -66,6 +69,7 @@ def project_driving(cache: str, weights: str, source: dict[str, Any], driving: d
         ws, driving["key"], projection_provenance(projector, driving_crops.key, source["key"],
                                                   source["latents_key"]),
         driving_crops.num_frames, G.num_ws, G.w_dim)
+    claim = table_lease(ws.root, table.location).wait()  # another job projecting it: wait, then resume
     start = table.resume_frame()
     bar = _bar(table.num_frames, "projecting", progress and start < table.num_frames)
     if bar is not None:
@@ -75,12 +79,13 @@ def project_driving(cache: str, weights: str, source: dict[str, Any], driving: d
                                 driving_crops.read("interpolated"),
                                 bar.update if bar is not None else None)
     finally:
+        claim.release()
         if bar is not None:
             bar.close()
     return _table_summary(table, done)
 
 
-@task(name="map", cache_policy=NO_CACHE)
+@gpu_task(name="map", cache_policy=NO_CACHE)
 def map_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
                 settings: dict[str, Any], device: str = "auto", landmarks: str = "faceapi",
                 progress: bool = False) -> dict[str, Any]:
@@ -104,6 +109,7 @@ def map_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[
     provenance = mapping_provenance(G, net, checkpoint_sha, backend, relative, options.refine_steps,
                                     projector, driving_crops.key, source["key"], source["latents_key"])
     table = ReenactCache.require(ws, driving["key"], provenance, driving_crops.num_frames, G.num_ws, G.w_dim)
+    claim = table_lease(ws.root, table.location).wait()  # another job mapping it: wait, then resume
     start = table.resume_frame()
     bar = _bar(table.num_frames, "mapping", progress and start < table.num_frames)
     if bar is not None:
@@ -114,6 +120,7 @@ def map_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[
                             batch_size=options.batch, projector=projector,
                             on_frames=bar.update if bar is not None else None)
     finally:
+        claim.release()
         if bar is not None:
             bar.close()
     return _table_summary(table, done)
@@ -126,14 +133,16 @@ def _table_summary(table: ReenactCache, done: dict[str, Any]) -> dict[str, Any]:
             "seconds": round(done["seconds"], 3)}
 
 
-@task(name="render", cache_policy=NO_CACHE)
+@gpu_task(name="render", cache_policy=NO_CACHE)
 def render_output(cache: str, weights: str, projected: dict[str, Any], source: dict[str, Any],
                   driving: dict[str, Any], output: str, layout: str = "result", paste_back: bool = False,
                   subframes: bool = False, preview: str | None = None, device: str = "auto",
-                  progress: bool = False) -> dict[str, Any]:
+                  progress: bool = False, landmarks: str = "faceapi") -> dict[str, Any]:
     """Render the finished table into `output` (+ the preview PNG and the `output.json` sidecar with
     metrics and provenance). Skipped when the output and its sidecar say they were made from this
-    table with these settings and the file is unchanged."""
+    table with these settings and the file is unchanged. For a mapping-mode table the render is the
+    frames' one generator pass: it measures their landmarks and NMEs into the table on the way
+    (models.reenact.mapping_metrics)."""
     ws = Workspace(cache)
     table = ReenactCache.at(ws, projected["table"])
     settings = {"table": table.key, "layout": layout, "paste_back": paste_back, "subframes": subframes,
@@ -146,10 +155,16 @@ def render_output(cache: str, weights: str, projected: dict[str, Any], source: d
     crops = ws.open_table(source["crops"])
     bar = _bar(table.num_frames * (2 if subframes else 1), "rendering", progress)
     try:
+        driving_crops = ws.open_table(driving["crops"])
+        metrics = None
+        if table.table.provenance.get("mode") == "mapping":
+            metrics = mapping_metrics(table, resources.landmark_backend(landmarks, device),
+                                      crops.read("crop_landmarks", [0])[0],
+                                      driving_crops.read("crop_landmarks"))
         video = render_video(G, table, crops.read("crop", [0])[0], driving["path"],
-                             ws.open_table(driving["crops"]), Fraction(driving["fps"]), output, layout=layout,
+                             driving_crops, Fraction(driving["fps"]), output, layout=layout,
                              paste=paste_back, subframes=subframes, preview=preview,
-                             on_frames=bar.update if bar is not None else None)
+                             on_frames=bar.update if bar is not None else None, on_images=metrics)
     finally:
         if bar is not None:
             bar.close()

@@ -37,11 +37,10 @@ from storage.cache import Workspace
 from storage.errors import CacheError, CheckpointError, InputError
 from storage.mapping_data import TrainingData, split_held_out, training_videos
 from storage.provenance import canonical_json
+from tasks.gpu import GPU_TAG, gpu_task
 
 __all__ = ["DEFAULT_SETTINGS", "GPU_TAG", "Plan", "check_checkpoint", "evaluate_held_out", "inspect_data",
            "loss_plot_path", "open_cache", "plan_training", "train_network", "train_to"]
-
-GPU_TAG = "gpu"
 # Settings of a run (plain data: what crosses process boundaries and goes into the checkpoint).
 DEFAULT_SETTINGS: dict[str, Any] = {
     "representation": "coords",     # models.mapping.ENCODERS
@@ -278,7 +277,7 @@ def inspect_data(cache: str, settings: dict[str, Any], out: str, steps: int) -> 
     return summary
 
 
-@task(name="train-mapping-network", tags=[GPU_TAG], cache_policy=NO_CACHE)
+@gpu_task(name="train-mapping-network", cache_policy=NO_CACHE)
 def train_network(cache: str, settings: dict[str, Any], out: str, steps: int, checkpoint_every: int,
                   weights: str | None = None, device: str = "auto") -> dict[str, Any]:
     """Train (or continue) the network at `out` to `steps` steps, then evaluate it on the held-out part."""

@@ -43,6 +43,33 @@ class Dataset:
     def reference_latents(self) -> dict[str, np.ndarray]:
         return latents_by_video(self.reference)
 
+    def reference_reconstruction(self, name: str) -> np.ndarray:
+        """The final reconstruction losses (models.inversion.reconstruction_loss: what --max-loss
+        judges) of clip `name`'s frames in the reference job, by inverting its batches again directly
+        (the stored loss is the total)."""
+        import torch
+
+        from models import load_generator
+        from models.inversion import InversionConfig, invert, reconstruction_loss
+        from storage.cache import Workspace
+        from storage.latents import LatentCache, fixed_batches, frame_seed
+
+        ws = Workspace(self.reference)
+        (cache,) = [c for c in LatentCache.all(ws) if _source(ws, c) == name]
+        media_key = cache.location.split("/")[1]
+        (crops,) = ws.tables(media_key, "crops")
+        G, config = load_generator(self.weights), InversionConfig(steps=STEPS, perceptual="uncalibrated-alex")
+        out = []
+        for start, stop in fixed_batches(cache.num_frames, BATCH, range(cache.num_frames)):
+            frames = range(start, stop)
+            targets = torch.from_numpy(crops.read("crop", frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
+            points = torch.from_numpy(crops.read("crop_landmarks", frames))
+            result = invert(G, targets, config, landmarks=points,
+                            seeds=[frame_seed(media_key, i, config.seed) for i in frames])
+            np.testing.assert_array_equal(result.losses["total"].numpy(), cache.read_losses(frames))
+            out.append(reconstruction_loss(result.losses, config).numpy())
+        return np.concatenate(out)
+
     def reference_losses(self) -> dict[str, np.ndarray]:
         from storage.cache import Workspace
         from storage.latents import LatentCache

@@ -40,9 +40,9 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def start(args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO_ROOT) -> subprocess.Popen:
     sink = open(log, "w")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+    return subprocess.Popen(args, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 

@@ -2,7 +2,10 @@
 work pool "gpu", `prefect deploy --all`, the nightly batch's cron read back, a run of the nightly
 deployment (a small manifest on a tiny generator) picked up by `prefect worker start`: the mp4s of the
 good jobs exist, the bad job is listed with its reason, the run ends FAILED with the batch's one-line
-error. Server and worker are stopped by their process groups."""
+error. As documented and nothing more: the worker starts in another directory, with no
+FACEREENACT_ROOT and no PYTHONPATH, under the tag concurrency limit `gpu` 1; every GPU task run of the
+nightly, read back from the server, carries the "gpu" tag and no other task run does. Server and
+worker are stopped by their process groups."""
 
 from __future__ import annotations
 
@@ -63,8 +66,6 @@ def data(tmp_path_factory, prefect_harness):
 
 
 def test_nightly_batch_runs_on_a_process_worker(data, tmp_path):
-    from tests.helpers import REPO_ROOT
-
     cache = data.copy_prepared(tmp_path / "cache")  # the driving clip prepared at 32 px already
     for name in ("clip.mp4", "face.png"):
         shutil.copy(data.root / name, tmp_path / name)
@@ -76,11 +77,16 @@ def test_nightly_batch_runs_on_a_process_worker(data, tmp_path):
     manifest = tmp_path / "nightly.jsonl"
     manifest.write_text("".join(json.dumps(job) + "\n" for job in jobs))
 
-    with prefect_server(tmp_path, {"FACEREENACT_ROOT": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}) as env:
+    with prefect_server(tmp_path, {"OMP_NUM_THREADS": "1"}) as env:
         prefect("work-pool", "create", "gpu", "--type", "process", env=env)
-        # The worker starts (a few seconds) while the deployments are made; it waits for runs.
+        prefect("concurrency-limit", "create", "gpu", "1", env=env)
+        # The worker starts (a few seconds) while the deployments are made; it waits for runs. It is
+        # started as the README says, from elsewhere: nothing in its environment names the checkout.
+        worker_env = {k: v for k, v in env.items() if k not in ("FACEREENACT_ROOT", "PYTHONPATH")}
+        elsewhere = tmp_path / "worker-home"
+        elsewhere.mkdir()
         worker = start([PREFECT, "worker", "start", "--pool", "gpu", "--type", "process", "--limit", "1"],
-                       env, tmp_path / "worker.log")
+                       worker_env, tmp_path / "worker.log", cwd=elsewhere)
         try:
             deployed = prefect("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all",
                                env=env)
@@ -98,12 +104,20 @@ def test_nightly_batch_runs_on_a_process_worker(data, tmp_path):
                 state = final_state(client, run_id)
                 # The server's scheduler made the nightly's next runs: 02:00 UTC, one a day.
                 scheduled = scheduled_starts(client, nightly.id)
+                task_runs = client.read_task_runs()  # of the nightly run and its nested flow runs
         finally:
             stop(worker)
         log = (tmp_path / "worker.log").read_text()[-4000:]
         # One job failed: the run is FAILED with the batch's one-line error (what the UI shows).
         assert state.type.value == "FAILED", f"{state}\n{log}"
         assert "1 of 2 jobs failed (broken" in state.message, f"{state}\n{log}"
+    # Every task that uses the GPU is tagged "gpu" (one place decides it: tasks/gpu.py); no other is.
+    gpu_names = ("project", "render", "invert-")
+    tags = {r.name: r.tags for r in task_runs}
+    assert any(n.startswith("project") for n in tags) and any(n.startswith("render") for n in tags), tags
+    for name, run_tags in tags.items():
+        assert ("gpu" in run_tags) == name.startswith(gpu_names), (name, run_tags)
+
     assert len(scheduled) >= 2 and {(t.hour, t.minute, t.utcoffset()) for t in scheduled} == {
         (2, 0, datetime.timedelta(0))}, scheduled
     assert {(b - a).total_seconds() for a, b in zip(scheduled, scheduled[1:], strict=False)} == {86400.0}

@@ -4,10 +4,12 @@ a run killed with SIGKILL at a random point and resumed to the latents of an uni
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +102,7 @@ def test_killed_run_resumes_to_the_uninterrupted_latents(inputs, tmp_path, cli, 
     seed = random.randrange(10**6)
     rng = random.Random(seed)
     kill_after, delay = rng.randint(1, FRAMES - 3), rng.uniform(0.0, 0.3)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **prefect_api_env}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **prefect_api_env, "FACEREENACT_LEASE_SECONDS": "1.5"}
     kill_cli_when([*args, "-o", out, "--cache", cache], env, lambda: done_frames(cache) >= kill_after, delay)
     done_at_kill = done_frames(cache)
     assert 0 < done_at_kill < FRAMES, f"kill (seed {seed}) came too late: {done_at_kill} done"
@@ -111,8 +113,15 @@ def test_killed_run_resumes_to_the_uninterrupted_latents(inputs, tmp_path, cli, 
     (kill_dir,) = reenact_dirs(cache)
     before = {k: v for k, v in table_chunks(cache).items() if int(k.split("/c/")[1].split("/")[0]) in done}
 
-    resumed = cli(*args, "-o", out, "--cache", cache)  # in this process: the killed run was a process
+    # `run` recorded the job; killed without a word, it is shown stale once its lease lapsed, and
+    # `facereenact resume JOB` runs it again (in this process: the killed run was a process).
+    time.sleep(1.6)
+    (job,) = json.loads(cli("status", cache, "--json", check=True).stdout)["jobs"]
+    assert (job["kind"], job["state"]) == ("reenact", "stale"), job
+    resumed = cli("resume", job["job"], "--cache", cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (job,) = json.loads(cli("status", cache, "--json", check=True).stdout)["jobs"]
+    assert job["state"] == "finished" and job["frames"] >= FRAMES and job["pending"] == 0
     after = table_chunks(cache)
     assert {k: after[k] for k in before} == before  # frames done before the kill: not written again
     table = ReenactCache.at(Workspace(cache), str(kill_dir.relative_to(cache)))

@@ -203,3 +203,35 @@ def test_batch_manifest_job_in_mapping_mode_reaches_the_mapping_table(inputs, fi
     assert summary["done"] == ["mapped"] and probe(manifest.parent / "mapped.mp4").frame_count == FRAMES
     # the same settings as the first run: its mapping table, nothing computed again
     assert reenact_dirs(cache) == tables and table_chunks(cache) == chunks
+
+
+def test_one_generator_pass_per_output_frame(inputs, first_run, tmp_path):
+    """Mapping mode renders each output frame once: the mapping stage makes latents only and the
+    render's generator pass is also what the landmarks and NMEs are measured on (counted through a
+    forward hook on the generator's synthesis network; the source is inverted in the cache already)."""
+    import shutil
+
+    from tasks import resources
+
+    _, weights, clip, checkpoint = inputs
+    cache, _, first = first_run
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    shutil.rmtree(copy / first["tables"]["reenact"])
+    G = resources.generator(str(weights), "cpu")
+    rows: list[int] = []
+    handle = G.synthesis.register_forward_hook(lambda module, args, out: rows.append(int(out.shape[0])))
+    try:
+        summary = reenact(str(reenact_data.source()), str(clip), str(tmp_path / "again.mp4"), str(copy),
+                          str(weights), mode="mapping", mapping=checkpoint, layout="side-by-side",
+                          device="cpu", **OPTIONS)
+    finally:
+        handle.remove()
+    assert summary["computed"]["projected"] == FRAMES and summary["computed"]["rendered"]
+    assert sum(rows) == FRAMES  # was 2 * FRAMES: a metrics pass in the mapping stage, then the render
+    # the metrics measured on the render's pass, stored in the table, as the first run's
+    table = ReenactCache.at(Workspace(copy), summary["tables"]["reenact"])
+    per, face = table.per_frame(), table.per_frame()["interpolated"] == 0
+    assert np.isfinite(table.read("points")[face]).all() and np.isfinite(per["nme"][face]).all()
+    assert summary["metrics"]["landmark_nme"] == first["metrics"]["landmark_nme"]
+    assert summary["metrics"]["landmark_nme_target"] == first["metrics"]["landmark_nme_target"]

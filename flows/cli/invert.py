@@ -42,7 +42,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "bookkeeping, more spread a short job over more workers")
     parser.add_argument("--retry-failed", action="store_true", help="also redo frames that failed before")
     parser.add_argument("--max-loss", type=float, metavar="X",
-                        help="quality gate: fail frames whose final total loss is above X (default: none)")
+                        help="quality gate: fail frames whose final reconstruction loss is above X: the "
+                             "weighted MSE + LPIPS + identity terms, not the noise-map and delta "
+                             "regularisers (default: none)")
     parser.add_argument("--runner", default="threads", metavar="threads[:N]|dask[:N]|tcp://HOST:PORT",
                         help="where batches run: N threads here (default 1), a local Dask cluster of N "
                              "worker processes, or an existing Dask scheduler")

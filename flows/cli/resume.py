@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
                              "rerun the batch's command", path=args.cache)
         print(f"job {job} is one job of {batch}: resuming the batch (its finished jobs are skipped)")
         return _resume_batch(args, batch, ws.jobs()[batch])
+    if kind == "reenact":  # a `facereenact run`: the same command again
+        return _resume_run(args, job, record)
     raise InputError(f"job {job} is of kind {kind!r}, which resume does not know; rerun its command",
                      path=args.cache)
 
@@ -120,4 +122,23 @@ def _resume_batch(args: argparse.Namespace, job: str, record: dict) -> int:
             print(format_batch_summary(err.summary), flush=True)
         raise
     print(format_batch_summary(summary))
+    return 0
+
+
+def _resume_run(args: argparse.Namespace, job: str, record: dict) -> int:
+    from flows.cli.run import format_summary
+    from flows.reenact_job import run_recorded
+    from storage.errors import CacheError
+
+    a = dict(record.get("args") or {})
+    try:
+        source, driving, output, mode = record["source"], record["driving"], record["output"], record["mode"]
+        weights = a["weights"]
+    except KeyError as err:
+        raise CacheError(f"job record {job} lacks {err}; rerun its command instead",
+                         path=args.cache) from None
+    summary = run_recorded(source, driving, output, args.cache, weights, mode=mode,
+                           device=a.get("device", "auto"), landmarks=a.get("landmarks", "faceapi"),
+                           **dict(record.get("options") or {}))
+    print(format_summary(summary))
     return 0

@@ -110,15 +110,17 @@ def run(args: argparse.Namespace) -> int:
     weights = plan["generator"] or random_generator_file(plan)
     check_inputs(args.source, args.driving, args.output, args.mode, args.variant, weights, args.device,
                  args.landmarks, options)
-    from flows.reenact import reenact
+    from flows.reenact_job import run_recorded
 
-    summary = reenact(args.source, args.driving, args.output, args.cache, weights, mode=args.mode,
-                      variant=args.variant, layout=args.layout, paste_back=args.paste_back,
-                      subframes=args.subframes, device=args.device, landmarks=args.landmarks,
-                      progress=not args.quiet, **options)
+    # recorded in the cache as a job (status lists it, `facereenact resume JOB` runs it again)
+    summary = run_recorded(args.source, args.driving, args.output, args.cache, weights, mode=args.mode,
+                           variant=args.variant, layout=args.layout, paste_back=args.paste_back,
+                           subframes=args.subframes, device=args.device, landmarks=args.landmarks,
+                           progress=not args.quiet, **options)
     record_request(args, options, plan)
     summary["random_weights"] = plan["random_weights"]
     print(format_summary(summary))
+    print(f"job {summary['job']}")
     return 0
 
 

@@ -1,7 +1,11 @@
 """`facereenact status [--cache CACHE]`: progress of every job and table, read from the cache alone.
 
-No Prefect server is needed: the zarr status arrays are the record of what is done. `--repair` marks
-done frames whose data is not finite (a damaged cache) as failed, so `--retry-failed` redoes them.
+No Prefect server is needed: the zarr status arrays are the record of what is done. Done frames whose
+data is damaged (a chunk missing, unreadable or not finite: FrameTable.damaged_frames) are reported
+under their table; the next run of the job (or `facereenact resume`) recomputes them by itself.
+`--repair` marks them failed instead, so they stay out until a run with `--retry-failed`. A job whose
+record says running but whose lease lapsed (storage/leases.py: killed without a chance to record it)
+shows as "stale".
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="only this job (id or unique prefix): its videos with their done / failed / "
                              "pending frames, and the jobs of a batch")
     parser.add_argument("--repair", action="store_true",
-                        help="mark done frames holding NaN/inf as failed (then rerun with --retry-failed)")
+                        help="mark damaged done frames (missing, unreadable or NaN/inf data) as failed "
+                             "(then rerun with --retry-failed); without it a rerun recomputes them")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,12 +58,14 @@ def run(args: argparse.Namespace) -> int:
 
 def collect_status(ws, repair: bool = False) -> dict:
     """Jobs and tables of a workspace with their frame counts (and failures)."""
+    from storage.leases import is_live, job_lease_name, read_lease
+
     tables = []
     for table in ws.tables():
-        if repair:
-            bad = table.check_finite()
-            if bad.size:
-                table.fail(bad, "damaged data (NaN/inf) found by status --repair")
+        damaged = table.damaged_frames()
+        if repair and damaged.size:
+            table.fail(damaged, "damaged data (missing, unreadable or NaN/inf) found by status --repair")
+            damaged = damaged[:0]
         media_attrs = dict(ws.media(table.location.split("/")[1]).attrs)
         tables.append({
             "location": table.location,
@@ -67,6 +74,7 @@ def collect_status(ws, repair: bool = False) -> dict:
             "frames": table.num_frames,
             **table.counts(),
             "errors": {str(k): v for k, v in table.errors().items()},
+            "damaged": [int(i) for i in damaged],
             "created": table.attrs.get("created"),
         })
     by_location = {t["location"]: t for t in tables}
@@ -74,7 +82,12 @@ def collect_status(ws, repair: bool = False) -> dict:
     for job_id, info in ws.jobs().items():
         own = [by_location[loc] for loc in info.get("tables", []) if loc in by_location]
         totals = {k: sum(t[k] for t in own) for k in ("frames", "done", "failed", "pending")}
-        jobs.append({"job": job_id, "kind": info.get("kind", "?"), "state": info.get("state", "?"),
+        state = info.get("state", "?")
+        if state == "running":  # a job killed without a word stops renewing its lease
+            lease = read_lease(ws.root, job_lease_name(job_id))
+            if lease is not None and not is_live(lease):
+                state = "stale"
+        jobs.append({"job": job_id, "kind": info.get("kind", "?"), "state": state,
                      "updated": info.get("updated"), **totals})
         if info.get("error"):
             jobs[-1]["error"] = info["error"]
@@ -112,6 +125,11 @@ def format_status(report: dict, show_failed: bool = False) -> str:
             media = media if len(media) <= 40 else "..." + media[-37:]
             lines.append(f"{media:40s} {t['stage'][:10]:10s} {t['frames']:7d} {t['done']:6d} "
                          f"{t['failed']:6d} {t['pending']:7d}")
+            if t.get("damaged"):
+                frames = ", ".join(str(i) for i in t["damaged"][:8])
+                frames += " ..." if len(t["damaged"]) > 8 else ""
+                lines.append(f"    {len(t['damaged'])} done frame(s) damaged ({frames}): the next run "
+                             "recomputes them")
             if show_failed:
                 for frame, reason in t["errors"].items():
                     lines.append(f"    frame {frame}: {reason}")
