@@ -124,7 +124,10 @@ def cli(capfd, monkeypatch):
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    from flows.cli.prefect_startup import STARTUP_TIMEOUT_S
+
+    # the CLI's margin for a cold, loaded machine (Prefect's own default here is 30 s)
+    with prefect_test_harness(server_startup_timeout=STARTUP_TIMEOUT_S):
         yield
 
 

@@ -4,8 +4,10 @@ Each subcommand lives in its own module under flows/cli/ with two functions:
 `configure(parser)` adds its arguments, `run(args) -> int` does the work. Modules import torch,
 Prefect and the like inside `run`, so `facereenact --help` stays fast.
 
-User errors (`storage.errors.FacereenactError`) print one line and exit with their code; set
-FACEREENACT_DEBUG=1 to see their traceback as well. Anything else is a bug and keeps its traceback.
+User errors (`storage.errors.FacereenactError`, and Prefect's temporary server failing to start:
+flows/cli/prefect_startup.py) print one line and exit with their code; set FACEREENACT_DEBUG=1 to see
+their traceback as well. Ctrl-C and SIGTERM print one line and exit 130 / 143 (flows/cli/interrupts.py).
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -47,20 +49,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code. When this is the process's entry point (`argv` None), SIGINT and
+    SIGTERM end the process within seconds with one line and exit 130 / 143 (flows/cli/interrupts.py)."""
+    from flows.cli import interrupts, prefect_startup
     from storage.errors import FacereenactError
 
-    args = build_parser().parse_args(argv)
+    entry = argv is None
+    if entry:
+        interrupts.install()
+    prefect_startup.set_default_timeout()
     try:
-        return int(args._run(args) or 0)
-    except FacereenactError as err:
-        if os.environ.get("FACEREENACT_DEBUG"):
-            raise
-        print(f"facereenact: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("facereenact: interrupted; finished frames are cached, run the same command to resume",
-              file=sys.stderr)
-        return 130
+        args = build_parser().parse_args(argv)
+        code = int(args._run(args) or 0)
+    except BaseException as err:
+        if entry and interrupts.STOP.is_set():  # whatever the interrupt became on its way up
+            interrupts.finish()
+        user_error = err if isinstance(err, FacereenactError) else prefect_startup.explain(err)
+        if user_error is not None:
+            if os.environ.get("FACEREENACT_DEBUG"):
+                raise
+            print(f"facereenact: error: {user_error}", file=sys.stderr)
+            return user_error.exit_code
+        if isinstance(err, KeyboardInterrupt):  # in-process callers (tests) keep their own handlers
+            print(f"facereenact: {interrupts.MESSAGE}", file=sys.stderr)
+            return 130
+        raise
+    if entry and interrupts.STOP.is_set():  # an interrupt the command swallowed: it did not finish
+        interrupts.finish()
+    return code
 
 
 if __name__ == "__main__":  # python -m flows.cli

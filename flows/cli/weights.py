@@ -41,11 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     action = {"list": _list, "fetch": _fetch, "verify": _verify, "convert": _convert}[args.action]
-    try:
-        return action(args)
-    except KeyboardInterrupt:
-        print("facereenact: interrupted; run the same command to resume the download", file=sys.stderr)
-        return 130
+    return action(args)  # Ctrl-C: flows.cli.main's one line; a rerun resumes the download
 
 
 def _human(size: int | None) -> str:
