@@ -53,8 +53,13 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # a shared 2-core machine: more threads wait on each other (tests/conftest.py)
     out = Path(args.out).expanduser().absolute()
     work = out / ".demo"
-    work.mkdir(parents=True, exist_ok=True)
     photo_path = sample_path("astronaut.jpg")
+    from flows.reenact import check_not_inputs
+
+    # the demo folder's files must not be the bundled photo (a link to it, say): refused before any work
+    check_not_inputs(photo_path, work / "driving.mp4", out / "reenacted.mp4", work / "generator",
+                     out / "preview.png")
+    work.mkdir(parents=True, exist_ok=True)
 
     try:
         weights = str(require(REAL_WEIGHTS))

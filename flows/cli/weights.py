@@ -122,6 +122,9 @@ def _convert(args: argparse.Namespace) -> int:
         src = weights.require(args.src)
     if not src.is_file():
         raise InputError("no such file, and not a registry name", path=src)
+    from storage.overwrite import check_outputs_not_inputs
+
+    check_outputs_not_inputs([("converted checkpoint", args.dst)], [("checkpoint to convert", src)])
     convert_checkpoint(src, args.dst)
     print(args.dst)
     return 0
