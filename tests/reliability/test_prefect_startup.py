@@ -54,8 +54,8 @@ def failed(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProces
     cases["home_under_a_file"] = (t, {"PREFECT_HOME": str(t / "file" / "home")})
     running = {}
     for name, (t, env) in cases.items():
-        argv = [sys.executable, "-m", "flows.cli", "prepare", str(sample_path("astronaut.jpg")), "--cache", str(t / "cache"),
-                *PREPARE]
+        argv = [sys.executable, "-m", "flows.cli", "prepare", str(sample_path("astronaut.jpg")), "--cache",
+                str(t / "cache"), *PREPARE]
         running[name] = (t, subprocess.Popen(argv, cwd=REPO_ROOT, env={**base, **env}, text=True,
                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     out = {}
