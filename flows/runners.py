@@ -7,6 +7,7 @@ Shared by the dataset inversion (flows/invert.py: batches of frames) and the ree
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -41,7 +42,10 @@ def task_runner(spec: str = "threads", gpu_resources: bool = False) -> TaskRunne
             return ThreadPoolTaskRunner(max_workers=n)
         from prefect_dask import DaskTaskRunner
 
-        cluster = {"n_workers": n, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+        # silence_logs: the workers' own warnings (cancelled tasks on Ctrl-C, which reaches the whole
+        # process group) off; errors still show
+        cluster = {"n_workers": n, "threads_per_worker": 1, "processes": True, "dashboard_address": None,
+                   "silence_logs": logging.ERROR}
         if gpu_resources:
             cluster["resources"] = dict(GPU_RESOURCES)
         return DaskTaskRunner(cluster_kwargs=cluster)
