@@ -71,7 +71,22 @@ def load_jobs(manifest: str | Path, output_dir: str | Path | None = None) -> lis
         except InputError as err:
             raise InputError(f"{job.where}, output: {err}") from None
         checked.append(replace(job, options=options))
+    _check_outputs_not_inputs(checked)
     return checked
+
+
+def _check_outputs_not_inputs(jobs: list[BatchJob]) -> None:
+    """The manifest as a whole: no job's output, preview or sidecar is an input of any job (a source,
+    a driving video, a mapping network) or another job's output."""
+    from flows.reenact import output_files
+    from storage.overwrite import check_outputs_not_inputs
+
+    outputs = [(f"{job.where}, {what}", path) for job in jobs for what, path in output_files(job.output)]
+    inputs = [(f"{job.where}, {what}", path) for job in jobs
+              for what, path in (("source", job.source), ("driving", job.driving),
+                                 *((name, job.options[name]) for name in PATH_OPTIONS
+                                   if name in job.options))]
+    check_outputs_not_inputs(outputs, inputs)
 
 
 def _check_options(job: BatchJob, base: Path) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from tasks import resources
 from tasks.invert import invert_batches, open_latents, settings_of
 from tasks.reenact import map_driving, project_driving, render_output, report_run
 
-__all__ = ["REENACTORS", "reenact"]
+__all__ = ["REENACTORS", "check_not_inputs", "output_files", "reenact"]
 
 # Options of `reenact(**options)` that are not the mode's: the source inversion's and the preview's.
 SOURCE_INVERSION_OPTIONS = {"invert_steps": "steps"}
@@ -78,6 +78,26 @@ REENACTORS: dict[str, Mode] = {
     "projection": Mode(lambda variant, options: projection_config(variant, **options), _project),
     "mapping": Mode(mapping_settings, _map, _check_mapping_model),
 }
+
+
+def output_files(output: str | Path, preview: str | Path | None = None) -> list[tuple[str, Path]]:
+    """The files one reenactment writes: the video, its preview PNG (default OUTPUT.preview.png) and
+    its JSON sidecar, as (what, path) pairs."""
+    from storage.reenact import sidecar_path
+
+    output = Path(output)
+    return [("output", output), ("preview", Path(preview or output.with_suffix(".preview.png"))),
+            ("sidecar", sidecar_path(output))]
+
+
+def check_not_inputs(source: str | Path, driving: str | Path, output: str | Path, weights: str | Path,
+                     preview: str | Path | None = None, mapping: str | Path | None = None) -> None:
+    """Refuse, before any work, an output, preview or sidecar that is one of the run's input files."""
+    from storage.overwrite import check_outputs_not_inputs
+
+    check_outputs_not_inputs(output_files(output, preview),
+                             [("source", source), ("driving video", driving), ("weights", weights),
+                              ("mapping network", mapping)])
 
 
 def invert_source(prepared: dict[str, Any], cache: str, weights: str, steps: int, perceptual: str,
@@ -128,6 +148,7 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str, mo
     options = dict(options)
     invert_steps = int(options.pop("invert_steps", DEFAULT_INVERT_STEPS))
     preview = options.pop("preview", None) or str(Path(output).with_suffix(".preview.png"))
+    check_not_inputs(source, driving, output, weights, preview, options.get("mapping"))  # never overwrite one
     perceptual = options.get("perceptual", "lpips-vgg")
     REENACTORS[mode].check(variant, dict(options))  # bad settings: fail before any work
     G = resources.generator(weights, device)  # missing or broken weights: fail before any work

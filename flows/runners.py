@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -59,8 +60,11 @@ def task_runner(spec: str = "threads", gpu_resources: bool = False) -> TaskRunne
             return _process_pool(n, worker_devices(n))
         from prefect_dask import DaskTaskRunner
 
+        # silence_logs: the workers' own warnings (cancelled tasks on Ctrl-C, which reaches the whole
+        # process group) off; errors still show
         cluster: dict[str, Any] = {"n_workers": n, "threads_per_worker": 1, "processes": True,
-                                   "dashboard_address": None, "worker_devices": worker_devices(n)}
+                                   "dashboard_address": None, "worker_devices": worker_devices(n),
+                                   "silence_logs": logging.ERROR}
         if gpu_resources:
             cluster["resources"] = dict(GPU_RESOURCES)
         return DaskTaskRunner(cluster_class=pinned_local_cluster, cluster_kwargs=cluster)

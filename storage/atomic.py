@@ -16,11 +16,24 @@ from pathlib import Path
 
 from storage.errors import InputError
 
+# Every temporary path handed out in this process, so that an interrupted process can remove the ones
+# still on disk before it exits (flows/cli/interrupts.py: it ends without unwinding the stack).
+PARTIALS: set[Path] = set()
+
 
 def partial_path(target: str | Path) -> Path:
     """A fresh temporary path beside `target` that keeps its suffix (tools pick formats by suffix)."""
     target = Path(target)
-    return target.with_name(f".{target.stem}.partial-{secrets.token_hex(4)}{target.suffix}")
+    tmp = target.with_name(f".{target.stem}.partial-{secrets.token_hex(4)}{target.suffix}")
+    PARTIALS.add(tmp)
+    return tmp
+
+
+def remove_partials() -> None:
+    """Remove every temporary file of `partial_path` still on disk (an interrupted process's)."""
+    for tmp in list(PARTIALS):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def commit(tmp: str | Path, target: str | Path) -> None:
@@ -28,6 +41,7 @@ def commit(tmp: str | Path, target: str | Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, target)
+    PARTIALS.discard(Path(tmp))
     with contextlib.suppress(OSError):  # not every platform/filesystem can fsync a directory
         fd = os.open(Path(target).parent, os.O_RDONLY)
         try:
@@ -59,6 +73,7 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        PARTIALS.discard(tmp)
 
 
 def _raise_user_error(err: OSError, target: Path) -> None:

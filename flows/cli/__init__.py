@@ -7,8 +7,10 @@ errors in the arguments or input files come back in well under two seconds
 (tests/benchmarks/bench_startup.py). Every command takes `--threads` (flows/cli/options.py), applied
 before torch loads.
 
-User errors (`storage.errors.FacereenactError`) print one line and exit with their code; set
-FACEREENACT_DEBUG=1 to see their traceback as well. Anything else is a bug and keeps its traceback.
+User errors (`storage.errors.FacereenactError`, and Prefect's temporary server failing to start:
+flows/cli/prefect_startup.py) print one line and exit with their code; set FACEREENACT_DEBUG=1 to see
+their traceback as well. Ctrl-C and SIGTERM print one line and exit 130 / 143 (flows/cli/interrupts.py).
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -76,30 +78,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code. When this is the process's entry point (`argv` None), SIGINT and
+    SIGTERM end the process within seconds with one line and exit 130 / 143 (flows/cli/interrupts.py)."""
+    from flows.cli import interrupts, prefect_startup
     from flows.cli.options import apply_threads
     from storage.errors import FacereenactError
+    from storage.files import user_error_from_os_error
 
-    args = build_parser().parse_args(argv)
-    apply_threads(args.threads)  # before anything loads torch
+    entry = argv is None
+    if entry:
+        interrupts.install()
+    prefect_startup.set_default_timeout()
     try:
-        return int(args._run(args) or 0)
-    except FacereenactError as err:
-        if os.environ.get("FACEREENACT_DEBUG"):
-            raise
-        print(f"facereenact: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except OSError as err:  # a full disk or an unwritable folder anywhere: one line, not a traceback
-        from storage.files import user_error_from_os_error
-
-        user_error = user_error_from_os_error(err)
-        if user_error is None or os.environ.get("FACEREENACT_DEBUG"):
-            raise
-        print(f"facereenact: error: {user_error}", file=sys.stderr)
-        return user_error.exit_code
-    except KeyboardInterrupt:
-        print("facereenact: interrupted; finished frames are cached, run the same command to resume",
-              file=sys.stderr)
-        return 130
+        args = build_parser().parse_args(argv)
+        apply_threads(args.threads)  # before anything loads torch
+        code = int(args._run(args) or 0)
+    except BaseException as err:
+        if entry and interrupts.STOP.is_set():  # whatever the interrupt became on its way up
+            interrupts.finish()
+        user_error = err if isinstance(err, FacereenactError) else prefect_startup.explain(err)
+        if user_error is None and isinstance(err, OSError):  # a full disk or an unwritable folder
+            user_error = user_error_from_os_error(err)
+        if user_error is not None:
+            if os.environ.get("FACEREENACT_DEBUG"):
+                raise
+            print(f"facereenact: error: {user_error}", file=sys.stderr)
+            return user_error.exit_code
+        if isinstance(err, KeyboardInterrupt):  # in-process callers (tests) keep their own handlers
+            print(f"facereenact: {interrupts.MESSAGE}", file=sys.stderr)
+            return 130
+        raise
+    if entry and interrupts.STOP.is_set():  # an interrupt the command swallowed: it did not finish
+        interrupts.finish()
+    return code
 
 
 if __name__ == "__main__":  # python -m flows.cli

@@ -35,9 +35,13 @@ def cache_of(args: argparse.Namespace) -> str:
 
 def quiet_prefect(verbose: bool) -> None:
     """Prefect's console lines (and its tracebacks of our one-line errors) off unless `verbose`.
-    Call before anything imports Prefect: its logging is configured on import."""
+    Call before anything imports Prefect: its logging is configured on import. Every command that runs
+    a flow calls it, so it also refuses an unusable PREFECT_HOME here, before any work."""
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    from flows.cli.prefect_startup import check_prefect_home
+
+    check_prefect_home()
 
 
 def require_at_least(args: argparse.Namespace, **lows: int) -> None:

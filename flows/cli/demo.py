@@ -58,8 +58,13 @@ def run(args: argparse.Namespace) -> int:
     began = time.monotonic()
     out = Path(args.out).expanduser().absolute()
     work = out / ".demo"
-    work.mkdir(parents=True, exist_ok=True)
     photo_path = sample_path("astronaut.jpg")
+    from flows.reenact import check_not_inputs
+
+    # the demo folder's files must not be the bundled photo (a link to it, say): refused before any work
+    check_not_inputs(photo_path, work / "driving.mp4", out / "reenacted.mp4", work / "generator",
+                     out / "preview.png")
+    work.mkdir(parents=True, exist_ok=True)
 
     try:
         weights = str(require(REAL_WEIGHTS))

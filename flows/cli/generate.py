@@ -121,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
         latents = load_wplus(args.wplus, G.num_ws, G.w_dim)
         names = [f"wplus{i:04d}.png" for i in range(len(latents))]
 
+    from storage.overwrite import check_outputs_not_inputs
+
+    check_outputs_not_inputs([(f"image {name}", args.out / name) for name in names],
+                             [("weights", args.weights), ("W+ file", args.wplus)])
     args.out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         for start in range(0, len(names), args.batch):

@@ -298,7 +298,9 @@ def check_inputs(source: str, driving: str, output: str, mode: str, variant: str
     from storage.atomic import check_writable
 
     check_writable(output)  # a read-only or impossible output folder: fail now, not after the work
-    from flows.reenact import REENACTORS
+    from flows.reenact import REENACTORS, check_not_inputs
+
+    check_not_inputs(source, driving, output, weights, mapping=options.get("mapping"))
 
     if mode not in REENACTORS:
         raise InputError(f"unknown --mode {mode!r} (known: {', '.join(REENACTORS)})")

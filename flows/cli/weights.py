@@ -47,11 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     action = {"list": _list, "fetch": _fetch, "verify": _verify, "convert": _convert}[args.action]
-    try:
-        return action(args)
-    except KeyboardInterrupt:
-        print("facereenact: interrupted; run the same command to resume the download", file=sys.stderr)
-        return 130
+    return action(args)  # Ctrl-C: flows.cli.main's one line; a rerun resumes the download
 
 
 def _human(size: int | None) -> str:
@@ -132,6 +128,9 @@ def _convert(args: argparse.Namespace) -> int:
         src = weights.require(args.src)
     if not src.is_file():
         raise InputError("no such file, and not a registry name", path=src)
+    from storage.overwrite import check_outputs_not_inputs
+
+    check_outputs_not_inputs([("converted checkpoint", args.dst)], [("checkpoint to convert", src)])
     convert_checkpoint(src, args.dst)
     print(args.dst)
     return 0
