@@ -506,6 +506,7 @@ class Workspace:
         if made is not None:
             table = FrameTable(made, location)
             self._check_existing(table, provenance, num_frames, fields)
+            table.reset_damaged()  # done frames with missing / unreadable / NaN data: redo them
             return table
         parent = self.media(media_key)
         try:
