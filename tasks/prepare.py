@@ -21,7 +21,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from models.detection import FaceFlag, FaceSelector, FaceTracker, TrackerState
+from models.detection import DEFAULT_DETECTOR, FaceFlag, FaceSelector, FaceTracker, TrackerState
 from models.face_shape import NUM_POINTS
 from models.face_track import crop_frames, history_start, plan_crops, state_from_history, track_frames
 from models.smoothing import SmoothingConfig
@@ -108,7 +108,8 @@ def open_media(path: str, cache: str) -> dict[str, Any]:
 
 @task(name="track-landmarks", cache_policy=NO_CACHE)
 def track_landmarks(medium: dict[str, Any], cache: str, landmarks: str = "faceapi", device: str = "auto",
-                    detector: str = "haar", face_index: int = 0, progress: bool = False) -> dict[str, Any]:
+                    detector: str = DEFAULT_DETECTOR, face_index: int = 0,
+                    progress: bool = False) -> dict[str, Any]:
     """Detect, track and landmark every frame not done yet, resuming after the last done frame."""
     source = _reopen(medium)
     backend = resources.landmark_backend(landmarks, device)

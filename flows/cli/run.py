@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from flows.cli.common import add_cache_option, quiet_prefect
+from flows.cli.faces import add_detector_option, face_index
 from flows.cli.invert import PERCEPTUAL
 
 DEFAULT_WEIGHTS = "ffhq-1024"
@@ -55,6 +56,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "without the backbone weights (random backbone; recorded in provenance)")
     parser.add_argument("--landmarks", choices=["faceapi", "fan"], default="faceapi",
                         help="landmark backend of tracking and projection (default faceapi)")
+    add_detector_option(parser)
+    parser.add_argument("--face-index", type=face_index, default=0, metavar="N",
+                        help="which face of the driving clip when it shows several: 0 = largest "
+                             "(default), 1 = next, ...")
+    parser.add_argument("--source-face-index", type=face_index, default=0, metavar="N",
+                        help="which face of the source photo: 0 = largest (default), 1 = next, ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--verbose", action="store_true", help="show Prefect's log lines")
 
@@ -76,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     summary = reenact(args.source, args.driving, args.output, args.cache, args.weights, mode=args.mode,
                       variant=args.variant, layout=args.layout, paste_back=args.paste_back,
                       subframes=args.subframes, device=args.device, landmarks=args.landmarks,
-                      progress=not args.quiet, **options)
+                      progress=not args.quiet, detector=args.detector, face_index=args.face_index,
+                      source_face_index=args.source_face_index, **options)
     print(format_summary(summary))
     return 0
 
