@@ -23,6 +23,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
+from flows.conventions import flow_run_name, one_line_failure
 from flows.runners import gpu_annotation, task_runner
 from storage.cache import Workspace
 from storage.errors import InputError, JobFailedError
@@ -120,7 +121,8 @@ def _check_options(job: BatchJob, base: Path) -> dict[str, Any]:
     return options
 
 
-@flow(name="reenact-batch")
+@flow(name="reenact-batch", flow_run_name=flow_run_name("batch"))
+@one_line_failure
 def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_dir: str | None = None,
                   device: str = "auto", landmarks: str = "faceapi", rerun_finished: bool = False,
                   runner: str = "threads", gpu_resources: bool = False) -> dict[str, Any]:

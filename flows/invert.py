@@ -27,6 +27,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
+from flows.conventions import flow_run_name, one_line_failure
 from flows.prepare import prepare_video
 from flows.runners import gpu_annotation
 from models.detection import DEFAULT_DETECTOR
@@ -46,7 +47,8 @@ def job_id(videos: list[str], cache_settings: dict[str, Any]) -> str:
     return f"invert-{provenance_key({'videos': videos, 'settings': cache_settings}, 12)}"
 
 
-@flow(name="invert-dataset")
+@flow(name="invert-dataset", flow_run_name=flow_run_name("invert"))
+@one_line_failure
 def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, batch_size: int = 4,
                    batches_per_task: int = 4, retry_failed: bool = False, perceptual: str = "lpips-vgg",
                    loss_weights: dict[str, float] | None = None, seed: int = 303,

@@ -16,6 +16,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.conventions import flow_run_name, one_line_failure
 from models.detection import DEFAULT_DETECTOR
 from storage.errors import FacereenactError, InputError
 from storage.media import media_kind
@@ -24,7 +25,8 @@ from tasks.prepare import align_crops, open_media, track_landmarks
 __all__ = ["prepare", "prepare_image", "prepare_video"]
 
 
-@flow(name="prepare-video")
+@flow(name="prepare-video", flow_run_name=flow_run_name("prepare-video"))
+@one_line_failure
 def prepare_video(path: str, cache: str, resolution: int = 256, landmarks: str = "faceapi",
                   smoothing: dict[str, Any] | None = None, device: str = "auto", face_index: int = 0,
                   progress: bool = False, detector: str = DEFAULT_DETECTOR) -> dict[str, Any]:
@@ -39,7 +41,8 @@ def prepare_video(path: str, cache: str, resolution: int = 256, landmarks: str =
     return {**medium, "landmarks": marks, "crops": crops}
 
 
-@flow(name="prepare-image")
+@flow(name="prepare-image", flow_run_name=flow_run_name("prepare-image"))
+@one_line_failure
 def prepare_image(path: str, cache: str, resolution: int = 256, landmarks: str = "faceapi",
                   device: str = "auto", face_index: int = 0, progress: bool = False,
                   detector: str = DEFAULT_DETECTOR) -> dict[str, Any]:
@@ -55,7 +58,8 @@ def prepare_image(path: str, cache: str, resolution: int = 256, landmarks: str =
     return {**medium, "landmarks": marks, "crops": crops}
 
 
-@flow(name="prepare")
+@flow(name="prepare", flow_run_name=flow_run_name("prepare"))
+@one_line_failure
 def prepare(paths: list[str], cache: str, resolution: int = 256, landmarks: str = "faceapi",
             smoothing: dict[str, Any] | None = None, device: str = "auto", face_index: int = 0,
             progress: bool = False, detector: str = DEFAULT_DETECTOR) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 from prefect import flow, get_run_logger
 
+from flows.conventions import flow_run_name, one_line_failure
 from flows.prepare import prepare_image, prepare_video
 from models.detection import DEFAULT_DETECTOR, DETECTORS
 from models.inversion import InversionConfig
@@ -101,7 +102,8 @@ def invert_source(prepared: dict[str, Any], cache: str, weights: str, steps: int
             "latents": plan["table"], "latents_key": plan["key"], "computed": plan["todo"]}
 
 
-@flow(name="reenact")
+@flow(name="reenact", flow_run_name=flow_run_name("reenact"))
+@one_line_failure
 def reenact(source: str, driving: str, output: str, cache: str, weights: str, mode: str = "projection",
             variant: str = "identity", layout: str = "result", paste_back: bool = False,
             subframes: bool = False, device: str = "auto", landmarks: str = "faceapi", progress: bool = False,
