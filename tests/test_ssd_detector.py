@@ -87,3 +87,42 @@ def test_cli_choices_are_the_registry():
 
     assert set(faces.DETECTOR_CHOICES) == set(DETECTORS)
     assert faces.DEFAULT_DETECTOR == DEFAULT_DETECTOR
+
+
+def test_face_options_on_run_and_in_batch_manifests(tmp_path):
+    import argparse
+    import shutil
+
+    import yaml
+
+    from flows.batch import load_jobs
+    from flows.cli import run as run_cli
+    from storage.errors import InputError
+    from tests import reenact_data
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    run_cli.configure(parser)
+    base = ["--source", "a.jpg", "--driving", "b.mp4", "-o", "c.mp4"]
+    args = parser.parse_args(base + ["--detector", "haar", "--face-index", "2", "--source-face-index", "1"])
+    assert (args.detector, args.face_index, args.source_face_index) == ("haar", 2, 1)
+    assert parser.parse_args(base).detector == DEFAULT_DETECTOR
+    for bad in (["--detector", "sfd"], ["--face-index", "-1"], ["--face-index", "x"]):
+        with pytest.raises((argparse.ArgumentError, SystemExit)):
+            parser.parse_args(base + bad)
+
+    reenact_data.driving_clip(tmp_path / "drive.mp4", 2)
+    shutil.copy(reenact_data.source(), tmp_path / "face.jpg")
+
+    def manifest(options: dict) -> str:
+        path = tmp_path / "jobs.yaml"
+        path.write_text(yaml.safe_dump({"jobs": [{"name": "j", "source": "face.jpg", "driving": "drive.mp4",
+                                                  "output": "out.mp4", "options": options}]}))
+        return str(path)
+
+    (job,) = load_jobs(manifest({"detector": "haar", "face_index": 1, "source_face_index": 0}))
+    assert job.options == {"detector": "haar", "face_index": 1, "source_face_index": 0}
+    for bad, says in (({"detector": "sfd"}, "unknown detector"), ({"face_index": -1}, "face_index"),
+                      ({"face_index": "1"}, "face_index must be a int"),
+                      ({"source_face_index": True}, "source_face_index")):
+        with pytest.raises(InputError, match=says):
+            load_jobs(manifest(bad))
