@@ -124,7 +124,8 @@ def cli(capfd, monkeypatch):
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # None: PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (the default 30 s is too short under load)
+    with prefect_test_harness(server_startup_timeout=None):
         yield
 
 
