@@ -66,10 +66,15 @@ def _face_transform(face: Face) -> np.ndarray:
     return np.hstack([m, t[:, None]])
 
 
+def face_points(face: Face) -> np.ndarray:
+    """The true (68, 2) points of a pasted face in the frame: dlib's points on the photo, moved."""
+    m = _face_transform(face)
+    return _points() @ m[:, :2].T + m[:, 2]
+
+
 def face_box(face: Face) -> tuple[float, float, float, float]:
     """The true box (x0, y0, x1, y1) of a pasted face: the bounding box of its moved 68 points."""
-    m = _face_transform(face)
-    q = _points() @ m[:, :2].T + m[:, 2]
+    q = face_points(face)
     return float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max())
 
 

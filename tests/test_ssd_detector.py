@@ -126,3 +126,18 @@ def test_face_options_on_run_and_in_batch_manifests(tmp_path):
                       ({"source_face_index": True}, "source_face_index")):
         with pytest.raises(InputError, match=says):
             load_jobs(manifest(bad))
+
+
+def test_tracking_a_55_px_face_in_a_720p_clip(ssd):
+    """The issue's case: a 55 px face in 1280 x 720 frames (Haar: "no face found" on most frames
+    here). With ssd every frame has the face, its landmarks within 3 % of the face's width."""
+    from models.detection import FaceFlag, FaceTracker
+    from models.landmarks import load_landmark_backend
+
+    faces = [face_scenes.Face(700 + 3 * t, 400, 55) for t in range(4)]
+    frames = [face_scenes.render([f], seed=t) for t, f in enumerate(faces)]
+    tracker = FaceTracker(ssd, load_landmark_backend("faceapi").predict_frame)
+    results = list(tracker.track(frames))
+    assert [r.flag for r in results] == [FaceFlag.DETECTED] + [FaceFlag.TRACKED] * 3
+    for result, face in zip(results, faces, strict=True):
+        assert np.abs(result.landmarks - face_scenes.face_points(face)).mean() < 0.03 * face.size
