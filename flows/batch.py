@@ -24,6 +24,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
+from flows.conventions import flow_run_name, one_line_failure
 from flows.runners import gpu_annotation, task_runner
 from storage.cache import Workspace
 from storage.errors import InputError, JobFailedError
@@ -36,7 +37,8 @@ __all__ = ["JOB_KEYWORDS", "PATH_OPTIONS", "batch_id", "format_batch_summary", "
 
 # Keyword arguments of `reenact` that a job's options may set; every other option is the mode's
 # (projection: ProjectionConfig fields such as steps_first, steps_next, perceptual) or `invert_steps`.
-JOB_KEYWORDS = {"variant": str, "layout": str, "paste_back": bool, "subframes": bool}
+JOB_KEYWORDS = {"variant": str, "layout": str, "paste_back": bool, "subframes": bool, "detector": str,
+                "face_index": int, "source_face_index": int}
 # Options that name a file (mode "mapping": its trained network): resolved against the manifest's
 # folder like source and driving, never climbing out of it.
 PATH_OPTIONS = ("mapping",)
@@ -111,6 +113,13 @@ def _check_options(job: BatchJob, base: Path) -> dict[str, Any]:
         raise InputError(f"{where}: unknown variant {options['variant']!r} (known: {', '.join(VARIANTS)})")
     if options.get("layout", "result") not in LAYOUTS:
         raise InputError(f"{where}: unknown layout {options['layout']!r} (known: {', '.join(LAYOUTS)})")
+    from models.detection import DEFAULT_DETECTOR, DETECTORS
+
+    if options.get("detector", DEFAULT_DETECTOR) not in DETECTORS:
+        raise InputError(f"{where}: unknown detector {options['detector']!r} (known: {', '.join(DETECTORS)})")
+    for name in ("face_index", "source_face_index"):
+        if isinstance(options.get(name), bool) or options.get(name, 0) < 0:
+            raise InputError(f"{where}: {name} must be an integer >= 0, got {options[name]!r}")
     invert_steps = options.get("invert_steps", 0)
     if isinstance(invert_steps, bool) or not isinstance(invert_steps, int) or invert_steps < 0:
         raise InputError(f"{where}: invert_steps must be an integer >= 0, got {invert_steps!r}")
@@ -129,7 +138,8 @@ def _check_options(job: BatchJob, base: Path) -> dict[str, Any]:
     return options
 
 
-@flow(name="reenact-batch")
+@flow(name="reenact-batch", flow_run_name=flow_run_name("batch"))
+@one_line_failure
 def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_dir: str | None = None,
                   device: str = "auto", landmarks: str = "faceapi", rerun_finished: bool = False,
                   runner: str = "threads", gpu_resources: bool = False,

@@ -27,8 +27,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
+from flows.conventions import flow_run_name, one_line_failure
 from flows.prepare import prepare_video
 from flows.runners import gpu_annotation
+from models.detection import DEFAULT_DETECTOR
 from models.inversion import InversionConfig
 from storage.cache import Workspace
 from storage.errors import FacereenactError, InputError, JobFailedError
@@ -46,12 +48,14 @@ def job_id(videos: list[str], cache_settings: dict[str, Any]) -> str:
     return f"invert-{provenance_key({'videos': videos, 'settings': cache_settings}, 12)}"
 
 
-@flow(name="invert-dataset")
+@flow(name="invert-dataset", flow_run_name=flow_run_name("invert"))
+@one_line_failure
 def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, batch_size: int = 4,
                    batches_per_task: int = 4, retry_failed: bool = False, perceptual: str = "lpips-vgg",
                    loss_weights: dict[str, float] | None = None, seed: int = 303,
                    max_loss: float | None = None, device: str = "auto", landmarks: str = "faceapi",
-                   face_index: int = 0, gpu_resources: bool = False, progress: bool = False
+                   face_index: int = 0, gpu_resources: bool = False, progress: bool = False,
+                   detector: str = DEFAULT_DETECTOR
                    ) -> dict[str, Any]:
     """Invert every frame of the videos of `dataset` (folder, glob, CSV or JSONL manifest) into W+.
 
@@ -76,12 +80,13 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, ba
     settings = settings_of(config)
     ws = Workspace(cache)
     this_job = job_id(videos, {"weights": G.weights_sha256(), "inversion": settings, "batch_size": batch_size,
-                               "landmarks": landmarks, "face_index": face_index})
+                               "landmarks": landmarks, "face_index": face_index, "detector": detector})
     record = {"kind": "invert", "dataset": str(dataset), "code_version": code_version(),
               "args": {"weights": weights_path, "steps": steps, "batch_size": batch_size,
                        "perceptual": perceptual, "loss_weights": loss_weights or {}, "seed": seed,
                        "max_loss": max_loss, "retry_failed": retry_failed, "device": device,
-                       "landmarks": landmarks, "face_index": face_index, "videos": len(videos)}}
+                       "landmarks": landmarks, "face_index": face_index, "detector": detector,
+                       "videos": len(videos)}}
     tables: list[str] = []
 
     def note(state: str, **extra: Any) -> None:
@@ -101,7 +106,8 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, ba
         for path in videos:
             try:
                 prepared = prepare_video(path, cache, resolution=G.img_resolution, landmarks=landmarks,
-                                         device=device, face_index=face_index, progress=False)
+                                         device=device, face_index=face_index, detector=detector,
+                                         progress=False)
             except FacereenactError as err:
                 failed_videos[path] = str(err)
                 logger.warning(f"skipping {path}: {err}")

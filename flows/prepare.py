@@ -16,6 +16,8 @@ from typing import Any
 
 from prefect import flow
 
+from flows.conventions import flow_run_name, one_line_failure
+from models.detection import DEFAULT_DETECTOR
 from storage.errors import FacereenactError, InputError
 from storage.media import media_kind
 from tasks.prepare import align_crops, open_media, track_landmarks
@@ -23,47 +25,51 @@ from tasks.prepare import align_crops, open_media, track_landmarks
 __all__ = ["prepare", "prepare_image", "prepare_video"]
 
 
-@flow(name="prepare-video")
+@flow(name="prepare-video", flow_run_name=flow_run_name("prepare-video"))
+@one_line_failure
 def prepare_video(path: str, cache: str, resolution: int = 256, landmarks: str = "faceapi",
                   smoothing: dict[str, Any] | None = None, device: str = "auto", face_index: int = 0,
-                  progress: bool = False) -> dict[str, Any]:
+                  progress: bool = False, detector: str = DEFAULT_DETECTOR) -> dict[str, Any]:
     """Landmarks and aligned crops of every frame of a video; frames without a face are kept,
     flagged and interpolated. `smoothing` holds SmoothingConfig fields (default: One-Euro)."""
     medium = open_media(path, cache)
     if medium["kind"] != "video":
         raise InputError("is a still image, not a video (prepare it as a source image)", path=path)
-    marks = track_landmarks(medium, cache, landmarks=landmarks, device=device, face_index=face_index,
-                            progress=progress)
+    marks = track_landmarks(medium, cache, landmarks=landmarks, device=device, detector=detector,
+                            face_index=face_index, progress=progress)
     crops = align_crops(medium, marks, cache, resolution=resolution, smoothing=smoothing, progress=progress)
     return {**medium, "landmarks": marks, "crops": crops}
 
 
-@flow(name="prepare-image")
+@flow(name="prepare-image", flow_run_name=flow_run_name("prepare-image"))
+@one_line_failure
 def prepare_image(path: str, cache: str, resolution: int = 256, landmarks: str = "faceapi",
-                  device: str = "auto", face_index: int = 0, progress: bool = False) -> dict[str, Any]:
+                  device: str = "auto", face_index: int = 0, progress: bool = False,
+                  detector: str = DEFAULT_DETECTOR) -> dict[str, Any]:
     """Landmarks and the aligned crop of a source image: the largest face, or the `face_index`-th
     by size. No face is a NoFaceError (a source must show one)."""
     medium = open_media(path, cache)
     if medium["kind"] != "image":
         raise InputError("is a video, not a still image", path=path)
-    marks = track_landmarks(medium, cache, landmarks=landmarks, device=device, face_index=face_index,
-                            progress=progress)
+    marks = track_landmarks(medium, cache, landmarks=landmarks, device=device, detector=detector,
+                            face_index=face_index, progress=progress)
     crops = align_crops(medium, marks, cache, resolution=resolution, smoothing={"method": "none"},
                         progress=progress)
     return {**medium, "landmarks": marks, "crops": crops}
 
 
-@flow(name="prepare")
+@flow(name="prepare", flow_run_name=flow_run_name("prepare"))
+@one_line_failure
 def prepare(paths: list[str], cache: str, resolution: int = 256, landmarks: str = "faceapi",
             smoothing: dict[str, Any] | None = None, device: str = "auto", face_index: int = 0,
-            progress: bool = False) -> list[dict[str, Any]]:
+            progress: bool = False, detector: str = DEFAULT_DETECTOR) -> list[dict[str, Any]]:
     """Prepare each video or image in `paths`. One bad input does not stop the others; at the end,
     any failure is raised (the only one as it was, several as one JobFailedError listing them)."""
     done: list[dict[str, Any]] = []
     failed: list[tuple[str, FacereenactError]] = []
     for path in paths:
         options = {"resolution": resolution, "landmarks": landmarks, "device": device,
-                   "face_index": face_index, "progress": progress}
+                   "face_index": face_index, "progress": progress, "detector": detector}
         try:
             if media_kind(path) == "image":
                 done.append(prepare_image(path, cache, **options))

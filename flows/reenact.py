@@ -24,7 +24,9 @@ from typing import Any, NamedTuple
 
 from prefect import flow, get_run_logger
 
+from flows.conventions import flow_run_name, one_line_failure
 from flows.prepare import prepare_image, prepare_video
+from models.detection import DEFAULT_DETECTOR, DETECTORS
 from models.inversion import InversionConfig
 from models.reenact import VARIANTS, load_mapping, mapping_settings, projection_config
 from storage.cache import Workspace
@@ -120,10 +122,12 @@ def invert_source(prepared: dict[str, Any], cache: str, weights: str, steps: int
             "latents": plan["table"], "latents_key": plan["key"], "computed": plan["todo"]}
 
 
-@flow(name="reenact")
+@flow(name="reenact", flow_run_name=flow_run_name("reenact"))
+@one_line_failure
 def reenact(source: str, driving: str, output: str, cache: str, weights: str, mode: str = "projection",
             variant: str = "identity", layout: str = "result", paste_back: bool = False,
             subframes: bool = False, device: str = "auto", landmarks: str = "faceapi", progress: bool = False,
+            detector: str = DEFAULT_DETECTOR, face_index: int = 0, source_face_index: int = 0,
             **options: Any) -> dict[str, Any]:
     """Reenact the face of `source` (a photo) with the motion of `driving` (a video) into `output`.
 
@@ -131,6 +135,9 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str, mo
     variant:   "identity" (keep the source's look) or "free" (seed 000's identity-free variant)
     layout:    "result" or "side-by-side" (look | driving | result); `paste_back` puts the result
                into the original driving frames; `subframes` doubles the frame rate (latent midpoints)
+    detector:  face detector of both inputs ("ssd" default, "haar"; models/detection.py)
+    face_index, source_face_index: which face of the driving clip / the source photo, when they show
+               several: 0 = the largest (default), 1 = the next, ...
     options:   the mode's settings (projection: ProjectionConfig fields, e.g. steps_first=300,
                steps_next=50, perceptual="lpips-vgg"), `invert_steps` (the source inversion's steps,
                default 1000; it uses the same `perceptual`), `preview` (PNG path; default
@@ -145,6 +152,11 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str, mo
         raise InputError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
+    if detector not in DETECTORS:
+        raise InputError(f"unknown face detector {detector!r} (known: {', '.join(DETECTORS)})")
+    for name, index in (("face index", face_index), ("source face index", source_face_index)):
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise InputError(f"the {name} must be an integer >= 0, got {index!r}")
     options = dict(options)
     invert_steps = int(options.pop("invert_steps", DEFAULT_INVERT_STEPS))
     preview = options.pop("preview", None) or str(Path(output).with_suffix(".preview.png"))
@@ -157,9 +169,10 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str, mo
     weights_path = str(G.source_path or weights)
     resolution = G.img_resolution
 
-    prep = {"resolution": resolution, "landmarks": landmarks, "device": device, "progress": progress}
-    driving_prepared = prepare_video(driving, cache, **prep)
-    source_prepared = prepare_image(source, cache, **prep)
+    prep = {"resolution": resolution, "landmarks": landmarks, "device": device, "progress": progress,
+            "detector": detector}
+    driving_prepared = prepare_video(driving, cache, face_index=face_index, **prep)
+    source_prepared = prepare_image(source, cache, face_index=source_face_index, **prep)
     source_face = invert_source(source_prepared, cache, weights_path, invert_steps, perceptual, device)
     driving_info = {"key": driving_prepared["key"], "path": driving_prepared["path"],
                     "fps": driving_prepared["fps"], "crops": driving_prepared["crops"]["table"]}

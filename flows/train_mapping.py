@@ -22,12 +22,14 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.conventions import flow_run_name, one_line_failure
 from tasks.train_mapping import DEFAULT_SETTINGS, inspect_data, train_network
 
 __all__ = ["format_summary", "train_mapping"]
 
 
-@flow(name="train-mapping")
+@flow(name="train-mapping", flow_run_name=flow_run_name("train-mapping"))
+@one_line_failure
 def train_mapping(cache: str, out: str, steps: int = 1000, checkpoint_every: int = 100,
                   settings: dict[str, Any] | None = None, weights: str | None = None,
                   device: str = "auto") -> dict[str, Any]:
@@ -35,7 +37,8 @@ def train_mapping(cache: str, out: str, steps: int = 1000, checkpoint_every: int
 
     `settings` override tasks.train_mapping.DEFAULT_SETTINGS (representation, batch_size, image_loss,
     learning_rate, seed, held_out, split, inversion); `weights` (the generator the latents came from)
-    is needed when image_loss > 0. Returns the summary (also a markdown artifact "train-mapping").
+    is needed when image_loss > 0. Returns the summary (also a markdown artifact keyed
+"train-mapping-<checkpoint name>-<hash of its path>": one history per checkpoint).
     """
     logger = get_run_logger()
     began = time.monotonic()
@@ -63,6 +66,8 @@ def _number(value: Any) -> str:
 def _artifact(summary: dict[str, Any]) -> None:
     from prefect.artifacts import create_markdown_artifact
 
+    from tasks.conventions import artifact_key
+
     t, d, held = summary["training"], summary["data"], summary["training"]["held_out"]
     rows = [("steps", t["steps"]), ("resumed from step", t["resumed_from"]),
             ("training latent MSE (last steps)", t["train_mse"]),
@@ -78,7 +83,7 @@ def _artifact(summary: dict[str, Any]) -> None:
              ("checkpoint", f"`{t['checkpoint']}`"), ("loss curve", f"`{t['plot']}`")]
     table = "\n".join(f"| {name} | {_number(value)} |" for name, value in rows)
     create_markdown_artifact(
-        key="train-mapping",
+        key=artifact_key("train-mapping", t["checkpoint"]),
         markdown=f"# Mapping network training\n\n| quantity | value |\n|---|---|\n{table}\n\n"
                  f"Loss curve (PNG): `{t['plot']}`\n",
         description=f"mapping network {t['checkpoint']}: {t['steps']} steps")

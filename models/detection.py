@@ -3,8 +3,18 @@
 Detectors follow face-alignment's pattern: one small interface (`FaceDetector.detect`) with pluggable
 backends behind it, registered by name in `DETECTORS`. Backends here:
 
+- `ssd` (the default): face-api's SSD MobileNet v1 face detector, ported to PyTorch
+  (models/ssd_mobilenet.py) with the weights vendored from the npm package (models/assets/faceapi/).
+  The net sees a 512 x 512 square, so a wide frame is also cut into overlapping squares (tiles) that
+  are detected at a larger scale: faces of 40-60 px in a 1280 x 720 frame are found, and turned or
+  tilted faces that the Haar cascade misses. About 0.15 s per pass on one CPU thread, 3 passes for a
+  720p frame; the tracker detects only on the first frame, when the face is lost, and every
+  `redetect_every` frames.
 - `haar`: OpenCV's Haar cascades, shipped inside opencv-python(-headless) 4.x under
-  `cv2.data.haarcascades` (5.0 dropped them). Offline, no weights to fetch, frontal faces only.
+  `cv2.data.haarcascades` (5.0 dropped them). Offline, no weights to fetch, frontal faces only, and
+  faces below about 50 px in a 720p frame are missed (frames are shrunk to 640 px first).
+
+tests/benchmarks/bench_detection.py measures both on frames with small and with several faces.
 
 Box convention, shared by every backend and by `box_from_landmarks`: (x0, y0, x1, y1) in pixels of the
 frame, pixel centres at integer coordinates, and the box encloses the face's 68 points (brows to chin,
@@ -36,7 +46,9 @@ __all__ = [
     "FaceFlag",
     "FaceSelector",
     "FaceTracker",
+    "DEFAULT_DETECTOR",
     "HaarCascadeDetector",
+    "SsdMobilenetDetector",
     "TrackResult",
     "TrackerState",
     "box_from_landmarks",
@@ -286,10 +298,140 @@ class HaarCascadeDetector(FaceDetector):
         return boxes
 
 
-DETECTORS: dict[str, type[FaceDetector]] = {"haar": HaarCascadeDetector}
+class SsdMobilenetDetector(FaceDetector):
+    """face-api's SSD MobileNet v1 face detector (models/ssd_mobilenet.py), on the CPU.
+
+    The frame is detected whole (padded to a square, resized to the net's 512 px) and, when it is
+    larger than `tile` pixels, also in overlapping square tiles of side `tile` (at least 20 % overlap),
+    each resized to 512 px: a 55 px face in a 1280 x 720 frame is 22 px in the whole-frame pass and
+    39 px in a tile's. Detections of all passes are merged by non-maximum suppression (a box mostly
+    inside a better one is dropped too: a face cut by a tile's edge).
+
+    Args:
+        min_score: smallest face score kept (face-api's default 0.5).
+        tile: side of the tiles in frame pixels (0: whole frame only).
+        weights: a TF.js manifest (or its folder) instead of the vendored weights.
+
+    The net is loaded on the first `detect`, so `settings()` (cache keys) costs no network.
+    """
+
+    name = "ssd"
+
+    # face-api's box is taller than the face's 68 points and sits higher. Measured on 32 faces of
+    # tests/face_scenes.py (40-140 px, some turned and tilted): the points' centre is 0.126 box
+    # heights below the box's centre (sd 0.03) and their extent 0.80 box heights (sd 0.05); on the
+    # 512 px astronaut portrait 0.91 against dlib's points. 0.9 keeps the jaw inside at every size.
+    _SHIFT_DOWN = 0.126
+    _EXTENT = 0.9
+    _MARGIN = 0.1  # box_from_landmarks's default margin
+    _MERGE_IOU = 0.3
+    _MERGE_INSIDE = 0.6  # fraction of a box's area inside a better box that drops it
+    _TILE_OVERLAP = 0.2
+
+    def __init__(self, min_score: float = 0.5, tile: int = 720, weights: str | None = None) -> None:
+        if not 0.0 < min_score < 1.0:
+            raise ValueError(f"min_score must be in (0, 1), got {min_score}")
+        if tile < 0:
+            raise ValueError(f"tile must be >= 0, got {tile}")
+        self.min_score = float(min_score)
+        self.tile = int(tile)
+        self.weights = weights
+        self._net = None
+        self._sha256: str | None = None
+
+    def __repr__(self) -> str:
+        return f"SsdMobilenetDetector(min_score={self.min_score}, tile={self.tile}, weights={self.weights!r})"
+
+    def _manifest(self):
+        from models.ssd_mobilenet import SSD_MANIFEST
+
+        return SSD_MANIFEST if self.weights is None else self.weights
+
+    def settings(self) -> dict:
+        if self._sha256 is None:
+            from pathlib import Path
+
+            from models.ssd_mobilenet import SSD_MANIFEST
+            from models.tfjs_weights import tfjs_weights_sha256
+
+            path = Path(self._manifest())
+            self._sha256 = tfjs_weights_sha256(path / SSD_MANIFEST.name if path.is_dir() else path)
+        return {"detector": self.name, "weights_sha256": self._sha256, "min_score": self.min_score,
+                "tile": self.tile}
+
+    def _load(self):
+        if self._net is None:
+            from models.ssd_mobilenet import load_ssd_mobilenet
+
+            self._net, self._sha256, _ = load_ssd_mobilenet(self._manifest())
+        return self._net
+
+    def windows(self, height: int, width: int) -> list[tuple[int, int, int]]:
+        """The passes over a frame: (x, y, side) squares, the whole frame first (side = its longer
+        side, padded bottom/right), then the tiles."""
+        out = [(0, 0, max(height, width))]
+        if self.tile and max(height, width) > self.tile:
+            side = min(self.tile, height, width)
+            starts = []
+            for length in (width, height):
+                n = int(np.ceil(max(length - side, 0) / (side * (1 - self._TILE_OVERLAP)))) + 1
+                starts.append(np.linspace(0, length - side, n).round().astype(int).tolist())
+            out += [(x, y, side) for y in starts[1] for x in starts[0]]
+        return out
+
+    def _detect(self, frame: np.ndarray) -> list[FaceBox]:
+        import torch
+
+        from models.ssd_mobilenet import INPUT_SIZE, nms
+
+        net = self._load()
+        h, w = frame.shape[:2]
+        batch, placed = [], []
+        for x, y, side in self.windows(h, w):
+            square = np.zeros((side, side, 3), np.uint8)
+            crop = frame[y:y + side, x:x + side]
+            square[:crop.shape[0], :crop.shape[1]] = crop
+            shrink = cv2.INTER_AREA if side > INPUT_SIZE else cv2.INTER_LINEAR
+            batch.append(cv2.resize(square, (INPUT_SIZE, INPUT_SIZE), interpolation=shrink))
+            placed.append((x, y, side))
+        boxes, scores = [], []
+        for k in range(0, len(batch), 4):  # a few passes per call: bounded memory for 4K frames
+            chunk = torch.from_numpy(np.stack(batch[k:k + 4])).permute(0, 3, 1, 2).float() / 255.0
+            with torch.inference_mode():
+                b, s = net(chunk)
+            for j, (x, y, side) in enumerate(placed[k:k + 4]):
+                # (ymin, xmin, ymax, xmax) fractions of the square -> frame pixel edges (x0, y0, x1, y1)
+                yx = b[j].numpy().astype(np.float64)[:, [1, 0, 3, 2]]
+                boxes.append(yx * side + np.array([x, y, x, y]) - 0.5)
+                scores.append(s[j].numpy().astype(np.float64))
+        boxes_all, scores_all = np.concatenate(boxes), np.concatenate(scores)
+        # Clip to the frame (the padding is not image) before merging, as face-api clips to [0, 1].
+        boxes_all = np.clip(boxes_all, -0.5, np.array([w, h, w, h]) - 0.5)
+        keep = nms(boxes_all, scores_all, self._MERGE_IOU, self.min_score, 100)
+        kept: list[int] = []
+        for i in keep:  # drop a box mostly inside a better one (a face cut by a tile edge)
+            b = boxes_all[i]
+            area = max(b[2] - b[0], 0) * max(b[3] - b[1], 0)
+            inside = [max(0, min(b[2], o[2]) - max(b[0], o[0])) * max(0, min(b[3], o[3]) - max(b[1], o[1]))
+                      for o in boxes_all[kept]]
+            if area <= 0 or any(v > self._MERGE_INSIDE * area for v in inside):
+                continue
+            kept.append(int(i))
+        out = []
+        for i in kept:
+            x0, y0, x1, y1 = boxes_all[i]
+            bh = y1 - y0
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 + self._SHIFT_DOWN * bh
+            half = self._EXTENT * bh * (1 + self._MARGIN) / 2
+            out.append(FaceBox(cx - half, cy - half, cx + half, cy + half, float(scores_all[i])))
+        return out
 
 
-def make_detector(name: str = "haar", **kwargs) -> FaceDetector:
+DETECTORS: dict[str, type[FaceDetector]] = {"ssd": SsdMobilenetDetector, "haar": HaarCascadeDetector}
+DEFAULT_DETECTOR = "ssd"
+
+
+def make_detector(name: str = DEFAULT_DETECTOR, **kwargs) -> FaceDetector:
     """A detector backend by name (see DETECTORS), constructed with `kwargs`."""
     try:
         cls = DETECTORS[name]

@@ -21,7 +21,7 @@ from tasks.gpu import gpu_task
 __all__ = ["run_job"]
 
 
-@gpu_task(name="run-job", cache_policy=NO_CACHE)
+@gpu_task(name="run-job", cache_policy=NO_CACHE, task_run_name="job/{name}")
 def run_job(name: str, source: str, driving: str, output: str, cache: str, weights: str, mode: str,
             options: dict[str, Any], device: str = "auto", landmarks: str = "faceapi",
             progress: bool = False) -> dict[str, Any]:
@@ -35,8 +35,9 @@ def run_job(name: str, source: str, driving: str, output: str, cache: str, weigh
             from flows.reenact import reenact
         except ImportError as err:  # pragma: no cover - the reenact flow ships beside the batch
             raise InputError(f"the reenact flow is not available in this installation ({err})") from None
-        result = reenact(source, driving, output, cache, weights, mode=mode, device=device,
-                         landmarks=landmarks, progress=progress, **options)
+        named = reenact.with_options(flow_run_name=lambda: f"reenact/{name}")  # the job's name in the UI
+        result = named(source, driving, output, cache, weights, mode=mode, device=device, landmarks=landmarks,
+                       progress=progress, **options)
     except FacereenactError as err:
         return {"worker": worker, "error": str(err)}
     except Exception as err:  # a bug in one job must not stop the batch: recorded, traceback logged

@@ -38,6 +38,7 @@ from storage.latents import LatentCache, fixed_batches, frame_seed, latents_prov
 from storage.leases import Lease
 from storage.provenance import canonical_json
 from tasks import resources
+from tasks.conventions import TRANSIENT_IO, run_name
 from tasks.gpu import GPU_TAG, gpu_task
 
 __all__ = ["GPU_TAG", "batch_lease_name", "config_from_settings", "invert_batches", "open_latents",
@@ -58,7 +59,8 @@ def _provenance(G: Generator, config: InversionConfig, crops_key: str, device: t
     return latents_provenance(inversion_provenance(G, config, inversion_losses(config, device)), crops_key)
 
 
-@task(name="open-latents", cache_policy=NO_CACHE)
+@task(name="open-latents", cache_policy=NO_CACHE, task_run_name=run_name("open-latents", "prepared"),
+      **TRANSIENT_IO)
 def open_latents(prepared: dict[str, Any], cache: str, weights: str, settings: dict[str, Any],
                  batch_size: int, retry_failed: bool = False, device: str = "auto") -> dict[str, Any]:
     """The latent table of a prepared video under this inversion's provenance (created if new), and
@@ -84,7 +86,8 @@ def _batches_run_name() -> str:
     return f"invert-{p['name']}-frames-{p['batches'][0][0]}-{p['batches'][-1][1] - 1}"
 
 
-@gpu_task(name="invert-batches", cache_policy=NO_CACHE, task_run_name=_batches_run_name)
+@gpu_task(name="invert-batches", cache_policy=NO_CACHE, task_run_name=_batches_run_name,
+          **TRANSIENT_IO)
 def invert_batches(cache: str, table: str, crops_table: str, media_key: str, name: str, weights: str,
                    settings: dict[str, Any], batches: list[list[int]], retry_failed: bool = False,
                    max_loss: float | None = None, device: str = "auto") -> dict[str, Any]:

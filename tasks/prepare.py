@@ -14,14 +14,15 @@ Tables (under media/<sha256 of the file>/, see docs/prepare.md):
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from models.detection import FaceFlag, FaceSelector, FaceTracker, TrackerState
+from models.detection import DEFAULT_DETECTOR, FaceFlag, FaceSelector, FaceTracker, TrackerState
 from models.face_shape import NUM_POINTS
 from models.face_track import (
     MIN_FACE_CONTRAST,
@@ -37,6 +38,7 @@ from storage.errors import InputError, JobFailedError, NoFaceError
 from storage.media import Medium, open_medium
 from storage.provenance import base_provenance
 from tasks import resources
+from tasks.conventions import TRANSIENT_IO, run_name
 
 __all__ = [
     "CROP_BORDER",
@@ -104,20 +106,26 @@ def _fail_missing(table: FrameTable, missing: Iterable[int], what: str) -> None:
         table.fail(missing, f"frame never decoded (the file ends early) during {what}")
 
 
-@task(name="open-media", cache_policy=NO_CACHE)
+@task(name="open-media", cache_policy=NO_CACHE, task_run_name=run_name("open-media", "path"), **TRANSIENT_IO)
 def open_media(path: str, cache: str) -> dict[str, Any]:
     """Check the file, key it by its content, record it in the cache. Returns its summary."""
     medium = open_medium(path)
     Workspace(cache).media(medium.key, medium.info())
+    fps = f" at {medium.fps} fps" if medium.fps else ""
+    get_run_logger().info(f"{medium.path.name}: {medium.kind}, {medium.frame_count} frame(s) of "
+                          f"{medium.width}x{medium.height}{fps}; content key {medium.key[:12]}")
     return {"path": str(medium.path), "key": medium.key, "kind": medium.kind, "frames": medium.frame_count,
             "fps": None if medium.fps is None else str(medium.fps), "width": medium.width,
             "height": medium.height, "warnings": list(medium.warnings)}
 
 
-@task(name="track-landmarks", cache_policy=NO_CACHE)
+@task(name="track-landmarks", cache_policy=NO_CACHE, task_run_name=run_name("landmarks", "medium"),
+      **TRANSIENT_IO)
 def track_landmarks(medium: dict[str, Any], cache: str, landmarks: str = "faceapi", device: str = "auto",
-                    detector: str = "haar", face_index: int = 0, progress: bool = False) -> dict[str, Any]:
+                    detector: str = DEFAULT_DETECTOR, face_index: int = 0,
+                    progress: bool = False) -> dict[str, Any]:
     """Detect, track and landmark every frame not done yet, resuming after the last done frame."""
+    began = time.monotonic()
     source = _reopen(medium)
     backend = resources.landmark_backend(landmarks, device)
     tracker = FaceTracker(resources.face_detector(detector), backend.predict_frame,
@@ -132,7 +140,13 @@ def track_landmarks(medium: dict[str, Any], cache: str, landmarks: str = "faceap
         computed = table.write_stream(_progress(records, table.num_frames - start,
                                                 f"landmarks {source.path.name}", progress))
         _fail_missing(table, range(start + computed, table.num_frames), "tracking")
-    return _landmarks_summary(table, source, computed, face_index)
+    summary = _landmarks_summary(table, source, computed, face_index)
+    get_run_logger().info(
+        f"landmarks {source.path.name}: {computed} of {table.num_frames} frame(s) tracked in "
+        f"{time.monotonic() - began:.1f} s ({start} done before, skipped); detector {detector}, face index "
+        f"{face_index}: {summary['detected']} detected, {summary['tracked']} tracked, {summary['lost']} "
+        "without a face")
+    return summary
 
 
 def _resume_state(table: FrameTable, start: int) -> TrackerState:
@@ -160,10 +174,11 @@ def _landmarks_summary(table: FrameTable, source: Medium, computed: int, face_in
             "lost": int(counts[FaceFlag.LOST])}
 
 
-@task(name="align-crops", cache_policy=NO_CACHE)
+@task(name="align-crops", cache_policy=NO_CACHE, task_run_name=run_name("crops", "medium"), **TRANSIENT_IO)
 def align_crops(medium: dict[str, Any], landmarks: dict[str, Any], cache: str, resolution: int = 256,
                 smoothing: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
     """Fill the frames without a face, smooth the whole track, and crop every frame not done yet."""
+    began = time.monotonic()
     source = _reopen(medium)
     config = SmoothingConfig(**(smoothing or {}))
     ws = Workspace(cache)
@@ -182,5 +197,9 @@ def align_crops(medium: dict[str, Any], landmarks: dict[str, Any], cache: str, r
         if table.failed_frames().size:
             raise JobFailedError(f"{table.failed_frames().size} frame(s) could not be cropped "
                                  "(the file ends early)", path=source.path)
+    get_run_logger().info(
+        f"crops {source.path.name}: {computed} of {table.num_frames} frame(s) cropped at {resolution} px in "
+        f"{time.monotonic() - began:.1f} s ({table.num_frames - todo.size} done before, skipped); "
+        f"{int(plan.interpolated.sum())} frame(s) without a face filled by interpolation")
     return {"table": table.location, "key": table.key, "frames": table.num_frames, "computed": computed,
             "interpolated": int(plan.interpolated.sum()), "resolution": int(resolution)}

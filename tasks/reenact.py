@@ -13,7 +13,7 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -37,6 +37,7 @@ from storage.leases import table_lease
 from storage.provenance import code_version, provenance_key, sha256_file
 from storage.reenact import ReenactCache, read_sidecar, sidecar_path, write_sidecar
 from tasks import resources
+from tasks.conventions import TRANSIENT_IO, artifact_key, run_name
 from tasks.gpu import gpu_task
 
 __all__ = ["map_driving", "project_driving", "render_output", "report_run"]
@@ -50,7 +51,7 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
-@gpu_task(name="project", cache_policy=NO_CACHE)
+@gpu_task(name="project", cache_policy=NO_CACHE, task_run_name=run_name("project", "driving"), **TRANSIENT_IO)
 def project_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any],
                     variant: str, settings: dict[str, Any], device: str = "auto", landmarks: str = "faceapi",
                     progress: bool = False) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def project_driving(cache: str, weights: str, source: dict[str, Any], driving: d
     return _table_summary(table, done)
 
 
-@gpu_task(name="map", cache_policy=NO_CACHE)
+@gpu_task(name="map", cache_policy=NO_CACHE, task_run_name=run_name("map", "driving"), **TRANSIENT_IO)
 def map_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
                 settings: dict[str, Any], device: str = "auto", landmarks: str = "faceapi",
                 progress: bool = False) -> dict[str, Any]:
@@ -123,17 +124,23 @@ def map_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[
         claim.release()
         if bar is not None:
             bar.close()
-    return _table_summary(table, done)
+    return _table_summary(table, done, "mapped")
 
 
-def _table_summary(table: ReenactCache, done: dict[str, Any]) -> dict[str, Any]:
+def _table_summary(table: ReenactCache, done: dict[str, Any], what: str = "projected") -> dict[str, Any]:
+    counts = table.counts()
+    failed_now = f"; {len(done['failed'])} failed in this run" if done["failed"] else ""
+    get_run_logger().info(
+        f"{what} {done['computed']} of {table.num_frames} frame(s) in {done['seconds']:.1f} s (from frame "
+        f"{done['start']}; the frames before were done, skipped); {counts.get('done', 0)} done, "
+        f"{counts.get('failed', 0)} failed in all{failed_now}")
     return {"table": table.location, "key": table.key, "frames": table.num_frames, **table.counts(),
             "resumed_from": done["start"], "computed": done["computed"],
             "failed_now": {str(k): v for k, v in done["failed"].items()},
             "seconds": round(done["seconds"], 3)}
 
 
-@gpu_task(name="render", cache_policy=NO_CACHE)
+@gpu_task(name="render", cache_policy=NO_CACHE, task_run_name=run_name("render", "output"), **TRANSIENT_IO)
 def render_output(cache: str, weights: str, projected: dict[str, Any], source: dict[str, Any],
                   driving: dict[str, Any], output: str, layout: str = "result", paste_back: bool = False,
                   subframes: bool = False, preview: str | None = None, device: str = "auto",
@@ -150,6 +157,7 @@ def render_output(cache: str, weights: str, projected: dict[str, Any], source: d
     render_key = provenance_key(settings)
     made = read_sidecar(output)
     if made is not None and made.get("render_key") == render_key and _unchanged(output, made):
+        get_run_logger().info(f"render skipped: {output} is already made from this table with these settings")
         return {**made, "rendered": False}
     G = resources.generator(weights, device)
     crops = ws.open_table(source["crops"])
@@ -171,6 +179,8 @@ def render_output(cache: str, weights: str, projected: dict[str, Any], source: d
     record = _record(table, video, settings, output, preview)
     record["render_key"] = render_key
     write_sidecar(output, record)
+    get_run_logger().info(f"rendered {video['frames']} frame(s) to {output} in {video['seconds']:.1f} s "
+                          f"({len(video['held'])} failed frame(s) held)")
     return {**record, "rendered": True}
 
 
@@ -214,7 +224,7 @@ def _record(table: ReenactCache, video: dict[str, Any], settings: dict[str, Any]
     }
 
 
-@task(name="report", cache_policy=NO_CACHE)
+@task(name="report", cache_policy=NO_CACHE, task_run_name=run_name("report", "summary"), **TRANSIENT_IO)
 def report_run(summary: dict[str, Any]) -> None:
     """Prefect artifacts of the run: per-frame landmark error and seconds, the output and preview."""
     per = summary["per_frame"]
@@ -223,12 +233,14 @@ def report_run(summary: dict[str, Any]) -> None:
              "steps": per["steps"][i], "no_face": bool(per["interpolated"][i]),
              "status": status[per["status"][i]]}
             for i in range(len(per["nme"]))]
-    create_table_artifact(rows, key="reenact-frames", description="Per-frame landmark NME and seconds")
+    create_table_artifact(rows, key=artifact_key("reenact-frames", summary["output"]),
+                          description=f"Per-frame landmark NME and seconds of {summary['output']}")
     m = summary["metrics"]
     lines = [f"**output**: `{summary['output']}` ({summary['frames']} frames at {summary['fps']} fps)",
              f"**preview**: `{summary['preview']}`" if summary.get("preview") else "",
              f"**sidecar**: `{summary['sidecar']}`",
              f"mean landmark NME {m['landmark_nme']}, identity similarity {m['identity_similarity']}, "
              f"landmark jitter {m['landmark_jitter']}, {m['seconds_per_frame']} s per frame"]
-    create_markdown_artifact("\n\n".join(line for line in lines if line), key="reenact-output",
+    create_markdown_artifact("\n\n".join(line for line in lines if line),
+                             key=artifact_key("reenact-output", summary["output"]),
                              description="Reenacted video, preview image and metrics")

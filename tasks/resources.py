@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from models.checkpoints import load_generator, resolve_weights
-from models.detection import FaceDetector, make_detector
+from models.detection import DEFAULT_DETECTOR, FaceDetector, make_detector
 from models.device import resolve_device
 from models.landmarks import LandmarkBackend, load_landmark_backend
 from models.stylegan2 import Generator
@@ -32,7 +32,7 @@ def _landmark_backend(name: str, device: str, weights: str | None) -> LandmarkBa
 
 
 @lru_cache(maxsize=8)
-def face_detector(name: str = "haar") -> FaceDetector:
+def face_detector(name: str = DEFAULT_DETECTOR) -> FaceDetector:
     """The face detector `name` with its default settings, shared (detectors hold no per-video state)."""
     return make_detector(name)
 

@@ -37,6 +37,7 @@ from storage.cache import Workspace
 from storage.errors import CacheError, CheckpointError, InputError
 from storage.mapping_data import TrainingData, split_held_out, training_videos
 from storage.provenance import canonical_json
+from tasks.conventions import TRANSIENT_IO, run_name
 from tasks.gpu import GPU_TAG, gpu_task
 
 __all__ = ["DEFAULT_SETTINGS", "GPU_TAG", "Plan", "check_checkpoint", "evaluate_held_out", "inspect_data",
@@ -267,7 +268,8 @@ def data_summary(plan: Plan) -> dict[str, Any]:
             "per_video": {v.name: v.counts for v in data.videos}}
 
 
-@task(name="inspect-training-data", cache_policy=NO_CACHE)
+@task(name="inspect-training-data", cache_policy=NO_CACHE,
+      task_run_name=run_name("inspect-training-data", "out"), **TRANSIENT_IO)
 def inspect_data(cache: str, settings: dict[str, Any], out: str, steps: int) -> dict[str, Any]:
     """What the run will train on (videos, frames, generator, split); fails in one line before any
     training when the cache or the checkpoint at `out` cannot be used. Latents are not read."""
@@ -277,7 +279,8 @@ def inspect_data(cache: str, settings: dict[str, Any], out: str, steps: int) -> 
     return summary
 
 
-@gpu_task(name="train-mapping-network", cache_policy=NO_CACHE)
+@gpu_task(name="train-mapping-network", cache_policy=NO_CACHE,
+          task_run_name=run_name("train-mapping", "out"))
 def train_network(cache: str, settings: dict[str, Any], out: str, steps: int, checkpoint_every: int,
                   weights: str | None = None, device: str = "auto") -> dict[str, Any]:
     """Train (or continue) the network at `out` to `steps` steps, then evaluate it on the held-out part."""

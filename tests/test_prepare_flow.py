@@ -71,7 +71,8 @@ def test_video_end_to_end(clip, tmp_path):
     (marks,), (crops,) = found["landmarks"], found["crops"]
     assert marks.is_complete() and crops.is_complete()
     # Provenance: what made them, down to the weights' sha256; crops name the landmarks table.
-    assert marks.provenance["tracker"]["detector"] == "haar"
+    assert marks.provenance["tracker"]["detector"] == "ssd"  # the default, with its weights' hash
+    assert len(marks.provenance["tracker"]["weights_sha256"]) == 64
     assert marks.provenance["landmarks"]["backend"] == "faceapi"
     assert len(marks.provenance["landmarks"]["weights_sha256"]) == 64
     assert crops.provenance["landmarks_table"] == marks.key

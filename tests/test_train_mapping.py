@@ -134,6 +134,7 @@ def test_flow_trains_evaluates_and_records(cache, tmp_path, prefect_harness):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from flows.train_mapping import format_summary, train_mapping
+    from tasks.conventions import artifact_key
 
     out = tmp_path / "run" / "mapping.pt"
     summary = train_mapping(str(cache), str(out), steps=150, checkpoint_every=50, settings=SMALL,
@@ -158,7 +159,7 @@ def test_flow_trains_evaluates_and_records(cache, tmp_path, prefect_harness):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["train-mapping"])))
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("train-mapping", out)])))
     assert any(str(png) in (a.data or "") and "held-out baseline / model" in (a.data or "")
                for a in artifacts)
     # A finished run trains nothing more and leaves the weights alone.

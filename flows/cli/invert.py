@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from flows.cli.common import add_cache_option, quiet_prefect, require_at_least
+from flows.cli.faces import add_detector_option
 from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option
 
 DEFAULT_WEIGHTS = "ffhq-1024"
@@ -67,6 +68,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--landmarks", choices=["faceapi", "fan"], default="faceapi",
                         help="landmark backend of the prepare stage (default faceapi)")
     parser.add_argument("--face-index", type=int, default=0, help="which face: 0 = largest (default)")
+    add_detector_option(parser)
     add_quiet_option(parser)
     add_verbose_option(parser)
 
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                        batches_per_task=args.batches_per_task,
                        retry_failed=args.retry_failed, perceptual=config.perceptual,
                        loss_weights=loss_weights, seed=args.seed, max_loss=args.max_loss, device=args.device,
-                       landmarks=args.landmarks, face_index=args.face_index,
+                       landmarks=args.landmarks, face_index=args.face_index, detector=args.detector,
                        gpu_resources=args.gpu_resources, progress=not args.quiet)
     except JobFailedError as err:
         summary = getattr(err, "summary", None)

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from flows.cli.common import add_cache_option, quiet_prefect
+from flows.cli.faces import add_detector_option
 from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option
 
 SMOOTHING_METHODS = {"one-euro": "one_euro", "savgol": "savgol", "none": "none"}
@@ -30,6 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="landmark backend (default faceapi: offline, weights shipped)")
     parser.add_argument("--face-index", type=int, default=0,
                         help="which face when there are several: 0 = largest (default), 1 = next, ...")
+    add_detector_option(parser)
     add_device_option(parser)
     smooth = parser.add_argument_group("temporal smoothing (videos; docs/faces.md)")
     smooth.add_argument("--smoothing", choices=sorted(SMOOTHING_METHODS), default="one-euro",
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     resources.landmark_backend(args.landmarks, args.device)  # missing weights / no GPU: fail now
     results = prepare([str(m.path) for m in media], args.cache, resolution=args.resolution,
                       landmarks=args.landmarks, smoothing=smoothing, device=args.device,
-                      face_index=args.face_index, progress=not args.quiet)
+                      face_index=args.face_index, detector=args.detector, progress=not args.quiet)
     print(format_summary(results, args.cache))
     return 0
 

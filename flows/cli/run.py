@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from flows.cli.common import add_cache_option, quiet_prefect
+from flows.cli.faces import add_detector_option, face_index
 from flows.cli.invert import PERCEPTUAL
 from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option
 
@@ -82,6 +83,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "without the backbone weights (random backbone; recorded in provenance)")
     parser.add_argument("--landmarks", choices=["faceapi", "fan"], default="faceapi",
                         help="landmark backend of tracking and projection (default faceapi)")
+    add_detector_option(parser)
+    parser.add_argument("--face-index", type=face_index, default=0, metavar="N",
+                        help="which face of the driving clip when it shows several: 0 = largest "
+                             "(default), 1 = next, ...")
+    parser.add_argument("--source-face-index", type=face_index, default=0, metavar="N",
+                        help="which face of the source photo: 0 = largest (default), 1 = next, ...")
     add_quiet_option(parser)
     add_verbose_option(parser)
 
@@ -96,6 +103,8 @@ def run_options(args: argparse.Namespace) -> dict:
         options["mapping"] = args.mapping
     if args.refine_steps is not None:
         options["refine_steps"] = args.refine_steps
+    options.update(detector=args.detector, face_index=args.face_index,
+                   source_face_index=args.source_face_index)
     return options
 
 
