@@ -103,8 +103,6 @@ def run_options(args: argparse.Namespace) -> dict:
         options["mapping"] = args.mapping
     if args.refine_steps is not None:
         options["refine_steps"] = args.refine_steps
-    options.update(detector=args.detector, face_index=args.face_index,
-                   source_face_index=args.source_face_index)
     return options
 
 
@@ -125,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_recorded(args.source, args.driving, args.output, args.cache, weights, mode=args.mode,
                            variant=args.variant, layout=args.layout, paste_back=args.paste_back,
                            subframes=args.subframes, device=args.device, landmarks=args.landmarks,
-                           progress=not args.quiet, **options)
+                           progress=not args.quiet, **faces_of(args), **options)
     record_request(args, options, plan)
     summary["random_weights"] = plan["random_weights"]
     print(format_summary(summary))
@@ -239,11 +237,18 @@ def request_key(args: argparse.Namespace, options: dict, plan: dict) -> str | No
         **plan["media"], **{k: None if v is None else sha256_file(v) for k, v in files.items()},
         "settings": {"mode": args.mode, "variant": args.variant, "layout": args.layout,
                      "paste_back": args.paste_back, "subframes": args.subframes, "landmarks": args.landmarks,
+                     **faces_of(args),
                      "options": {k: v for k, v in options.items() if k != "mapping"},
                      "random_weights": plan["random_weights"]},
         "code": code_version(),
     }
     return provenance_key(request, length=32)
+
+
+def faces_of(args: argparse.Namespace) -> dict:
+    """Which detector finds the faces and which face of each input is taken."""
+    return {"detector": args.detector, "face_index": args.face_index,
+            "source_face_index": args.source_face_index}
 
 
 def finished_run(args: argparse.Namespace, options: dict, plan: dict) -> dict | None:
