@@ -27,8 +27,9 @@ critically sampled layers, a radially symmetric Kaiser-windowed jinc. A checkpoi
 too (`up_filter`, `down_filter`); the loader checks them against this design.
 
 Speed: `filtered_lrelu` runs the FIR steps separably (1-D filters one axis at a time, or the 2-D radial
-filter), upsamples polyphase (a stride-`up` transposed convolution multiplies no inserted zeros) and
-downsamples with a stride-`down` convolution (computes only kept samples). `filtered_lrelu_reference`
+filter), upsamples polyphase (one depthwise convolution computes the `up` phases, no multiplication by
+inserted zeros) and downsamples with stride-`down` depthwise convolutions (only kept samples).
+`filtered_lrelu_reference`
 is the literal version (zero insertion, full 2-D filters, then subsampling) kept for tests and the
 benchmark.
 """
@@ -117,11 +118,15 @@ def _pad_crop(x: torch.Tensor, dim: int, lo: int, hi: int) -> torch.Tensor:
 
 def _upsample_axis(x: torch.Tensor, f: torch.Tensor | None, up: int, pad: tuple[int, int],
                    dim: int) -> torch.Tensor:
-    """One axis of upfirdn: zero insertion by `up`, pad, convolve with 1-D `f` times `up` (polyphase).
+    """One axis of upfirdn: zero insertion by `up`, pad, convolve with 1-D `f` times `up`.
 
-    x is (B, 1, H, W) with dim 2 (H) or 3 (W). A transposed conv with stride `up` and kernel f gives
-    full length (L-1)*up + T; the padded convolution's output j is its sample j + T - 1 - pad0.
+    Polyphase: the zero-inserted signal convolved with f is, at phase r of each output group of `up`,
+    x convolved with the taps f[r], f[r + up], ... (no multiplications by inserted zeros); one
+    depthwise conv computes all `up` phases, which are then interleaved. That gives the full
+    transposed-convolution length (L-1)*up + T; the padded convolution's sample j is its sample
+    j + T - 1 - pad0.
     """
+    n, c = x.shape[:2]
     length = x.shape[dim]
     taps = 1 if f is None else f.shape[0]
     out_len = length * up + pad[0] + pad[1] - taps + 1
@@ -129,24 +134,36 @@ def _upsample_axis(x: torch.Tensor, f: torch.Tensor | None, up: int, pad: tuple[
         return _pad_crop(x, dim, pad[0], pad[1])
     if f is None:
         f = torch.ones(1, dtype=x.dtype, device=x.device)
-    kernel = (f.to(x.dtype) * up).reshape((1, 1, taps, 1) if dim == 2 else (1, 1, 1, taps))
-    stride = (up, 1) if dim == 2 else (1, up)
-    y = F.conv_transpose2d(x, kernel, stride=stride)
-    full = (length - 1) * up + taps
+    phase_taps = -(-taps // up)
+    f = F.pad(f.to(x.dtype) * up, [0, phase_taps * up - taps])       # zero taps up to a multiple of up
+    phases = f.reshape(phase_taps, up).t().flip(1)                    # (up, phase_taps), for correlation
+    kernel_shape = (up, 1, phase_taps, 1) if dim == 2 else (up, 1, 1, phase_taps)
+    weight = phases.reshape(kernel_shape).repeat(c, 1, 1, 1)          # (c * up, 1, ., .)
+    padding = (phase_taps - 1, 0) if dim == 2 else (0, phase_taps - 1)
+    y = F.conv2d(x, weight, padding=padding, groups=c)               # (n, c * up, ...): full convolution
+    if dim == 2:
+        q, w = y.shape[2:]
+        y = y.reshape(n, c, up, q, w).transpose(2, 3).reshape(n, c, q * up, w)
+    else:
+        h, q = y.shape[2:]
+        y = y.reshape(n, c, up, h, q).permute(0, 1, 3, 4, 2).reshape(n, c, h, q * up)
+    full = (length - 1) * up + taps  # y may carry up - 1 trailing samples beyond this (zero taps)
     start = taps - 1 - pad[0]
-    return _pad_crop(y, dim, -start, out_len + start - full)
+    return _pad_crop(y.narrow(dim, 0, full), dim, -start, out_len + start - full)
 
 
 def _downsample(x: torch.Tensor, f: torch.Tensor | None, down: int) -> torch.Tensor:
-    """Convolve with `f` (1-D separable or 2-D) without padding and keep every `down`-th sample."""
+    """Convolve with `f` (1-D separable or 2-D) without padding and keep every `down`-th sample:
+    depthwise convolutions with stride `down` (only the kept samples are computed)."""
     if f is None:
         return x[:, :, ::down, ::down] if down > 1 else x
+    c = x.shape[1]
     f = f.to(x.dtype)
     if f.ndim == 1:
         taps = f.shape[0]
-        x = F.conv2d(x, f.flip(0).reshape(1, 1, taps, 1), stride=(down, 1))
-        return F.conv2d(x, f.flip(0).reshape(1, 1, 1, taps), stride=(1, down))
-    return F.conv2d(x, f.flip([0, 1])[None, None], stride=down)
+        x = F.conv2d(x, f.flip(0).reshape(1, 1, taps, 1).repeat(c, 1, 1, 1), stride=(down, 1), groups=c)
+        return F.conv2d(x, f.flip(0).reshape(1, 1, 1, taps).repeat(c, 1, 1, 1), stride=(1, down), groups=c)
+    return F.conv2d(x, f.flip([0, 1])[None, None].repeat(c, 1, 1, 1), stride=down, groups=c)
 
 
 def filtered_lrelu(
@@ -164,10 +181,9 @@ def filtered_lrelu(
     """bias -> upsample `up`x with fu (gain up^2) -> lrelu(slope) * gain, clamp -> fd, keep every
     `down`-th sample. Filters are applied as convolutions. The same function as
     `filtered_lrelu_reference`, computed separably and polyphase (see the module docstring)."""
-    n, c, h, w = x.shape
     if fu is not None and fu.ndim != 1:
         raise ValueError("filtered_lrelu: the upsampling filter must be 1-D (separable)")
-    y = (x + b.to(x.dtype).reshape(1, -1, 1, 1)).reshape(n * c, 1, h, w)
+    y = x + b.to(x.dtype).reshape(1, -1, 1, 1)
     y = _upsample_axis(y, fu, up, (padding[2], padding[3]), dim=2)
     y = _upsample_axis(y, fu, up, (padding[0], padding[1]), dim=3)
     y = F.leaky_relu(y, slope) if slope != 1 else y
@@ -175,8 +191,7 @@ def filtered_lrelu(
         y = y * gain
     if clamp is not None:
         y = y.clamp(-clamp, clamp)
-    y = _downsample(y, fd, down)
-    return y.reshape(n, c, *y.shape[2:])
+    return _downsample(y, fd, down)
 
 
 def filtered_lrelu_reference(x: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tensor | None,
