@@ -27,8 +27,8 @@ critically sampled layers, a radially symmetric Kaiser-windowed jinc. A checkpoi
 too (`up_filter`, `down_filter`); the loader checks them against this design.
 
 Speed: `filtered_lrelu` runs the FIR steps separably (1-D filters one axis at a time, or the 2-D radial
-filter), upsamples polyphase (one depthwise convolution computes the `up` phases, no multiplication by
-inserted zeros) and downsamples with stride-`down` depthwise convolutions (only kept samples).
+filter), upsamples with stride-`up` depthwise transposed convolutions (no multiplication by inserted zeros)
+and downsamples with stride-`down` depthwise convolutions (only kept samples are computed).
 `filtered_lrelu_reference`
 is the literal version (zero insertion, full 2-D filters, then subsampling) kept for tests and the
 benchmark.
@@ -120,13 +120,11 @@ def _upsample_axis(x: torch.Tensor, f: torch.Tensor | None, up: int, pad: tuple[
                    dim: int) -> torch.Tensor:
     """One axis of upfirdn: zero insertion by `up`, pad, convolve with 1-D `f` times `up`.
 
-    Polyphase: the zero-inserted signal convolved with f is, at phase r of each output group of `up`,
-    x convolved with the taps f[r], f[r + up], ... (no multiplications by inserted zeros); one
-    depthwise conv computes all `up` phases, which are then interleaved. That gives the full
-    transposed-convolution length (L-1)*up + T; the padded convolution's sample j is its sample
-    j + T - 1 - pad0.
+    A depthwise transposed convolution with stride `up` and kernel f computes exactly the products
+    with the real samples (none with inserted zeros), giving the full length (L-1)*up + T; the padded
+    convolution's sample j is its sample j + T - 1 - pad0 (a crop, or zeros where pad0 > T - 1).
     """
-    n, c = x.shape[:2]
+    c = x.shape[1]
     length = x.shape[dim]
     taps = 1 if f is None else f.shape[0]
     out_len = length * up + pad[0] + pad[1] - taps + 1
@@ -134,22 +132,13 @@ def _upsample_axis(x: torch.Tensor, f: torch.Tensor | None, up: int, pad: tuple[
         return _pad_crop(x, dim, pad[0], pad[1])
     if f is None:
         f = torch.ones(1, dtype=x.dtype, device=x.device)
-    phase_taps = -(-taps // up)
-    f = F.pad(f.to(x.dtype) * up, [0, phase_taps * up - taps])       # zero taps up to a multiple of up
-    phases = f.reshape(phase_taps, up).t().flip(1)                    # (up, phase_taps), for correlation
-    kernel_shape = (up, 1, phase_taps, 1) if dim == 2 else (up, 1, 1, phase_taps)
-    weight = phases.reshape(kernel_shape).repeat(c, 1, 1, 1)          # (c * up, 1, ., .)
-    padding = (phase_taps - 1, 0) if dim == 2 else (0, phase_taps - 1)
-    y = F.conv2d(x, weight, padding=padding, groups=c)               # (n, c * up, ...): full convolution
-    if dim == 2:
-        q, w = y.shape[2:]
-        y = y.reshape(n, c, up, q, w).transpose(2, 3).reshape(n, c, q * up, w)
-    else:
-        h, q = y.shape[2:]
-        y = y.reshape(n, c, up, h, q).permute(0, 1, 3, 4, 2).reshape(n, c, h, q * up)
-    full = (length - 1) * up + taps  # y may carry up - 1 trailing samples beyond this (zero taps)
+    shape = (1, 1, taps, 1) if dim == 2 else (1, 1, 1, taps)
+    weight = (f.to(x.dtype) * up).reshape(shape).repeat(c, 1, 1, 1)
+    stride = (up, 1) if dim == 2 else (1, up)
+    y = F.conv_transpose2d(x, weight, stride=stride, groups=c)
+    full = (length - 1) * up + taps
     start = taps - 1 - pad[0]
-    return _pad_crop(y.narrow(dim, 0, full), dim, -start, out_len + start - full)
+    return _pad_crop(y, dim, -start, out_len + start - full)
 
 
 def _downsample(x: torch.Tensor, f: torch.Tensor | None, down: int) -> torch.Tensor:
