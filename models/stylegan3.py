@@ -660,6 +660,7 @@ class Generator(nn.Module):
 
         return {
             "architecture": ARCHITECTURE,
+            "noise_inputs": 0,
             "weights_sha256": self.weights_sha256(),
             "config_key": provenance_key(self.config),
             "img_resolution": self.img_resolution,
@@ -670,3 +671,37 @@ class Generator(nn.Module):
     def extra_repr(self) -> str:
         return (f"z_dim={self.z_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}, "
                 f"img_resolution={self.img_resolution}, img_channels={self.img_channels}")
+
+
+def random_generator(
+    resolution: int = 32,               # output resolution
+    seed: int = 0,                      # the same seed gives the same weights
+    z_dim: int = 64,
+    w_dim: int = 64,
+    channels: int = 16,                 # feature maps of every layer (channel_max)
+    num_layers: int = 6,                # synthesis layers (14 in real checkpoints)
+    margin_size: int = 4,               # 10 in real checkpoints
+    conv_kernel: int = 3,               # 3: config T; 1 (with radial filters): config R
+    w_avg_samples: int = 2000,
+    device: str | torch.device = "cpu",
+) -> Generator:
+    """A small random StyleGAN3 generator in eval mode with requires_grad off (like a loaded one), with
+    every tensor non-trivial: random biases, a non-zero input affine (so ws[0] matters), magnitude
+    EMAs that are not 1, w_avg the mean of mapped z. For tests and offline demos."""
+    from models.stylegan2 import mean_w
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        G = Generator(img_resolution=resolution, z_dim=z_dim, w_dim=w_dim, channel_base=channels * resolution,
+                      channel_max=channels, num_layers=num_layers, num_critical=2, margin_size=margin_size,
+                      conv_kernel=conv_kernel, use_radial_filters=conv_kernel == 1)
+        with torch.no_grad():
+            for name, param in G.named_parameters():
+                if name.endswith(".bias"):
+                    scale = 0.1 / G.config["mapping_lr_multiplier"] if name.startswith("mapping.") else 0.1
+                    param.add_(scale * torch.randn_like(param))
+            G.synthesis.input.affine.weight.normal_(0, 0.3)
+            for layer in G.synthesis.layers():
+                layer.magnitude_ema.fill_(float(0.5 + torch.rand([])))
+            G.mapping.w_avg.copy_(mean_w(G, num_samples=w_avg_samples, seed=seed))
+    return G.eval().requires_grad_(False).to(device)

@@ -124,7 +124,9 @@ def cli(capfd, monkeypatch):
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # A loaded machine can take longer than the harness's default 30 s to start the server.
+    timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "30"))
+    with prefect_test_harness(server_startup_timeout=max(timeout, 30)):
         yield
 
 

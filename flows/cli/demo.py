@@ -28,6 +28,9 @@ REAL = {"frames": 50, "steps_first": 300, "steps_next": 50, "invert_steps": 1000
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default demo-out)")
+    parser.add_argument("--weights", metavar="NAME|PATH",
+                        help="generator checkpoint or registered name, StyleGAN2 or StyleGAN3 (default: "
+                             f"{REAL_WEIGHTS} when fetched, else a small random generator)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     # for the tests: the same code path, shorter
@@ -57,10 +60,19 @@ def run(args: argparse.Namespace) -> int:
     photo_path = sample_path("astronaut.jpg")
 
     try:
-        weights = str(require(REAL_WEIGHTS))
-        plan, real = dict(REAL), True
-        say(f"using the official weights {weights} at the real defaults")
+        if args.weights:  # the user's generator (one-line error if it is missing), at the real defaults
+            from models.checkpoints import resolve_weights
+
+            weights = str(resolve_weights(args.weights))
+            plan, real = dict(REAL), True
+            say(f"using the weights {weights} at the real defaults")
+        else:
+            weights = str(require(REAL_WEIGHTS))
+            plan, real = dict(REAL), True
+            say(f"using the official weights {weights} at the real defaults")
     except (WeightsMissingError, CheckpointError):
+        if args.weights:
+            raise
         from models.checkpoints import save_native
         from models.demo import random_generator
 
