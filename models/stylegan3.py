@@ -116,43 +116,124 @@ def _pad_crop(x: torch.Tensor, dim: int, lo: int, hi: int) -> torch.Tensor:
     return x
 
 
+def _up_weight(f: torch.Tensor | None, up: int, c: int, dim: int, x: torch.Tensor) -> torch.Tensor:
+    """Depthwise kernel (c, 1, T, 1) or (c, 1, 1, T) of one upsampling axis: f times up (None: 1)."""
+    f = torch.ones(1, dtype=x.dtype, device=x.device) if f is None else f.to(x.dtype)
+    shape = (1, 1, f.shape[0], 1) if dim == 2 else (1, 1, 1, f.shape[0])
+    return (f * up).reshape(shape).repeat(c, 1, 1, 1)
+
+
+def _up_crop(length: int, taps: int, up: int, pad: tuple[int, int]) -> tuple[int, int]:
+    """(lo, hi) for _pad_crop that turns the full transposed-conv output, (L-1)*up + T samples, into
+    the padded convolution's L*up + pad0 + pad1 - T + 1 (its sample j is full sample j + T-1-pad0)."""
+    full = (length - 1) * up + taps
+    start = taps - 1 - pad[0]
+    out_len = length * up + pad[0] + pad[1] - taps + 1
+    return -start, out_len + start - full
+
+
 def _upsample_axis(x: torch.Tensor, f: torch.Tensor | None, up: int, pad: tuple[int, int],
                    dim: int) -> torch.Tensor:
     """One axis of upfirdn: zero insertion by `up`, pad, convolve with 1-D `f` times `up`.
 
     A depthwise transposed convolution with stride `up` and kernel f computes exactly the products
-    with the real samples (none with inserted zeros), giving the full length (L-1)*up + T; the padded
-    convolution's sample j is its sample j + T - 1 - pad0 (a crop, or zeros where pad0 > T - 1).
-    """
-    c = x.shape[1]
-    length = x.shape[dim]
-    taps = 1 if f is None else f.shape[0]
-    out_len = length * up + pad[0] + pad[1] - taps + 1
+    with the real samples (none with inserted zeros); a crop (or zero padding) gives the padded
+    convolution's samples."""
     if f is None and up == 1:
         return _pad_crop(x, dim, pad[0], pad[1])
+    taps = 1 if f is None else f.shape[0]
+    stride = (up, 1) if dim == 2 else (1, up)
+    y = F.conv_transpose2d(x, _up_weight(f, up, x.shape[1], dim, x), stride=stride, groups=x.shape[1])
+    return _pad_crop(y, dim, *_up_crop(x.shape[dim], taps, up, pad))
+
+
+def _upsample_axis_adjoint(g: torch.Tensor, f: torch.Tensor | None, up: int, pad: tuple[int, int],
+                           dim: int, length: int) -> torch.Tensor:
+    """The transpose of `_upsample_axis` (its gradient): undo the crop, then a stride-`up` conv."""
+    if f is None and up == 1:
+        return _pad_crop(g, dim, -pad[0], -pad[1])
+    taps = 1 if f is None else f.shape[0]
+    lo, hi = _up_crop(length, taps, up, pad)
+    g = _pad_crop(g, dim, -lo, -hi)
+    stride = (up, 1) if dim == 2 else (1, up)
+    return F.conv2d(g, _up_weight(f, up, g.shape[1], dim, g), stride=stride, groups=g.shape[1])
+
+
+def _down_weights(f: torch.Tensor | None, down: int, c: int, x: torch.Tensor
+                  ) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+    """The depthwise (kernel, stride) steps of a downsampling: H then W for a 1-D filter, one 2-D step
+    for a radial one; filters flipped (the convolutions run as correlations)."""
     if f is None:
         f = torch.ones(1, dtype=x.dtype, device=x.device)
-    shape = (1, 1, taps, 1) if dim == 2 else (1, 1, 1, taps)
-    weight = (f.to(x.dtype) * up).reshape(shape).repeat(c, 1, 1, 1)
-    stride = (up, 1) if dim == 2 else (1, up)
-    y = F.conv_transpose2d(x, weight, stride=stride, groups=c)
-    full = (length - 1) * up + taps
-    start = taps - 1 - pad[0]
-    return _pad_crop(y, dim, -start, out_len + start - full)
+    f = f.to(x.dtype)
+    if f.ndim == 2:
+        return [(f.flip([0, 1])[None, None].repeat(c, 1, 1, 1), (down, down))]
+    taps = f.shape[0]
+    return [(f.flip(0).reshape(1, 1, taps, 1).repeat(c, 1, 1, 1), (down, 1)),
+            (f.flip(0).reshape(1, 1, 1, taps).repeat(c, 1, 1, 1), (1, down))]
 
 
 def _downsample(x: torch.Tensor, f: torch.Tensor | None, down: int) -> torch.Tensor:
     """Convolve with `f` (1-D separable or 2-D) without padding and keep every `down`-th sample:
     depthwise convolutions with stride `down` (only the kept samples are computed)."""
-    if f is None:
-        return x[:, :, ::down, ::down] if down > 1 else x
-    c = x.shape[1]
-    f = f.to(x.dtype)
-    if f.ndim == 1:
-        taps = f.shape[0]
-        x = F.conv2d(x, f.flip(0).reshape(1, 1, taps, 1).repeat(c, 1, 1, 1), stride=(down, 1), groups=c)
-        return F.conv2d(x, f.flip(0).reshape(1, 1, 1, taps).repeat(c, 1, 1, 1), stride=(1, down), groups=c)
-    return F.conv2d(x, f.flip([0, 1])[None, None].repeat(c, 1, 1, 1), stride=down, groups=c)
+    if f is None and down == 1:
+        return x
+    for weight, stride in _down_weights(f, down, x.shape[1], x):
+        x = F.conv2d(x, weight, stride=stride, groups=x.shape[1])
+    return x
+
+
+def _downsample_adjoint(g: torch.Tensor, f: torch.Tensor | None, down: int,
+                        size: tuple[int, int]) -> torch.Tensor:
+    """The transpose of `_downsample` back to `size` (H, W): stride-`down` transposed convolutions."""
+    if f is None and down == 1:
+        return g
+    for weight, stride in reversed(_down_weights(f, down, g.shape[1], g)):
+        g = F.conv_transpose2d(g, weight, stride=stride, groups=g.shape[1])
+    # the forward dropped up to down - 1 trailing samples that no output used: they get zero gradient
+    return F.pad(g, [0, size[1] - g.shape[3], 0, size[0] - g.shape[2]])
+
+
+class _FilteredLReLU(torch.autograd.Function):
+    """filtered_lrelu with a hand-written backward: it keeps one byte per upsampled sample (which
+    branch of the leaky ReLU / clamp it took) instead of the float intermediates autograd would keep
+    (4 of them), and runs the transposed filters as forward convolutions."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, b: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tensor | None,
+                up: int, down: int, padding: tuple[int, int, int, int], gain: float, slope: float,
+                clamp: float | None) -> torch.Tensor:
+        y = x + b.to(x.dtype).reshape(1, -1, 1, 1)
+        y = _upsample_axis(y, fu, up, (padding[2], padding[3]), dim=2)
+        size_h = y.shape[2]
+        y = _upsample_axis(y, fu, up, (padding[0], padding[1]), dim=3)
+        branch = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            # 1: positive side (derivative gain), 2: negative side (gain * slope), 0: clamped
+            branch = torch.where(y > 0, 1, 2).to(torch.uint8) if slope != 1 else \
+                torch.ones_like(y, dtype=torch.uint8)
+        if slope != 1:
+            y = F.leaky_relu(y, slope)
+        if gain != 1:
+            y = y * gain
+        if clamp is not None:
+            if branch is not None:
+                branch.masked_fill_(y.abs() > clamp, 0)
+            y = y.clamp(-clamp, clamp)
+        ctx.save_for_backward(branch, fu, fd)
+        ctx.config = (up, down, padding, gain, slope, x.shape[2], size_h, x.shape[3], tuple(y.shape[2:]))
+        return _downsample(y, fd, down)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        branch, fu, fd = ctx.saved_tensors
+        up, down, padding, gain, slope, in_h, size_h, in_w, act_size = ctx.config
+        g = _downsample_adjoint(grad, fd, down, act_size)
+        g = torch.where(branch == 1, g * gain, torch.where(branch == 2, g * (gain * slope), 0))
+        g = _upsample_axis_adjoint(g, fu, up, (padding[0], padding[1]), dim=3, length=in_w)
+        g = _upsample_axis_adjoint(g, fu, up, (padding[2], padding[3]), dim=2, length=in_h)
+        grad_b = g.sum(dim=[0, 2, 3]) if ctx.needs_input_grad[1] else None
+        return (g if ctx.needs_input_grad[0] else None, grad_b, *[None] * 8)
 
 
 def filtered_lrelu(
@@ -169,18 +250,12 @@ def filtered_lrelu(
 ) -> torch.Tensor:
     """bias -> upsample `up`x with fu (gain up^2) -> lrelu(slope) * gain, clamp -> fd, keep every
     `down`-th sample. Filters are applied as convolutions. The same function as
-    `filtered_lrelu_reference`, computed separably and polyphase (see the module docstring)."""
+    `filtered_lrelu_reference`, computed separably with strided depthwise convolutions, and with a
+    backward pass that keeps one byte per upsampled sample (see the module docstring)."""
     if fu is not None and fu.ndim != 1:
         raise ValueError("filtered_lrelu: the upsampling filter must be 1-D (separable)")
-    y = x + b.to(x.dtype).reshape(1, -1, 1, 1)
-    y = _upsample_axis(y, fu, up, (padding[2], padding[3]), dim=2)
-    y = _upsample_axis(y, fu, up, (padding[0], padding[1]), dim=3)
-    y = F.leaky_relu(y, slope) if slope != 1 else y
-    if gain != 1:
-        y = y * gain
-    if clamp is not None:
-        y = y.clamp(-clamp, clamp)
-    return _downsample(y, fd, down)
+    return _FilteredLReLU.apply(x, b, fu, fd, up, down, tuple(padding), float(gain), float(slope),
+                                None if clamp is None else float(clamp))
 
 
 def filtered_lrelu_reference(x: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tensor | None,
