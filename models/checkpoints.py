@@ -13,6 +13,9 @@ Formats, detected from the file's first bytes (never from its name):
   `torch.load(weights_only=True)`; their names and layouts are mapped onto ours (`rosinality_pairs`).
 - The native format: safetensors holding our state_dict, with the generator config as JSON in the
   header metadata (no code, no pickle). `convert_checkpoint` writes it.
+- StyleGAN3: NVIDIA's stylegan3 pickles (numeric numpy arrays allowed, see `_SafeArray`) and native
+  files with `architecture: stylegan3` load into `models.stylegan3.Generator` (`_read_nvidia_sg3`,
+  `build_sg3`: config range-checked and tensors checked against `state_shapes` before building).
 
 Every format ends in the same `Generator`; config values are range-checked before anything is built,
 tensors are checked for names, shapes and finite values before they are loaded.
@@ -55,7 +58,8 @@ _NETWORK_CLASSES = frozenset({
     "Generator", "MappingNetwork", "SynthesisNetwork", "SynthesisBlock", "SynthesisLayer", "ToRGBLayer",
     "FullyConnectedLayer", "Conv2dLayer", "Discriminator", "DiscriminatorBlock", "DiscriminatorEpilogue",
     "MinibatchStdLayer",
-    # stylegan3 training/networks_stylegan3.py (recognised in order to say it is unsupported)
+    # stylegan3 training/networks_stylegan3.py (read into models.stylegan3; its other classes share
+    # the names above)
     "SynthesisInput",
     # training/augment.py, stored beside the networks in training snapshots
     "AugmentPipe",

@@ -140,8 +140,9 @@ SG3_CONFIGS = {
 
 def _interleaved(fns: dict[str, object], repeats: int) -> dict[str, float]:
     """Best-of-`repeats` seconds of each callable, run alternately (load changes hit all alike)."""
-    for fn in fns.values():
-        fn()  # warm-up
+    if repeats > 1:  # a single repeat is for the big 1024 px runs: no separate warm-up
+        for fn in fns.values():
+            fn()
     best = {k: float("inf") for k in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
