@@ -95,8 +95,11 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4")
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"of: {', '.join(CONFIGS)}")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--passes", default="fwd,fwd+bwd", help="StyleGAN2 passes to time")
     parser.add_argument("--sg3", default="sg3-t,sg3-r", help="StyleGAN3 configs to time ('' = none)")
     parser.add_argument("--sg3-passes", default="fwd", help="fwd and/or fwd+bwd for the whole SG3 network")
+    parser.add_argument("--sg3-bwd-max-mb", type=float, default=1024,
+                        help="skip an op's fwd+bwd when one upsampled activation exceeds this")
     parser.add_argument("--sg3-ops", action=argparse.BooleanOptionalAction, default=True,
                         help="time filtered_lrelu against the naive one per layer geometry")
     parser.add_argument("--tune-malloc", action="store_true",
@@ -118,7 +121,7 @@ def main() -> None:
         torch.manual_seed(0)
         G = Generator(**CONFIGS[name]).eval().requires_grad_(False).to(args.device)
         for batch in batches:
-            for backward in (False, True):
+            for backward in [p == "fwd+bwd" for p in args.passes.split(",")]:
                 fused = bench(G, batch, True, backward, args.repeats, args.device)
                 unfused = bench(G, batch, False, backward, args.repeats, args.device)
                 default = fused if batch == 1 else unfused
@@ -172,7 +175,13 @@ def bench_sg3(name: str, args: argparse.Namespace) -> None:
             x = torch.randn(1, c, size, size, device=args.device)
             kw = dict(up=layer.up_factor, down=layer.down_factor, padding=layer.padding,
                       clamp=layer.conv_clamp)
+            upsampled_bytes = 4 * c * (size * layer.up_factor) ** 2
             for backward in (False, True):
+                if backward and upsampled_bytes > args.sg3_bwd_max_mb * 2 ** 20:
+                    print(f"{lname:<14} {str(tuple(x.shape)):<18} fwd+bwd skipped: the naive op keeps 4 x "
+                          f"{upsampled_bytes / 2 ** 30:.1f} GiB (--sg3-bwd-max-mb)")
+                    continue
+
                 def run(op, backward=backward, x=x, layer=layer, kw=kw):
                     xi = x.clone().requires_grad_(backward)
                     y = op(xi, layer.up_filter, layer.down_filter, layer.bias, **kw)
