@@ -13,6 +13,9 @@ Formats, detected from the file's first bytes (never from its name):
   `torch.load(weights_only=True)`; their names and layouts are mapped onto ours (`rosinality_pairs`).
 - The native format: safetensors holding our state_dict, with the generator config as JSON in the
   header metadata (no code, no pickle). `convert_checkpoint` writes it.
+- StyleGAN3: NVIDIA's stylegan3 pickles (numeric numpy arrays allowed, see `_SafeArray`) and native
+  files with `architecture: stylegan3` load into `models.stylegan3.Generator` (`_read_nvidia_sg3`,
+  `build_sg3`: config range-checked and tensors checked against `state_shapes` before building).
 
 Every format ends in the same `Generator`; config values are range-checked before anything is built,
 tensors are checked for names, shapes and finite values before they are loaded.
@@ -58,7 +61,8 @@ _NETWORK_CLASSES = frozenset({
     "Generator", "MappingNetwork", "SynthesisNetwork", "SynthesisBlock", "SynthesisLayer", "ToRGBLayer",
     "FullyConnectedLayer", "Conv2dLayer", "Discriminator", "DiscriminatorBlock", "DiscriminatorEpilogue",
     "MinibatchStdLayer",
-    # stylegan3 training/networks_stylegan3.py (recognised in order to say it is unsupported)
+    # stylegan3 training/networks_stylegan3.py (read into models.stylegan3; its other classes share
+    # the names above)
     "SynthesisInput",
     # training/augment.py, stored beside the networks in training snapshots
     "AugmentPipe",
@@ -304,6 +308,43 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> np.generic:
     return np.frombuffer(data, dtype=dtype, count=1)[0]
 
 
+class _SafeArray(np.ndarray):
+    """A numpy array rebuilt from a pickle: only plain numeric dtypes and raw bytes of the exact size
+    (StyleGAN3 pickles keep small arrays such as layer sizes in their module state)."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise _RefusedError("malformed numpy array state")
+        _version, shape, dtype, _fortran, raw = state
+        if not isinstance(shape, tuple) or len(shape) > 8 or not all(
+                isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 31 for n in shape):
+            raise _RefusedError("numpy array of a malformed shape")
+        if not isinstance(dtype, np.dtype) or dtype.hasobject or dtype.kind not in _NUMPY_KINDS \
+                or dtype.fields is not None:
+            raise _RefusedError("numpy array of a disallowed dtype (object arrays are refused)")
+        if not isinstance(raw, bytes) or len(raw) != math.prod(shape) * dtype.itemsize:
+            raise _RefusedError("numpy array whose data is not raw bytes of its size")
+        super().__setstate__(state)
+
+
+class _NdarrayMarker:
+    """What the global numpy.ndarray resolves to: accepted only as `_reconstruct`'s first argument."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _RefusedError("numpy.ndarray called directly")
+
+
+_NDARRAY = _NdarrayMarker()
+
+
+def _numpy_reconstruct(subtype: Any, shape: Any, dtype: Any) -> _SafeArray:
+    """numpy's array-unpickling entry point: an empty array whose BUILD step (`_SafeArray.__setstate__`)
+    checks the real dtype and data before numpy fills it."""
+    if subtype is not _NDARRAY or not isinstance(dtype, bytes) or not isinstance(shape, tuple):
+        raise _RefusedError("numpy array of an unexpected class")
+    return np.ndarray.__new__(_SafeArray, (0,), np.uint8)
+
+
 # (module, name) -> what the file gets instead. The ONLY globals an official pickle may use.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
@@ -315,6 +356,10 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("numpy", "dtype"): _numpy_dtype,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,   # pickles written with numpy 1.x
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,  # numpy 2.x
+    # numeric arrays (StyleGAN3 pickles): checked by _SafeArray, never object arrays
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
 }
 
 
@@ -458,6 +503,8 @@ def _read_nvidia_pickle(path: Path) -> Generator:
     tensors: dict[str, torch.Tensor] = {}
     modules: dict[str, _PersistentObject] = {}
     _walk(g, "", tensors, modules, path)
+    if "synthesis.input" in modules:  # training/networks_stylegan3.py
+        return _read_nvidia_sg3(g, tensors, modules, path)
     config = _nvidia_config(g, modules, path)
     reference_filter = make_resample_filter()
     for name in [n for n in tensors if n.endswith("resample_filter")]:
@@ -465,6 +512,132 @@ def _read_nvidia_pickle(path: Path) -> Generator:
         if tuple(f.shape) != tuple(reference_filter.shape) or not torch.allclose(f.float(), reference_filter):
             raise CheckpointError(f"{name} is not the [1,3,3,1] filter", path=path)
     return _build_and_load(config, tensors, path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# StyleGAN3 (models.stylegan3): NVIDIA pickles and native files
+
+_SG3_INT_LIMITS: dict[str, tuple[int, int]] = {
+    "img_resolution": (4, 4096), "z_dim": (1, 4096), "w_dim": (1, 4096), "img_channels": (1, 4),
+    "mapping_layers": (1, 32), "channel_base": (1, 1 << 20), "channel_max": (1, 4096),
+    "num_layers": (2, 64), "num_critical": (0, 63), "margin_size": (0, 256), "num_fp16_res": (0, 16),
+    "conv_kernel": (1, 7), "filter_size": (1, 32), "lrelu_upsampling": (1, 8),
+}
+_SG3_FLOAT_KEYS = ("mapping_lr_multiplier", "w_avg_beta", "first_cutoff", "first_stopband",
+                   "last_stopband_rel", "output_scale", "conv_clamp", "magnitude_ema_beta")
+# NVIDIA option name -> ours (mapping_kwargs / synthesis options)
+_SG3_MAPPING_OPTIONS = {"num_layers": "mapping_layers", "lr_multiplier": "mapping_lr_multiplier",
+                        "w_avg_beta": "w_avg_beta"}
+_SG3_IGNORED_OPTIONS = {"freeze_layers", "freeze_embed"}  # training only
+
+
+def _checked_config_sg3(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A StyleGAN3 config with every value in range (before anything is built)."""
+    from models.stylegan3 import Generator as Generator3
+
+    allowed = set(inspect.signature(Generator3.__init__).parameters) - {"self"}
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise CheckpointError(f"unsupported StyleGAN3 generator option(s) {unknown}", path=path)
+    plain = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in config.items()}
+    if "img_resolution" not in plain:
+        raise CheckpointError("generator config has no img_resolution", path=path)
+    for key, (lo, hi) in _SG3_INT_LIMITS.items():
+        if key in plain:
+            value = plain[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise CheckpointError(f"generator option {key}={value!r} out of range [{lo}, {hi}]",
+                                      path=path)
+    for key in _SG3_FLOAT_KEYS:
+        value = plain.get(key)
+        if value is None and key in ("conv_clamp", "w_avg_beta"):
+            continue
+        if key not in plain:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                or value <= 0:
+            raise CheckpointError(f"generator option {key}={value!r} is not a positive number", path=path)
+    if "use_radial_filters" in plain and not isinstance(plain["use_radial_filters"], bool):
+        raise CheckpointError(f"generator option use_radial_filters={plain['use_radial_filters']!r} "
+                              "is not a bool", path=path)
+    if plain.get("num_critical", 2) >= plain.get("num_layers", 14):
+        raise CheckpointError("generator option num_critical must be below num_layers", path=path)
+    if plain.get("first_cutoff", 2) > plain["img_resolution"] / 2:
+        raise CheckpointError("generator option first_cutoff is above the output's Nyquist rate", path=path)
+    return plain
+
+
+def build_sg3(config: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> torch.nn.Module:
+    """models.stylegan3.Generator(config) with `tensors` as its complete state_dict.
+
+    Names and shapes are checked against the config (models.stylegan3.state_shapes) before the
+    generator is built; the FIR filters the file carries must be the ones the config designs."""
+    from models.stylegan3 import Generator as Generator3
+    from models.stylegan3 import state_shapes
+
+    config = _checked_config_sg3(config, path)
+    try:
+        expected = state_shapes(config)
+    except (ValueError, ZeroDivisionError, OverflowError) as err:
+        raise CheckpointError(f"StyleGAN3 config is not buildable ({err})", path=path) from None
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s) e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensor(s) e.g. {unexpected[:3]}")
+        raise CheckpointError(f"weights do not fit the StyleGAN3 config: {'; '.join(parts)}", path=path)
+    for name, shape in expected.items():
+        t = tensors[name]
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise CheckpointError(f"tensor {name} is not a floating-point tensor", path=path)
+        if tuple(t.shape) != shape:
+            raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)}, the config needs {shape}",
+                                  path=path)
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"tensor {name} contains NaN or inf", path=path)
+    G = Generator3(**config)
+    for name, designed in G.state_dict().items():
+        if name.endswith(("up_filter", "down_filter")) and \
+                not torch.allclose(tensors[name].float(), designed, rtol=0, atol=1e-5):
+            raise CheckpointError(f"{name} is not the low-pass filter the config designs", path=path)
+    G.load_state_dict({name: t.detach().to(torch.float32) for name, t in tensors.items()})
+    return G
+
+
+def _read_nvidia_sg3(g: _PersistentObject, tensors: dict[str, torch.Tensor],
+                     modules: dict[str, _PersistentObject], path: Path) -> torch.nn.Module:
+    """An official training/networks_stylegan3.py Generator record -> models.stylegan3.Generator."""
+    state = g.state
+    kwargs = dict(state.get("_init_kwargs") or {})
+    for name, value in zip(("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs"),
+                           state.get("_init_args") or (), strict=False):
+        kwargs.setdefault(name, value)
+    if kwargs.pop("c_dim", 0):
+        raise CheckpointError("conditional generator (c_dim > 0) is not supported", path=path)
+    mapping_kwargs = kwargs.pop("mapping_kwargs", None) or {}
+    if not isinstance(mapping_kwargs, dict):
+        raise CheckpointError("mapping_kwargs is not a dict", path=path)
+    config: dict[str, Any] = {}
+    for key, value in mapping_kwargs.items():
+        if key in _SG3_IGNORED_OPTIONS:
+            continue
+        if key not in _SG3_MAPPING_OPTIONS:
+            raise CheckpointError(f"unsupported StyleGAN3 mapping option {key!r}", path=path)
+        config[_SG3_MAPPING_OPTIONS[key]] = value
+    config.update(kwargs)  # the synthesis and layer options are passed flat
+    # Values whose defaults may differ between versions are read from the modules as built.
+    fc0, mapping = modules.get("mapping.fc0"), modules.get("mapping")
+    if fc0 is not None and "bias_gain" in fc0.state:
+        config["mapping_lr_multiplier"] = fc0.state["bias_gain"]
+    if mapping is not None and "w_avg_beta" in mapping.state:
+        config["w_avg_beta"] = mapping.state["w_avg_beta"]
+    for key in ("z_dim", "w_dim", "img_resolution"):
+        if config.get(key) is None:
+            raise CheckpointError(f"G_ema records no {key}", path=path)
+    return build_sg3(config, tensors, path)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -706,6 +879,8 @@ def save_native(G: Generator, dst: str | os.PathLike[str]) -> Path:
         "source_sha256": G.source_sha256 or "",
         "source_format": G.source_format or "",
     }
+    if getattr(G, "architecture", "stylegan2") != "stylegan2":
+        metadata["architecture"] = G.architecture
     data = save(tensors, metadata=metadata)  # bytes: save_file would create the file mode 0600
     with atomic_output(dst) as tmp:
         tmp.write_bytes(data)
@@ -746,7 +921,13 @@ def _read_native(path: Path) -> Generator:
         raise CheckpointError("native checkpoint has no readable config", path=path) from None
     if not isinstance(config, dict):
         raise CheckpointError("native checkpoint config is not an object", path=path)
-    G = _build_and_load(config, tensors, path)
+    architecture = metadata.get("architecture", "stylegan2")
+    if architecture == "stylegan3":
+        G = build_sg3(config, tensors, path)
+    elif architecture == "stylegan2":
+        G = _build_and_load(config, tensors, path)
+    else:
+        raise CheckpointError(f"native checkpoint of unknown architecture {architecture!r}", path=path)
     recorded = metadata.get("weights_sha256")
     if recorded and recorded != G.weights_sha256():
         raise CheckpointError("weights do not match their recorded sha256 (file corrupt?)", path=path)

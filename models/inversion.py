@@ -203,6 +203,8 @@ def inversion_provenance(G: Generator, config: InversionConfig, losses: Inversio
     losses = losses if losses is not None else inversion_losses(config, G.w_avg.device)
     record = config.provenance()
     record["generator"] = G.fingerprint()
+    if not G.synthesis.noise_layers():  # StyleGAN3: optimize_noise and the noise regulariser do nothing
+        record["noise_maps"] = "none: the generator has no noise inputs"
     record["losses"] = losses.provenance()
     return record
 

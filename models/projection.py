@@ -492,6 +492,8 @@ class Projector:
 
         record = self.config.provenance()
         record["generator"] = self.G.fingerprint()
+        if not self.G.synthesis.noise_layers():  # StyleGAN3: no noise maps to optimise or freeze
+            record["noise_maps"] = "none: the generator has no noise inputs"
         record["landmarks"] = self.landmarks.provenance()
         if self.perceptual is not None:
             record["perceptual"] = self.perceptual.provenance()

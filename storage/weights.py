@@ -99,6 +99,7 @@ class WeightSpec:
 
 _BULAT = "https://www.adrianbulat.com/downloads/python-fan"
 _TORCHVISION = "https://download.pytorch.org/models"
+_NGC_STYLEGAN3 = "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files"
 
 REGISTRY: dict[str, WeightSpec] = {
     spec.name: spec
@@ -139,6 +140,19 @@ REGISTRY: dict[str, WeightSpec] = {
                  "14 ws). No size or sha256 published anywhere found: fetch records the digest it "
                  "sees (trust on first use)",
         ),
+        *[WeightSpec(
+            name=f"sg3-{cfg}-{data}-{res}",
+            filename=f"stylegan3-{cfg}-{data}-{res}x{res}.pkl",
+            url=f"{_NGC_STYLEGAN3}/stylegan3-{cfg}-{data}-{res}x{res}.pkl",
+            size=None,
+            sha256=None,
+            kind="stylegan3",
+            note=f"StyleGAN3-{cfg.upper()} {'FFHQ' if data == 'ffhq' else 'FFHQ-U (unaligned)'}, {res} px, "
+                 "16 ws, from the stylegan3 README's NGC list (the thesis's generator). No size or "
+                 "sha256 found offline: fetch records the digest it sees (trust on first use) and "
+                 "checks every later fetch and verify against it",
+        ) for cfg, data, res in (("t", "ffhq", 1024), ("r", "ffhq", 1024), ("t", "ffhqu", 256),
+                                 ("r", "ffhqu", 256))],
         WeightSpec(
             name="fan-2d",
             filename="2DFAN4-11f355bf06.pth.tar",

@@ -36,6 +36,9 @@ EXAMPLES = """examples:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", "--output", default="demo-out", metavar="DIR",
                         help="output folder (default demo-out)")
+    parser.add_argument("--weights", metavar="NAME|PATH",
+                        help="generator checkpoint or registered name, StyleGAN2 or StyleGAN3 (default: "
+                             f"{REAL_WEIGHTS} when fetched, else a small random generator)")
     add_device_option(parser)
     add_quiet_option(parser)
     # for the tests: the same code path, shorter
@@ -67,10 +70,19 @@ def run(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     try:
-        weights = str(require(REAL_WEIGHTS))
-        plan, real = dict(REAL), True
-        say(f"using the official weights {weights} at the real defaults")
+        if args.weights:  # the user's generator (one-line error if it is missing), at the real defaults
+            from models.checkpoints import resolve_weights
+
+            weights = str(resolve_weights(args.weights))
+            plan, real = dict(REAL), True
+            say(f"using the weights {weights} at the real defaults")
+        else:
+            weights = str(require(REAL_WEIGHTS))
+            plan, real = dict(REAL), True
+            say(f"using the official weights {weights} at the real defaults")
     except (WeightsMissingError, CheckpointError):
+        if args.weights:
+            raise
         from models.checkpoints import save_native
         from models.demo import random_generator
 
