@@ -77,16 +77,24 @@ def run_cli():
 
 @pytest.fixture(autouse=True)
 def _cli_environment():
-    """The CLI turns Prefect's console lines off for its own process (os.environ.setdefault); when a
-    test calls it in this process, that must not leak into later tests (their subprocesses inherit
-    os.environ: a resumed run's INFO lines, which a test reads, went missing so)."""
-    key = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
-    before = os.environ.get(key)
+    """What the CLI sets for its own process must not leak into later tests when a test calls it in
+    this process: Prefect's console level (os.environ.setdefault; a resumed run's INFO lines, which a
+    test reads, went missing so) and the CPU thread count (`--threads`: the variables, which later
+    subprocesses inherit, and torch's own; another thread count changes float sums, and the bitwise
+    resume tests compare a subprocess with an in-process reference)."""
+    import torch
+
+    keys = ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    before = {key: os.environ.get(key) for key in keys}
+    threads = torch.get_num_threads()
     yield
-    if before is None:
-        os.environ.pop(key, None)
-    else:
-        os.environ[key] = before
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture
