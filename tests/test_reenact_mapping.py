@@ -162,9 +162,12 @@ def test_user_errors(inputs, tmp_path, capsys):
     out = tmp_path / "out.mp4"
 
     def run(*args) -> subprocess.CompletedProcess:
-        code = main(["run", "--source", str(reenact_data.source()), "--driving", str(clip), "--weights",
-                     str(weights), "-o", str(out), "--cache", str(tmp_path / "cache"), *map(str, args),
-                     *MAPPING_CLI_OPTIONS])
+        try:
+            code = main(["run", "--source", str(reenact_data.source()), "--driving", str(clip), "--weights",
+                         str(weights), "-o", str(out), "--cache", str(tmp_path / "cache"), *map(str, args),
+                         *MAPPING_CLI_OPTIONS])
+        except SystemExit as exit_:  # the parser's own one-line errors
+            code = exit_.code
         captured = capsys.readouterr()
         return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
@@ -179,7 +182,7 @@ def test_user_errors(inputs, tmp_path, capsys):
     assert_user_error(proc, "foreign.pt", "a" * 16, sha[:16], str(weights), code=3)
     assert_user_error(run("--mode", "mapping"), "needs a mapping-network checkpoint", code=2)
     assert_user_error(run("--mode", "mapping", "--mapping", checkpoint, "--refine-steps", "-1"),
-                      "refine_steps must be an integer >= 0", code=2)
+                      "--refine-steps", "must be between 0 and", code=2)
     assert_user_error(run("--refine-steps", "3"), "settings of --mode mapping", code=2)
     assert_user_error(run("--mode", "mapping", "--mapping", checkpoint, "--steps-first", "3"),
                       "steps_first", "--refine-steps", code=2)
