@@ -215,14 +215,7 @@ class FrameTable:
         if missing or unknown:
             raise ValueError(f"{self.location}: write needs fields {sorted(self.fields)}; "
                              f"missing {sorted(missing)}, unknown {sorted(unknown)}")
-        arrays = {}
-        for name, value in values.items():
-            spec = self.fields[name]
-            arr = np.asarray(value, dtype=spec.dtype)
-            if arr.shape != (idx.size, *spec.shape):
-                raise ValueError(f"{self.location}: field {name!r} expects shape "
-                                 f"{(idx.size, *spec.shape)}, got {arr.shape}")
-            arrays[name] = arr
+        arrays = self._shaped(idx, values)
         with self._writing(idx):
             for name, arr in arrays.items():
                 _put(self._array(name), idx, arr)
@@ -267,16 +260,21 @@ class FrameTable:
         idx = self._frames(frames)
         if (self.status(idx) != DONE).any():
             raise ValueError(f"{self.location}: update only rewrites done frames")
+        for name, arr in self._shaped(idx, values).items():
+            with self._writing(idx):
+                _put(self._array(name), idx, arr)
+
+    def _shaped(self, idx: np.ndarray, values: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Each value as its field's dtype, checked to be shaped (len(idx), *field.shape)."""
+        arrays = {}
         for name, value in values.items():
             spec = self.fields[name]
             arr = np.asarray(value, dtype=spec.dtype)
             if arr.shape != (idx.size, *spec.shape):
                 raise ValueError(f"{self.location}: field {name!r} expects shape "
                                  f"{(idx.size, *spec.shape)}, got {arr.shape}")
-            with self._writing(idx):
-                target = self._array(name)
-                for row, i in enumerate(idx):
-                    target[int(i)] = arr[row]
+            arrays[name] = arr
+        return arrays
 
     def fail(self, frames: int | Sequence[int] | np.ndarray, reason: str) -> None:
         """Mark `frames` failed with a one-line reason; their data stays NaN/unused."""
