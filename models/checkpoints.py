@@ -191,10 +191,10 @@ def _template(config: dict[str, Any], path: Path) -> Generator:
         return Generator(**_checked_config(config, path))
 
 
-def _build_and_load(config: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> Generator:
-    """Generator(config) with `tensors` as its complete state_dict, after checking names and shapes
-    (on a meta-device template, so that nothing is allocated for a config its tensors do not fill)."""
-    expected = _template(config, path).state_dict()
+def _check_tensors(tensors: dict[str, Any], expected: dict[str, tuple[int, ...]], what: str,
+                   path: Path) -> None:
+    """`tensors` are exactly the `expected` names, each a finite floating-point tensor of its shape:
+    checked before any generator is built, so a file cannot make us allocate what it does not hold."""
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -203,16 +203,23 @@ def _build_and_load(config: dict[str, Any], tensors: dict[str, torch.Tensor], pa
             parts.append(f"missing {len(missing)} tensor(s) e.g. {missing[:3]}")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} tensor(s) e.g. {unexpected[:3]}")
-        raise CheckpointError(f"weights do not fit the generator config: {'; '.join(parts)}", path=path)
-    for name, ref in expected.items():
+        raise CheckpointError(f"weights do not fit {what}: {'; '.join(parts)}", path=path)
+    for name, shape in expected.items():
         t = tensors[name]
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise CheckpointError(f"tensor {name} is not a floating-point tensor", path=path)
-        if tuple(t.shape) != tuple(ref.shape):
-            raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)}, the config needs "
-                                  f"{tuple(ref.shape)}", path=path)
+        if tuple(t.shape) != shape:
+            raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)}, the config needs {shape}",
+                                  path=path)
         if not torch.isfinite(t).all():
             raise CheckpointError(f"tensor {name} contains NaN or inf", path=path)
+
+
+def _build_and_load(config: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> Generator:
+    """Generator(config) with `tensors` as its complete state_dict, after checking names and shapes
+    (on a meta-device template, so that nothing is allocated for a config its tensors do not fill)."""
+    expected = {name: tuple(ref.shape) for name, ref in _template(config, path).state_dict().items()}
+    _check_tensors(tensors, expected, "the generator config", path)
     G = Generator(**_checked_config(config, path))
     G.load_state_dict({name: t.detach().to(torch.float32) for name, t in tensors.items()})
     return G
@@ -580,24 +587,8 @@ def build_sg3(config: dict[str, Any], tensors: dict[str, torch.Tensor], path: Pa
         expected = state_shapes(config)
     except (ValueError, ZeroDivisionError, OverflowError) as err:
         raise CheckpointError(f"StyleGAN3 config is not buildable ({err})", path=path) from None
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s) e.g. {missing[:3]}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensor(s) e.g. {unexpected[:3]}")
-        raise CheckpointError(f"weights do not fit the StyleGAN3 config: {'; '.join(parts)}", path=path)
-    for name, shape in expected.items():
-        t = tensors[name]
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise CheckpointError(f"tensor {name} is not a floating-point tensor", path=path)
-        if tuple(t.shape) != shape:
-            raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)}, the config needs {shape}",
-                                  path=path)
-        if not torch.isfinite(t).all():
-            raise CheckpointError(f"tensor {name} contains NaN or inf", path=path)
+    _check_tensors(tensors, {name: tuple(shape) for name, shape in expected.items()},
+                   "the StyleGAN3 config", path)
     G = Generator3(**config)
     for name, designed in G.state_dict().items():
         if name.endswith(("up_filter", "down_filter")) and \
