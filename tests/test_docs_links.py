@@ -106,6 +106,18 @@ def test_docs_pages_named_in_prose_and_code_exist() -> None:
     assert missing == []
 
 
+_SEED_NUMBER = re.compile(r"\bseeds?[ _-]?0\d\d\b|seeds/0\d\d", re.I)
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p.name != "references.md"],
+                         ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_sources_are_cited_by_name(page: Path) -> None:
+    """Papers and posts are cited by author, year and title (docs/references.md), not by the design
+    card's "seed 00N" numbers; references.md alone keeps the old numbers, to translate them."""
+    text = page.read_text(encoding="utf-8")
+    assert [m.group(0) for m in _SEED_NUMBER.finditer(text)] == []
+
+
 def test_every_page_is_checked() -> None:
     names = {str(p.relative_to(REPO_ROOT)) for p in PAGES}
     assert {"README.md", "docs/architecture.md", "docs/references.md", "deployments/README.md"} <= names
