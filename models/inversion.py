@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from models import schedules
 from models.losses import (
     PERCEPTUAL_CHOICES,
     IdentityLoss,
@@ -110,16 +111,14 @@ class InversionConfig:
         return dataclasses.replace(self, **changes)
 
     def learning_rate_at(self, step: int) -> float:
-        """Adam's learning rate at `step` (0-based): NVIDIA's projector's ramp-up and cosine ramp-down."""
-        t = step / self.steps
-        ramp = min(1.0, (1.0 - t) / self.lr_rampdown)
-        ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
-        return self.learning_rate * ramp * min(1.0, t / self.lr_rampup)
+        """Adam's learning rate at `step` (0-based): NVIDIA's projector's ramps (models.schedules)."""
+        return schedules.learning_rate_at(self.learning_rate, step, self.steps, self.lr_rampup,
+                                          self.lr_rampdown)
 
     def w_noise_factor_at(self, step: int) -> float:
-        """Std of the w noise at `step`, in units of the spread of mapped w."""
-        t = step / self.steps
-        return self.initial_noise_factor * max(0.0, 1.0 - t / self.noise_ramp_length) ** 2
+        """Std of the w noise at `step`, in units of the spread of mapped w (models.schedules)."""
+        return schedules.w_noise_factor_at(self.initial_noise_factor, step, self.steps,
+                                           self.noise_ramp_length)
 
     def provenance(self) -> dict:
         """The settings (all of them: each changes the latents) and whether LPIPS was calibrated."""
