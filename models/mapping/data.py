@@ -66,7 +66,12 @@ class PairSampler:
     """Random (source, driving) pairs from clips, deterministic given its seed; its state (a
     torch.Generator's) goes into the trainer's checkpoint so a resumed run draws the same pairs."""
 
-    def __init__(self, clips: Sequence[MappingClip], seed: int = 0) -> None:
+    def __init__(
+        self,
+        clips: Sequence[MappingClip],   # one or more clips, all with the same crop_resolution
+        seed: int = 0,                  # seed of the pair draws (MappingTrainer re-seeds it with its
+                                        # config's seed)
+    ) -> None:
         if not clips:
             raise ValueError("PairSampler: no clips")
         resolutions = {int(c.crop_resolution) for c in clips}
@@ -138,6 +143,10 @@ class PairSampler:
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "num_frames": self.num_frames}
+
+    def __repr__(self) -> str:
+        return (f"PairSampler(clips={len(self.clips)}, usable_frames={self.num_frames}, "
+                f"crop_resolution={self.crop_resolution}, num_ws={self.num_ws}, w_dim={self.w_dim})")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["num_frames"]) != self.num_frames:

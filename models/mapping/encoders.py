@@ -153,7 +153,11 @@ class LandmarkRasterizer(nn.Module):
 class _ConvBlock(nn.Module):
     """Two 3x3 convolutions with leaky ReLU, then 2x average pooling."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(
+        self,
+        in_channels: int,       # feature maps in
+        out_channels: int,      # feature maps out (both convolutions)
+    ) -> None:
         super().__init__()
         self.conv0 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.conv1 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
