@@ -364,7 +364,7 @@ def load_mapping(path: str | Path, G: Generator, device: str | torch.device | No
     """The mapping network of a checkpoint, checked against G before any work: missing or unreadable
     (CheckpointError), made for another generator (its provenance's weights sha256: the error names
     both), another W+ shape or another crop resolution. Returns (network, checkpoint sha256)."""
-    from models.mapping import load_mapping_network, read_mapping_checkpoint
+    from models.mapping.checkpoint import load_mapping_network, read_mapping_checkpoint
     from storage.provenance import sha256_file
 
     path = Path(path).expanduser()
@@ -470,7 +470,7 @@ def map_to_cache(G: Generator, net, table: ReenactCache, source: SourceFace, dri
     resume and its state, unchanged).
     Returns {"start", "computed", "failed": {frame: reason}, "seconds"}.
     """
-    from models.mapping import reenact_with_mapping
+    from models.mapping.inference import reenact_with_mapping
 
     began = time.perf_counter()
     T = table.num_frames

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.mapping import read_mapping_checkpoint
+from models.mapping.checkpoint import read_mapping_checkpoint
 from storage.cache import Workspace
 from storage.errors import CacheError, CheckpointError, InputError
 from storage.latents import LatentCache
