@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+from collections.abc import Callable, Iterator
 
 # The workspace a command uses without --cache: $FACEREENACT_CACHE, else a folder in the working
 # directory (every command the same, so `invert`, `train-mapping`, `run` and `status` meet there).
@@ -31,6 +33,34 @@ def cache_of(args: argparse.Namespace) -> str:
 
         raise InputError(f"two caches given: {positional} and --cache {args.cache}")
     return positional
+
+
+@contextlib.contextmanager
+def summary_on_failure(format_summary: Callable[[dict], str]) -> Iterator[None]:
+    """A flow that ends in a JobFailedError carrying its `summary` (some frames or jobs failed): print
+    the summary first (stdout), then let the error give its one line and exit code."""
+    from storage.errors import JobFailedError
+
+    try:
+        yield
+    except JobFailedError as err:
+        if getattr(err, "summary", None) is not None:
+            print(format_summary(err.summary), flush=True)
+        raise
+
+
+def add_landmarks_option(parser: argparse.ArgumentParser, what: str = "tracking and projection") -> None:
+    from flows.requests import LANDMARKS
+
+    parser.add_argument("--landmarks", choices=LANDMARKS, default="faceapi",
+                        help=f"landmark backend of {what} (default faceapi)")
+
+
+def add_weights_option(parser: argparse.ArgumentParser, extra: str = "") -> None:
+    from flows.requests import DEFAULT_WEIGHTS
+
+    parser.add_argument("--weights", default=DEFAULT_WEIGHTS, metavar="NAME|PATH",
+                        help=f"generator checkpoint or registered name (default {DEFAULT_WEIGHTS}){extra}")
 
 
 def quiet_prefect(verbose: bool) -> None:
