@@ -104,7 +104,8 @@ def test_cli_and_flow_defaults_are_the_configs():
                  "held_out", "split", "seed"):
         assert training[name].default == getattr(request, name), name
     flow = inspect.signature(train_mapping.fn).parameters
-    assert (flow["steps"].default, flow["checkpoint_every"].default) == (request.steps, request.checkpoint_every)
+    assert (flow["steps"].default, flow["checkpoint_every"].default) == \
+        (request.steps, request.checkpoint_every)
 
 
 def test_choices_mirror_the_models():
@@ -114,7 +115,7 @@ def test_choices_mirror_the_models():
     from models.reenact import VARIANTS
     from storage.render import LAYOUTS
 
-    assert requests.MODES == tuple(REENACTORS)
+    assert tuple(REENACTORS) == requests.MODES
     assert requests.VARIANTS == VARIANTS and requests.LAYOUTS == LAYOUTS
     assert set(requests.DETECTORS) == set(DETECTORS) and requests.DEFAULT_DETECTOR == DEFAULT_DETECTOR
 
@@ -123,7 +124,8 @@ def test_requests_and_the_parser_load_neither_torch_nor_prefect():
     code = ("import sys\nfrom flows.cli import build_parser\nimport flows.requests as r\nbuild_parser()\n"
             "r.ReenactRequest('s', 'd', 'o'); r.InvertRequest('x'); r.TrainMappingRequest('m')\n"
             "print([m for m in ('torch', 'prefect') if m in sys.modules])")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                          check=True)
     assert proc.stdout.strip() == "[]"
 
 
@@ -156,7 +158,8 @@ def test_settings_are_checked_against_the_configs():
     with pytest.raises(InputError, match="unknown projection option"):
         ReenactRequest("s", "d", "o", settings={"stepz_first": 3}).check_settings()
     with pytest.raises(InputError, match="projection-mode settings"):
-        ReenactRequest("s", "d", "o", mode="mapping", settings={"mapping": "m.pt", "steps_first": 3}).check_settings()
+        ReenactRequest("s", "d", "o", mode="mapping",
+                       settings={"mapping": "m.pt", "steps_first": 3}).check_settings()
     with pytest.raises(InputError, match="bad inversion settings"):
         InvertRequest("x", loss_weights={"lambda_mse": -1.0}).config()
 
@@ -184,7 +187,8 @@ def test_records_round_trip_and_old_records_still_load():
         request_of_record("j", {k: v for k, v in old.items() if k != "mode"})
     with pytest.raises(CacheError, match="request format 99"):
         request_of_record("j", {**old, "request": {**record, "format": 99}})
-    old_invert = {"dataset": "v/", "args": {"steps": 5, "batch_size": 2, "perceptual": "lpips-vgg", "seed": 1}}
+    old_invert = {"dataset": "v/",
+                  "args": {"steps": 5, "batch_size": 2, "perceptual": "lpips-vgg", "seed": 1}}
     assert InvertRequest.from_old_record(old_invert) == \
         InvertRequest("v/", steps=5, batch_size=2, seed=1, detector="haar")  # before --detector: haar
 
@@ -201,8 +205,8 @@ def test_a_bad_request_is_refused_alike_from_cli_manifest_and_resume(cli, tmp_pa
     proc = cli("run", "--source", tmp_path / "face.jpg", "--driving", clip, "-o", tmp_path / "o.mp4",
                "--refine-steps", "2")
     assert_user_error(proc, says, code=2)
-    (tmp_path / "jobs.jsonl").write_text(json.dumps({"source": "face.jpg", "driving": "drive.mp4",
-                                                     "output": "a.mp4", "options": {"refine_steps": 2}}) + "\n")
+    job = {"source": "face.jpg", "driving": "drive.mp4", "output": "a.mp4", "options": {"refine_steps": 2}}
+    (tmp_path / "jobs.jsonl").write_text(json.dumps(job) + "\n")
     with pytest.raises(InputError, match=says) as raised:
         load_jobs(tmp_path / "jobs.jsonl")
     assert "job 1 (line 1), options" in str(raised.value)
