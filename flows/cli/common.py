@@ -87,8 +87,9 @@ from storage.limits import MAX_STEPS  # noqa: E402 (storage.limits imports nothi
 
 # Ranges every numeric option is held to by the parser (`check_numeric_options`), before any command
 # runs: a value outside them is a typo or an attack, never a setting (10**22 steps would run for ever;
-# 10**11 frames or a 10**12 batch would try to allocate them). Commands check narrower ranges
-# themselves (require_at_least, --resolution 8..4096). Ints are never negative.
+# 10**11 frames or a 10**12 batch would try to allocate them). The requests (flows/requests.py) check
+# the narrower ranges of what a job asks for (steps >= 1, held-out in [0, 1), ...), whoever builds them;
+# commands check the rest themselves (require_at_least, --resolution 8..4096). Ints are never negative.
 MAX_INT = 2**31 - 1
 INT_LIMITS: dict[str, int] = {
     "seed": 2**32 - 1,  # numpy's RandomState takes [0, 2**32)
