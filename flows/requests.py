@@ -17,8 +17,9 @@ Defaults exist once. Those of the config dataclasses (InversionConfig.steps, its
 perceptual loss; ProjectionConfig's steps_first / steps_next; the mapping training's settings) are
 read here from the dataclasses' source text (`config_defaults`), not copied and not imported: this
 module, like the CLI's parser that uses it, must not load torch (`--help` and argument errors come
-back in well under two seconds). tests/test_requests.py checks the text reading against the imported
-dataclasses, and the CLI's help against both.
+back in well under two seconds). The reenact modes are read the same way, as the keys of
+flows/reenact.py REENACTORS, so a new mode is one row there. tests/test_requests.py checks the text
+reading against the imported dataclasses and registry, and the CLI's help against both.
 
 This module imports neither torch nor Prefect (at import time, nor in the constructors).
 """
@@ -58,6 +59,16 @@ def _module_tree(module: str) -> ast.Module:
     return ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
 
 
+def _assigned(tree: ast.Module, name: str) -> ast.expr | None:
+    """The value a module assigns to `name` at its top level, or None."""
+    for node in tree.body:
+        targets = [node.target] if isinstance(node, ast.AnnAssign) else \
+            node.targets if isinstance(node, ast.Assign) else []
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return node.value
+    return None
+
+
 @functools.cache
 def config_defaults(module: str, name: str) -> Mapping[str, Any]:
     """The literal defaults of class `name` of `module` ({field: default}), or of a module-level dict
@@ -75,11 +86,20 @@ def config_defaults(module: str, name: str) -> Mapping[str, Any]:
                     except ValueError:
                         continue
             return defaults
-        targets = [node.target] if isinstance(node, ast.AnnAssign) else \
-            node.targets if isinstance(node, ast.Assign) else []
-        if any(isinstance(t, ast.Name) and t.id == name for t in targets) and node.value is not None:
-            return ast.literal_eval(node.value)
-    raise ImportError(f"{module} defines no {name}")
+    value = _assigned(tree, name)
+    if value is None:
+        raise ImportError(f"{module} defines no {name}")
+    return ast.literal_eval(value)
+
+
+@functools.cache
+def registry_names(module: str, name: str) -> tuple[str, ...]:
+    """The literal keys of the module-level dict `name` of `module` (a registry such as REENACTORS), in
+    order, read from the source without importing it."""
+    value = _assigned(_module_tree(module), name)
+    if not isinstance(value, ast.Dict):
+        raise ImportError(f"{module} defines no dict {name}")
+    return tuple(ast.literal_eval(key) for key in value.keys if key is not None)
 
 
 # The config dataclasses (and the mapping training's settings) whose defaults the requests and the
@@ -98,7 +118,7 @@ def default_of(config: tuple[str, str], name: str) -> Any:
 # Checks shared by every request
 
 
-MODES = ("projection", "mapping")  # flows/reenact.py REENACTORS' keys (tests/test_requests.py checks)
+MODES = registry_names("flows.reenact", "REENACTORS")  # a new mode is a row there, nothing here
 VARIANTS = ("identity", "free")    # models/reenact.py VARIANTS
 LAYOUTS = ("result", "side-by-side")  # storage/render.py LAYOUTS
 LANDMARKS = ("faceapi", "fan")     # models/landmarks backends
