@@ -42,8 +42,11 @@ def request_of_record(job: str, record: Mapping[str, Any], path: str | None = No
     try:
         if "request" in record:
             return ReenactRequest.from_record(record["request"], where)
-        return ReenactRequest.from_options(record["source"], record["driving"], record["output"],
-                                           record["mode"], dict(record.get("options") or {}))
+        try:
+            return ReenactRequest.from_options(record["source"], record["driving"], record["output"],
+                                               record["mode"], dict(record.get("options") or {}))
+        except InputError as err:
+            raise InputError(f"{where}: {err}") from None
     except KeyError as err:
         raise CacheError(f"{where} lacks {err}; rerun its command instead", path=path) from None
     except InputError as err:

@@ -188,17 +188,17 @@ class _Request:
     @classmethod
     def from_record(cls, data: Mapping[str, Any], where: str = "job record"):  # noqa: ANN206
         """The request a record's "request" holds; an unknown format or field is an InputError
-        (a record written by a newer facereenact), not a guess."""
+        (a record written by a newer facereenact), not a guess (callers add: rerun its command)."""
         if not isinstance(data, Mapping) or data.get("kind") != cls.KIND:
             raise InputError(f"{where}: not a {cls.KIND} request")
         if data.get("format") != REQUEST_FORMAT:
             raise InputError(f"{where}: request format {data.get('format')!r} is not this version's "
-                             f"({REQUEST_FORMAT}); rerun the job's command")
+                             f"({REQUEST_FORMAT})")
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         values = {k: v for k, v in data.items() if k not in ("kind", "format")}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise InputError(f"{where}: unknown request field(s) {unknown}; rerun the job's command")
+            raise InputError(f"{where}: unknown request field(s) {unknown}")
         return cls(**values)
 
 

@@ -220,3 +220,21 @@ def test_a_bad_request_is_refused_alike_from_cli_manifest_and_resume(cli, tmp_pa
     with pytest.raises(CacheError, match=says):
         request_of_record("reenact-x", record)
     assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "a.mp4").exists()
+
+
+def test_resume_refuses_a_bad_or_newer_record_in_one_line(cli, tmp_path):
+    """`facereenact resume` rebuilds the request from the record: a record holding a request this
+    version refuses is a cache error naming the job (exit 5), before any work."""
+    from storage.cache import Workspace
+
+    ws = Workspace(tmp_path / "cache")
+    request = ReenactRequest(str(tmp_path / "s.jpg"), str(tmp_path / "d.mp4"), str(tmp_path / "o.mp4"))
+    base = {"kind": "reenact", "source": request.source, "driving": request.driving, "output": request.output,
+            "mode": "projection", "args": {"weights": "G.pkl"}, "state": "failed"}
+    ws.record_job("reenact-old", {**base, "options": {"refine_steps": 2}})
+    ws.record_job("reenact-new", {**base, "options": {}, "request": {**request.to_record(), "format": 99}})
+    assert_user_error(cli("resume", "reenact-old", "--cache", tmp_path / "cache"), "job record reenact-old",
+                      "settings of --mode mapping", "rerun its command", code=5)
+    assert_user_error(cli("resume", "reenact-new", "--cache", tmp_path / "cache"), "request format 99",
+                      code=5)
+    assert not (tmp_path / "o.mp4").exists()
