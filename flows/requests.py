@@ -69,13 +69,25 @@ def _assigned(tree: ast.Module, name: str) -> ast.expr | None:
     return None
 
 
+def _imported_from(tree: ast.Module, name: str) -> str | None:
+    """The module `name` is imported from (`from models.x import name`), when the module does so."""
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level and \
+                any((alias.asname or alias.name) == name and alias.name == name for alias in node.names):
+            return node.module
+    return None
+
+
 @functools.cache
 def config_defaults(module: str, name: str) -> Mapping[str, Any]:
     """The literal defaults of class `name` of `module` ({field: default}), or of a module-level dict
     constant `name`, read from the source without importing it (fields whose default is not a literal,
-    e.g. a named constant, are left out). A missing class is an ImportError: a renamed config must
-    fail loudly here, not fall back to a copy."""
+    e.g. a named constant, are left out; a name the module imports from another is followed there). A
+    missing class is an ImportError: a renamed config must fail loudly here, not fall back to a copy."""
     tree = _module_tree(module)
+    origin = _imported_from(tree, name)
+    if origin is not None:
+        return config_defaults(origin, name)
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == name:
             defaults = {}

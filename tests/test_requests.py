@@ -238,3 +238,21 @@ def test_resume_refuses_a_bad_or_newer_record_in_one_line(cli, tmp_path):
     assert_user_error(cli("resume", "reenact-new", "--cache", tmp_path / "cache"), "request format 99",
                       code=5)
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_defaults_follow_a_config_moved_to_another_module(tmp_path, monkeypatch):
+    """A config re-exported from the module the requests name (`from x import Config`, as a split of
+    models/ may leave it) is read where it is defined."""
+    from flows import requests
+
+    (tmp_path / "cfg_pkg").mkdir()
+    (tmp_path / "cfg_pkg" / "__init__.py").write_text("")
+    (tmp_path / "cfg_pkg" / "old.py").write_text("from cfg_pkg.new import Config, SETTINGS\n")
+    (tmp_path / "cfg_pkg" / "new.py").write_text(
+        "import dataclasses\n@dataclasses.dataclass\nclass Config:\n    steps: int = 7\n"
+        "    weights: tuple = NAMED\nSETTINGS = {'a': 1}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert dict(requests.config_defaults("cfg_pkg.old", "Config")) == {"steps": 7}
+    assert dict(requests.config_defaults("cfg_pkg.old", "SETTINGS")) == {"a": 1}
+    with pytest.raises(ImportError, match="defines no Missing"):
+        requests.config_defaults("cfg_pkg.new", "Missing")
