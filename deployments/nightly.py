@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from flows.batch import reenact_batch
-from flows.requests import DEFAULT_WEIGHTS
+from flows.job_requests import DEFAULT_WEIGHTS
 
 CRON = os.environ.get("FACEREENACT_CRON", "0 2 * * *")
 

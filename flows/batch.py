@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
 from flows.conventions import flow_run_name, one_line_failure
-from flows.requests import DEFAULT_WEIGHTS, JOB_KEYWORDS, ReenactRequest, check_mode
+from flows.job_requests import DEFAULT_WEIGHTS, JOB_KEYWORDS, ReenactRequest, check_mode
 from flows.runners import gpu_annotation, task_runner
 from storage.cache import Workspace
 from storage.errors import InputError, JobFailedError
@@ -36,7 +36,7 @@ from tasks.batch import run_job
 
 __all__ = ["JOB_KEYWORDS", "PATH_OPTIONS", "batch_id", "format_batch_summary", "load_jobs", "reenact_batch"]
 
-# A job's options are a ReenactRequest's keywords (flows/requests.py JOB_KEYWORDS: variant, layout, ...)
+# A job's options are a ReenactRequest's keywords (flows/job_requests.py JOB_KEYWORDS: variant, layout, ...)
 # and its mode's settings (projection: ProjectionConfig fields such as steps_first) or `invert_steps`.
 # Options that name a file (mode "mapping": its trained network): resolved against the manifest's
 # folder like source and driving, never climbing out of it.
@@ -91,7 +91,7 @@ def _check_outputs_not_inputs(jobs: list[BatchJob]) -> None:
 
 
 def _check_options(job: BatchJob, base: Path) -> dict[str, Any]:
-    """A job's options, checked as the ReenactRequest they make (flows/requests.py: keywords with the
+    """A job's options, checked as the ReenactRequest they make (flows/job_requests.py: keywords with the
     right types, the mode's settings by its own check, so an unknown option name fails the manifest
     before anything runs), path options resolved against the manifest's folder."""
     from storage.manifests import resolve_entry

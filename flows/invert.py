@@ -28,8 +28,8 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
 from flows.conventions import flow_run_name, one_line_failure
+from flows.job_requests import InvertRequest
 from flows.prepare import prepare_video
-from flows.requests import InvertRequest
 from flows.runners import gpu_annotation
 from storage.cache import Workspace
 from storage.errors import FacereenactError, InputError, JobFailedError
@@ -62,7 +62,7 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = InvertRe
     `perceptual`, `loss_weights` ({"lambda_mse": ..., ...}) and `seed` (the base of every frame's
     seed) are InversionConfig settings; `max_loss` fails frames whose final total loss is above it
     (a quality gate, not part of the provenance: loosen it and `retry_failed` to redo those frames).
-    What is asked is an InvertRequest (flows/requests.py), checked there; the job record stores it.
+    What is asked is an InvertRequest (flows/job_requests.py), checked there; the job record stores it.
     Returns the job's summary; raises JobFailedError (with `.summary`) when frames or videos failed.
     """
     logger = get_run_logger()

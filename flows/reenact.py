@@ -25,8 +25,8 @@ from typing import Any, NamedTuple
 from prefect import flow, get_run_logger
 
 from flows.conventions import flow_run_name, one_line_failure
+from flows.job_requests import DEFAULT_DETECTOR, ReenactRequest
 from flows.prepare import prepare_image, prepare_video
-from flows.requests import DEFAULT_DETECTOR, ReenactRequest
 from models.inversion import InversionConfig
 from models.reenact import load_mapping, mapping_settings, projection_config
 from storage.cache import Workspace
@@ -136,7 +136,7 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str,
     options:   the mode's settings (projection: ProjectionConfig fields, e.g. steps_first,
                steps_next, perceptual), `invert_steps` (the source inversion's steps, default
                InversionConfig's; it uses the same `perceptual`), `preview` (PNG path; default
-               OUTPUT.preview.png). All of it is a ReenactRequest (flows/requests.py), checked there.
+               OUTPUT.preview.png). All of it is a ReenactRequest (flows/job_requests.py), checked there.
     Returns the run's summary: output, frames, fps, seconds, metric means, tables used.
     """
     logger = get_run_logger()

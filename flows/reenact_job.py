@@ -1,7 +1,7 @@
 """`facereenact run` as a recorded job: the reenact flow with a job record in the cache, like each job
 of a batch, so `facereenact status` lists it and `facereenact resume JOB` runs it again.
 
-    record (kind "reenact": the request (flows/requests.py ReenactRequest, paths resolved), and as
+    record (kind "reenact": the request (flows/job_requests.py ReenactRequest, paths resolved), and as
             before it the source, driving, output, mode and options; args; state running + lease)
     reenact(...)  (flows/reenact.py)
     record (state finished with its tables and seconds, or failed / interrupted with the reason)
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flows.requests import ReenactRequest
+from flows.job_requests import ReenactRequest
 from storage.cache import Workspace
 from storage.errors import CacheError, InputError
 from storage.provenance import code_version, provenance_key

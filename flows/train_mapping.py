@@ -23,7 +23,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.conventions import flow_run_name, one_line_failure
-from flows.requests import TrainMappingRequest
+from flows.job_requests import TrainMappingRequest
 from storage.errors import InputError
 from tasks.train_mapping import inspect_data, train_network
 
@@ -40,7 +40,7 @@ def train_mapping(cache: str, out: str, steps: int = TrainMappingRequest.steps,
 
     `settings` override tasks.train_mapping.DEFAULT_SETTINGS (representation, batch_size, image_loss,
     learning_rate, seed, held_out, split, inversion); `weights` (the generator the latents came from)
-    is needed when image_loss > 0. All of it is a TrainMappingRequest (flows/requests.py), checked there.
+    is needed when image_loss > 0. All of it is a TrainMappingRequest (flows/job_requests.py), checked there.
     Returns the summary (also a markdown artifact keyed
 "train-mapping-<checkpoint name>-<hash of its path>": one history per checkpoint).
     """

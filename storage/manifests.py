@@ -164,7 +164,7 @@ def load_batch(manifest: str | Path, output_dir: str | Path | None = None) -> li
     Each job: source (image), driving (video), output (mp4, relative to `output_dir`, default the
     manifest's directory), mode (a string), options (a mapping). These are the manifest's own
     problems, each an InputError naming the line and the field; what the mode and options mean is the
-    request's to check (flows/requests.py ReenactRequest, through flows/batch.py load_jobs).
+    request's to check (flows/job_requests.py ReenactRequest, through flows/batch.py load_jobs).
     """
     path = Path(manifest).expanduser()
     if path.exists() and not path.is_file():

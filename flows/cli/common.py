@@ -50,14 +50,14 @@ def summary_on_failure(format_summary: Callable[[dict], str]) -> Iterator[None]:
 
 
 def add_landmarks_option(parser: argparse.ArgumentParser, what: str = "tracking and projection") -> None:
-    from flows.requests import LANDMARKS
+    from flows.job_requests import LANDMARKS
 
     parser.add_argument("--landmarks", choices=LANDMARKS, default="faceapi",
                         help=f"landmark backend of {what} (default faceapi)")
 
 
 def add_weights_option(parser: argparse.ArgumentParser, extra: str = "") -> None:
-    from flows.requests import DEFAULT_WEIGHTS
+    from flows.job_requests import DEFAULT_WEIGHTS
 
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS, metavar="NAME|PATH",
                         help=f"generator checkpoint or registered name (default {DEFAULT_WEIGHTS}){extra}")
@@ -87,7 +87,7 @@ from storage.limits import MAX_STEPS  # noqa: E402 (storage.limits imports nothi
 
 # Ranges every numeric option is held to by the parser (`check_numeric_options`), before any command
 # runs: a value outside them is a typo or an attack, never a setting (10**22 steps would run for ever;
-# 10**11 frames or a 10**12 batch would try to allocate them). The requests (flows/requests.py) check
+# 10**11 frames or a 10**12 batch would try to allocate them). The requests (flows/job_requests.py) check
 # the narrower ranges of what a job asks for (steps >= 1, held-out in [0, 1), ...), whoever builds them;
 # commands check the rest themselves (require_at_least, --resolution 8..4096). Ints are never negative.
 MAX_INT = 2**31 - 1

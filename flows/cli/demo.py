@@ -20,7 +20,7 @@ from pathlib import Path
 
 from flows.cli.common import quiet_prefect
 from flows.cli.options import add_device_option, add_quiet_option
-from flows.requests import DEFAULT_WEIGHTS, INVERSION, PROJECTION, default_of
+from flows.job_requests import DEFAULT_WEIGHTS, INVERSION, PROJECTION, default_of
 
 REAL_WEIGHTS = DEFAULT_WEIGHTS
 # The offline schedule: small enough for about 2 minutes on a 2-core CPU (docs/reenact.md).

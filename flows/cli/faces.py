@@ -1,6 +1,6 @@
 """The face options shared by the commands that find faces (run, prepare, invert): which detector,
 which face. Kept free of heavy imports so `--help` and argument errors stay fast; the names and the
-default are the requests' (flows/requests.py DETECTORS, DEFAULT_DETECTOR), which mirror
+default are the requests' (flows/job_requests.py DETECTORS, DEFAULT_DETECTOR), which mirror
 models/detection.py's (a test checks they agree)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from flows.cli.options import int_at_least
-from flows.requests import DEFAULT_DETECTOR, DETECTORS
+from flows.job_requests import DEFAULT_DETECTOR, DETECTORS
 
 DETECTOR_CHOICES = DETECTORS
 __all__ = ["DEFAULT_DETECTOR", "DETECTOR_CHOICES", "add_detector_option", "face_index"]

@@ -22,7 +22,7 @@ from flows.cli.common import (
 )
 from flows.cli.faces import add_detector_option
 from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option, perceptual_option
-from flows.requests import INVERSION, LOSS_WEIGHTS, PERCEPTUAL, InvertRequest, default_of
+from flows.job_requests import INVERSION, LOSS_WEIGHTS, PERCEPTUAL, InvertRequest, default_of
 
 EXAMPLES = """examples:
   facereenact invert clips/ --cache cache/                 # every video under clips/

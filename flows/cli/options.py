@@ -93,9 +93,9 @@ def add_device_option(parser: argparse.ArgumentParser, default: str = "auto") ->
 
 
 def perceptual_option(parser: argparse.ArgumentParser, config: tuple[str, str]) -> None:
-    """`--perceptual` (the LPIPS backbone), its default the one of `config` (flows/requests.py INVERSION
+    """`--perceptual` (the LPIPS backbone), its default the one of `config` (flows/job_requests.py INVERSION
     or PROJECTION); the flows get the config's value (PERCEPTUAL maps the names)."""
-    from flows.requests import PERCEPTUAL, default_of
+    from flows.job_requests import PERCEPTUAL, default_of
 
     default = next(name for name, value in PERCEPTUAL.items() if value == default_of(config, "perceptual"))
     parser.add_argument("--perceptual", choices=sorted(PERCEPTUAL), default=default,

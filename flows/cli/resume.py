@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _resume_invert(args: argparse.Namespace, job: str, record: dict) -> int:
     from flows.invert import format_summary, invert_dataset
-    from flows.requests import InvertRequest
+    from flows.job_requests import InvertRequest
     from flows.runners import task_runner
     from storage.errors import CacheError, InputError
 

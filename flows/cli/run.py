@@ -25,7 +25,7 @@ from pathlib import Path
 from flows.cli.common import add_cache_option, add_landmarks_option, add_weights_option, quiet_prefect
 from flows.cli.faces import add_detector_option, face_index
 from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option, perceptual_option
-from flows.requests import (
+from flows.job_requests import (
     INVERSION,
     LAYOUTS,
     MODES,
@@ -79,7 +79,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="paste the result into the original driving frames")
     parser.add_argument("--subframes", action="store_true",
                         help="twice the frame rate: latent midpoints between frames")
-    # defaults shown from the config dataclasses (flows/requests.py); the flow applies them
+    # defaults shown from the config dataclasses (flows/job_requests.py); the flow applies them
     parser.add_argument("--steps-first", type=int, metavar="N",
                         help=f"Adam steps on frame 0 (default {default_of(PROJECTION, 'steps_first')})")
     parser.add_argument("--steps-next", type=int, metavar="N",

@@ -14,8 +14,8 @@ import argparse
 
 from flows.cli.common import add_cache_option, quiet_prefect
 from flows.cli.options import add_device_option, add_verbose_option
-from flows.requests import REPRESENTATIONS, SPLITS
-from flows.requests import TrainMappingRequest as Request
+from flows.job_requests import REPRESENTATIONS, SPLITS
+from flows.job_requests import TrainMappingRequest as Request
 
 EXAMPLES = """examples:
   facereenact invert clips/ --cache cache/           # first: the latents it trains on
@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_cache_option(parser, "cache the inversion filled")
     parser.add_argument("-o", "--out", "--output", required=True, metavar="PATH",
                         help="checkpoint to write (and to continue, when it holds this run's earlier steps)")
-    # every default is the request's (flows/requests.py TrainMappingRequest)
+    # every default is the request's (flows/job_requests.py TrainMappingRequest)
     parser.add_argument("--steps", type=int, default=Request.steps,
                         help=f"training steps in all (default {Request.steps})")
     parser.add_argument("--checkpoint-every", type=int, default=Request.checkpoint_every, metavar="N",

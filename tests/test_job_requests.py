@@ -1,4 +1,4 @@
-"""Requests (flows/requests.py): one per job kind, validated once, its defaults the config dataclasses'.
+"""Requests (flows/job_requests.py): one per job kind, validated once, its defaults the config dataclasses'.
 
 A default that diverged between the CLI, the flows and the configs, or a path that skipped the
 request's checks (the CLI, a batch manifest, a resumed job record), fails here.
@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from flows.requests import (
+from flows.job_requests import (
     INVERSION,
     MAPPING_TRAINING,
     PROJECTION,
@@ -70,7 +70,7 @@ def test_cli_and_flow_defaults_are_the_configs():
     defaults are the config dataclasses'."""
     from flows.cli.demo import REAL
     from flows.invert import invert_dataset
-    from flows.requests import PERCEPTUAL
+    from flows.job_requests import PERCEPTUAL
     from flows.train_mapping import train_mapping
     from models.inversion import InversionConfig
     from models.projection import ProjectionConfig
@@ -109,7 +109,7 @@ def test_cli_and_flow_defaults_are_the_configs():
 
 
 def test_choices_mirror_the_models():
-    from flows import requests
+    from flows import job_requests as requests
     from flows.reenact import REENACTORS
     from models.detection import DEFAULT_DETECTOR, DETECTORS
     from models.reenact import VARIANTS
@@ -121,7 +121,7 @@ def test_choices_mirror_the_models():
 
 
 def test_requests_and_the_parser_load_neither_torch_nor_prefect():
-    code = ("import sys\nfrom flows.cli import build_parser\nimport flows.requests as r\nbuild_parser()\n"
+    code = ("import sys\nfrom flows.cli import build_parser\nimport flows.job_requests as r\nbuild_parser()\n"
             "r.ReenactRequest('s', 'd', 'o'); r.InvertRequest('x'); r.TrainMappingRequest('m')\n"
             "print([m for m in ('torch', 'prefect') if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -243,7 +243,7 @@ def test_resume_refuses_a_bad_or_newer_record_in_one_line(cli, tmp_path):
 def test_defaults_follow_a_config_moved_to_another_module(tmp_path, monkeypatch):
     """A config re-exported from the module the requests name (`from x import Config`, as a split of
     models/ may leave it) is read where it is defined."""
-    from flows import requests
+    from flows import job_requests as requests
 
     (tmp_path / "cfg_pkg").mkdir()
     (tmp_path / "cfg_pkg" / "__init__.py").write_text("")

@@ -18,10 +18,12 @@ perceptual loss; ProjectionConfig's steps_first / steps_next; the mapping traini
 read here from the dataclasses' source text (`config_defaults`), not copied and not imported: this
 module, like the CLI's parser that uses it, must not load torch (`--help` and argument errors come
 back in well under two seconds). The reenact modes are read the same way, as the keys of
-flows/reenact.py REENACTORS, so a new mode is one row there. tests/test_requests.py checks the text
+flows/reenact.py REENACTORS, so a new mode is one row there. tests/test_job_requests.py checks the text
 reading against the imported dataclasses and registry, and the CLI's help against both.
 
-This module imports neither torch nor Prefect (at import time, nor in the constructors).
+This module imports neither torch nor Prefect (at import time, nor in the constructors). It is not
+called `requests`: Prefect loads a deployment's flow file as a script with flows/ on sys.path, where a
+flows/requests.py would shadow the `requests` package (tests/test_deployment.py fails then).
 """
 
 from __future__ import annotations
