@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from flows.batch import reenact_batch
+from flows.job_requests import DEFAULT_WEIGHTS
 
 CRON = os.environ.get("FACEREENACT_CRON", "0 2 * * *")
 
@@ -22,7 +23,7 @@ def main() -> None:
         cron=CRON,
         parameters={"manifest": os.environ["FACEREENACT_BATCH"],
                     "cache": os.environ.get("FACEREENACT_CACHE", ".facereenact-cache"),
-                    "weights": os.environ.get("FACEREENACT_WEIGHTS", "ffhq-1024"),
+                    "weights": os.environ.get("FACEREENACT_WEIGHTS", DEFAULT_WEIGHTS),
                     "device": os.environ.get("FACEREENACT_DEVICE", "auto")},
         tags=["gpu", "nightly"],
     )

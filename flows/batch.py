@@ -25,6 +25,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
 from flows.conventions import flow_run_name, one_line_failure
+from flows.job_requests import DEFAULT_WEIGHTS, JOB_KEYWORDS, ReenactRequest, check_mode
 from flows.runners import gpu_annotation, task_runner
 from storage.cache import Workspace
 from storage.errors import InputError, JobFailedError
@@ -35,10 +36,8 @@ from tasks.batch import run_job
 
 __all__ = ["JOB_KEYWORDS", "PATH_OPTIONS", "batch_id", "format_batch_summary", "load_jobs", "reenact_batch"]
 
-# Keyword arguments of `reenact` that a job's options may set; every other option is the mode's
-# (projection: ProjectionConfig fields such as steps_first, steps_next, perceptual) or `invert_steps`.
-JOB_KEYWORDS = {"variant": str, "layout": str, "paste_back": bool, "subframes": bool, "detector": str,
-                "face_index": int, "source_face_index": int}
+# A job's options are a ReenactRequest's keywords (flows/job_requests.py JOB_KEYWORDS: variant, layout, ...)
+# and its mode's settings (projection: ProjectionConfig fields such as steps_first) or `invert_steps`.
 # Options that name a file (mode "mapping": its trained network): resolved against the manifest's
 # folder like source and driving, never climbing out of it.
 PATH_OPTIONS = ("mapping",)
@@ -92,55 +91,44 @@ def _check_outputs_not_inputs(jobs: list[BatchJob]) -> None:
 
 
 def _check_options(job: BatchJob, base: Path) -> dict[str, Any]:
-    """A job's options, checked: reenact's keywords with the right types, path options resolved, the
-    rest validated by the mode's `check` (flows/reenact.REENACTORS), so an unknown option name fails
-    the manifest before anything runs. A mode this installation lacks is left to fail its own job."""
-    from models.reenact import VARIANTS
+    """A job's options, checked as the ReenactRequest they make (flows/job_requests.py: keywords with the
+    right types, the mode's settings by its own check, so an unknown option name fails the manifest
+    before anything runs), path options resolved against the manifest's folder."""
     from storage.manifests import resolve_entry
-    from storage.render import LAYOUTS
 
+    try:
+        check_mode(job.mode)
+    except InputError as err:
+        raise InputError(f"{job.where}, mode: {err}") from None
     where = f"{job.where}, options"
     options = dict(job.options)
-    for name, value in options.items():
-        if not isinstance(name, str):
-            raise InputError(f"{where}: option names must be strings, got {name!r}")
+    for name in options:
         if name in BATCH_KEYWORDS:
             raise InputError(f"{where}: {name!r} is not a job option (it is set by {BATCH_KEYWORDS[name]})")
-        kind = JOB_KEYWORDS.get(name)
-        if kind is not None and not isinstance(value, kind):
-            raise InputError(f"{where}: {name} must be a {kind.__name__}, got {value!r}")
-    if options.get("variant", "identity") not in VARIANTS:
-        raise InputError(f"{where}: unknown variant {options['variant']!r} (known: {', '.join(VARIANTS)})")
-    if options.get("layout", "result") not in LAYOUTS:
-        raise InputError(f"{where}: unknown layout {options['layout']!r} (known: {', '.join(LAYOUTS)})")
-    from models.detection import DEFAULT_DETECTOR, DETECTORS
-
-    if options.get("detector", DEFAULT_DETECTOR) not in DETECTORS:
-        raise InputError(f"{where}: unknown detector {options['detector']!r} (known: {', '.join(DETECTORS)})")
-    for name in ("face_index", "source_face_index"):
-        if isinstance(options.get(name), bool) or options.get(name, 0) < 0:
-            raise InputError(f"{where}: {name} must be an integer >= 0, got {options[name]!r}")
-    invert_steps = options.get("invert_steps", 0)
-    if isinstance(invert_steps, bool) or not isinstance(invert_steps, int) or invert_steps < 0:
-        raise InputError(f"{where}: invert_steps must be an integer >= 0, got {invert_steps!r}")
+    request_of(job, options, where)  # types, names, ranges: before any path is looked at
     for name in PATH_OPTIONS:
         if name in options:
             options[name] = str(resolve_entry(options[name], base, f"{where}, {name}"))
-    from flows.reenact import REENACTORS
-
-    if job.mode in REENACTORS:
-        mode_options = {k: v for k, v in options.items()
-                        if k not in JOB_KEYWORDS and k != "invert_steps"}
-        try:
-            REENACTORS[job.mode].check(options.get("variant", "identity"), mode_options)
-        except InputError as err:
-            raise InputError(f"{where}: {err}") from None
+    try:
+        request_of(job, options, where).check_settings()
+    except InputError as err:
+        raise InputError(f"{where}: {err}") from None
     return options
+
+
+def request_of(job: BatchJob, options: dict[str, Any] | None = None, where: str = "") -> ReenactRequest:
+    """The ReenactRequest of a batch job (with `options` instead of its own); an InputError names the
+    job (`where`)."""
+    try:
+        return ReenactRequest.from_options(str(job.source), str(job.driving), str(job.output), job.mode,
+                                           job.options if options is None else options)
+    except InputError as err:
+        raise InputError(f"{where or job.where}: {err}") from None
 
 
 @flow(name="reenact-batch", flow_run_name=flow_run_name("batch"))
 @one_line_failure
-def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_dir: str | None = None,
+def reenact_batch(manifest: str, cache: str, weights: str = DEFAULT_WEIGHTS, output_dir: str | None = None,
                   device: str = "auto", landmarks: str = "faceapi", rerun_finished: bool = False,
                   runner: str = "threads", gpu_resources: bool = False,
                   progress: bool = False) -> dict[str, Any]:
@@ -203,7 +191,7 @@ def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_
     for job in jobs:
         record = {"kind": "reenact", "batch": this_batch, "name": job.name, "source": str(job.source),
                   "driving": str(job.driving), "output": str(job.output), "mode": job.mode,
-                  "options": dict(job.options), "args": args}
+                  "options": dict(job.options), "request": request_of(job).to_record(), "args": args}
         previous = known.get(job.job_id, {})
         if not rerun_finished and previous.get("state") == "finished" and job.output.is_file():
             states[job.name].update(state="skipped")

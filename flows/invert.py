@@ -28,10 +28,9 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
 from flows.conventions import flow_run_name, one_line_failure
+from flows.job_requests import InvertRequest
 from flows.prepare import prepare_video
 from flows.runners import gpu_annotation
-from models.detection import DEFAULT_DETECTOR
-from models.inversion import InversionConfig
 from storage.cache import Workspace
 from storage.errors import FacereenactError, InputError, JobFailedError
 from storage.leases import JobLease
@@ -50,31 +49,31 @@ def job_id(videos: list[str], cache_settings: dict[str, Any]) -> str:
 
 @flow(name="invert-dataset", flow_run_name=flow_run_name("invert"))
 @one_line_failure
-def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, batch_size: int = 4,
-                   batches_per_task: int = 4, retry_failed: bool = False, perceptual: str = "lpips-vgg",
-                   loss_weights: dict[str, float] | None = None, seed: int = 303,
-                   max_loss: float | None = None, device: str = "auto", landmarks: str = "faceapi",
-                   face_index: int = 0, gpu_resources: bool = False, progress: bool = False,
-                   detector: str = DEFAULT_DETECTOR
-                   ) -> dict[str, Any]:
+def invert_dataset(dataset: str, cache: str, weights: str, steps: int = InvertRequest.steps,
+                   batch_size: int = InvertRequest.batch_size, batches_per_task: int = 4,
+                   retry_failed: bool = False, perceptual: str = InvertRequest.perceptual,
+                   loss_weights: dict[str, float] | None = None, seed: int = InvertRequest.seed,
+                   max_loss: float | None = None, device: str = "auto",
+                   landmarks: str = InvertRequest.landmarks, face_index: int = 0, gpu_resources: bool = False,
+                   progress: bool = False, detector: str = InvertRequest.detector) -> dict[str, Any]:
     """Invert every frame of the videos of `dataset` (folder, glob, CSV or JSONL manifest) into W+.
 
     `weights`: generator checkpoint or registered name (its resolution is the crops'); `steps`,
     `perceptual`, `loss_weights` ({"lambda_mse": ..., ...}) and `seed` (the base of every frame's
     seed) are InversionConfig settings; `max_loss` fails frames whose final total loss is above it
     (a quality gate, not part of the provenance: loosen it and `retry_failed` to redo those frames).
+    What is asked is an InvertRequest (flows/job_requests.py), checked there; the job record stores it.
     Returns the job's summary; raises JobFailedError (with `.summary`) when frames or videos failed.
     """
     logger = get_run_logger()
     began = time.monotonic()
-    if batch_size < 1 or batches_per_task < 1:
-        raise InputError(f"batch size and batches per task must be >= 1, got {batch_size} and "
-                         f"{batches_per_task}")
+    request = InvertRequest(dataset, steps=steps, batch_size=batch_size, perceptual=perceptual,
+                            loss_weights=loss_weights or {}, seed=seed, max_loss=max_loss,
+                            landmarks=landmarks, face_index=face_index, detector=detector)
+    if batches_per_task < 1:
+        raise InputError(f"batches per task must be >= 1, got {batches_per_task}")
     videos = [str(p) for p in collect_videos(dataset)]
-    try:
-        config = InversionConfig(steps=steps, perceptual=perceptual, seed=seed, **(loss_weights or {}))
-    except (TypeError, ValueError) as err:
-        raise InputError(f"bad inversion settings: {err}") from None
+    config = request.config()
     G = resources.generator(weights, device)  # missing or broken weights: fail before any work
     weights_path = str(G.source_path or weights)
     settings = settings_of(config)
@@ -86,7 +85,8 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, ba
                        "perceptual": perceptual, "loss_weights": loss_weights or {}, "seed": seed,
                        "max_loss": max_loss, "retry_failed": retry_failed, "device": device,
                        "landmarks": landmarks, "face_index": face_index, "detector": detector,
-                       "videos": len(videos)}}
+                       "videos": len(videos)},
+              "request": request.to_record()}
     tables: list[str] = []
 
     def note(state: str, **extra: Any) -> None:

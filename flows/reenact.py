@@ -25,24 +25,18 @@ from typing import Any, NamedTuple
 from prefect import flow, get_run_logger
 
 from flows.conventions import flow_run_name, one_line_failure
+from flows.job_requests import DEFAULT_DETECTOR, ReenactRequest
 from flows.prepare import prepare_image, prepare_video
-from models.detection import DEFAULT_DETECTOR, DETECTORS
 from models.inversion import InversionConfig
-from models.reenact import VARIANTS, load_mapping, mapping_settings, projection_config
+from models.reenact import load_mapping, mapping_settings, projection_config
 from storage.cache import Workspace
 from storage.errors import InputError, JobFailedError
 from storage.latents import LatentCache
-from storage.render import LAYOUTS
 from tasks import resources
 from tasks.invert import invert_batches, open_latents, settings_of
 from tasks.reenact import map_driving, project_driving, render_output, report_run
 
 __all__ = ["REENACTORS", "check_not_inputs", "output_files", "reenact"]
-
-# Options of `reenact(**options)` that are not the mode's: the source inversion's and the preview's.
-SOURCE_INVERSION_OPTIONS = {"invert_steps": "steps"}
-DEFAULT_INVERT_STEPS = 1000
-
 
 class Mode(NamedTuple):
     """One way of making the latents: `check(variant, options)` refuses bad settings before any work
@@ -124,9 +118,10 @@ def invert_source(prepared: dict[str, Any], cache: str, weights: str, steps: int
 
 @flow(name="reenact", flow_run_name=flow_run_name("reenact"))
 @one_line_failure
-def reenact(source: str, driving: str, output: str, cache: str, weights: str, mode: str = "projection",
-            variant: str = "identity", layout: str = "result", paste_back: bool = False,
-            subframes: bool = False, device: str = "auto", landmarks: str = "faceapi", progress: bool = False,
+def reenact(source: str, driving: str, output: str, cache: str, weights: str,
+            mode: str = ReenactRequest.mode, variant: str = ReenactRequest.variant,
+            layout: str = ReenactRequest.layout, paste_back: bool = False, subframes: bool = False,
+            device: str = "auto", landmarks: str = "faceapi", progress: bool = False,
             detector: str = DEFAULT_DETECTOR, face_index: int = 0, source_face_index: int = 0,
             **options: Any) -> dict[str, Any]:
     """Reenact the face of `source` (a photo) with the motion of `driving` (a video) into `output`.
@@ -138,34 +133,23 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str, mo
     detector:  face detector of both inputs ("ssd" default, "haar"; models/detection.py)
     face_index, source_face_index: which face of the driving clip / the source photo, when they show
                several: 0 = the largest (default), 1 = the next, ...
-    options:   the mode's settings (projection: ProjectionConfig fields, e.g. steps_first=300,
-               steps_next=50, perceptual="lpips-vgg"), `invert_steps` (the source inversion's steps,
-               default 1000; it uses the same `perceptual`), `preview` (PNG path; default
-               OUTPUT.preview.png)
+    options:   the mode's settings (projection: ProjectionConfig fields, e.g. steps_first,
+               steps_next, perceptual), `invert_steps` (the source inversion's steps, default
+               InversionConfig's; it uses the same `perceptual`), `preview` (PNG path; default
+               OUTPUT.preview.png). All of it is a ReenactRequest (flows/job_requests.py), checked there.
     Returns the run's summary: output, frames, fps, seconds, metric means, tables used.
     """
     logger = get_run_logger()
     began = time.monotonic()
-    if mode not in REENACTORS:
-        raise InputError(f"unknown mode {mode!r} (known: {', '.join(REENACTORS)})")
-    if variant not in VARIANTS:
-        raise InputError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
-    if layout not in LAYOUTS:
-        raise InputError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
-    if detector not in DETECTORS:
-        raise InputError(f"unknown face detector {detector!r} (known: {', '.join(DETECTORS)})")
-    for name, index in (("face index", face_index), ("source face index", source_face_index)):
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise InputError(f"the {name} must be an integer >= 0, got {index!r}")
-    options = dict(options)
-    invert_steps = int(options.pop("invert_steps", DEFAULT_INVERT_STEPS))
-    preview = options.pop("preview", None) or str(Path(output).with_suffix(".preview.png"))
+    keywords = {"variant": variant, "layout": layout, "paste_back": paste_back, "subframes": subframes,
+                "detector": detector, "face_index": face_index, "source_face_index": source_face_index}
+    request = ReenactRequest.from_options(source, driving, output, mode, {**options, **keywords})
+    options = request.mode_settings()
+    preview = request.preview or str(Path(output).with_suffix(".preview.png"))
     check_not_inputs(source, driving, output, weights, preview, options.get("mapping"))  # never overwrite one
-    perceptual = options.get("perceptual", "lpips-vgg")
-    REENACTORS[mode].check(variant, dict(options))  # bad settings: fail before any work
+    request.check_settings()  # bad settings: fail before any work
     G = resources.generator(weights, device)  # missing or broken weights: fail before any work
-    if REENACTORS[mode].check_model is not None:  # e.g. a mapping network made for another generator
-        REENACTORS[mode].check_model(G, dict(options))
+    request.check_models(G)  # e.g. a mapping network made for another generator
     weights_path = str(G.source_path or weights)
     resolution = G.img_resolution
 
@@ -173,7 +157,8 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str, mo
             "detector": detector}
     driving_prepared = prepare_video(driving, cache, face_index=face_index, **prep)
     source_prepared = prepare_image(source, cache, face_index=source_face_index, **prep)
-    source_face = invert_source(source_prepared, cache, weights_path, invert_steps, perceptual, device)
+    source_face = invert_source(source_prepared, cache, weights_path, request.invert_steps,
+                                request.perceptual, device)
     driving_info = {"key": driving_prepared["key"], "path": driving_prepared["path"],
                     "fps": driving_prepared["fps"], "crops": driving_prepared["crops"]["table"]}
     projected = REENACTORS[mode].run(cache, weights_path, source_face, driving_info, variant, options, device,

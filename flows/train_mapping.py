@@ -23,26 +23,35 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.conventions import flow_run_name, one_line_failure
-from tasks.train_mapping import DEFAULT_SETTINGS, inspect_data, train_network
+from flows.job_requests import TrainMappingRequest
+from storage.errors import InputError
+from tasks.train_mapping import inspect_data, train_network
 
 __all__ = ["format_summary", "train_mapping"]
 
 
 @flow(name="train-mapping", flow_run_name=flow_run_name("train-mapping"))
 @one_line_failure
-def train_mapping(cache: str, out: str, steps: int = 1000, checkpoint_every: int = 100,
+def train_mapping(cache: str, out: str, steps: int = TrainMappingRequest.steps,
+                  checkpoint_every: int = TrainMappingRequest.checkpoint_every,
                   settings: dict[str, Any] | None = None, weights: str | None = None,
                   device: str = "auto") -> dict[str, Any]:
     """Train the landmark-to-latent network at `out` from the latents in `cache`.
 
     `settings` override tasks.train_mapping.DEFAULT_SETTINGS (representation, batch_size, image_loss,
     learning_rate, seed, held_out, split, inversion); `weights` (the generator the latents came from)
-    is needed when image_loss > 0. Returns the summary (also a markdown artifact keyed
+    is needed when image_loss > 0. All of it is a TrainMappingRequest (flows/job_requests.py), checked there.
+    Returns the summary (also a markdown artifact keyed
 "train-mapping-<checkpoint name>-<hash of its path>": one history per checkpoint).
     """
     logger = get_run_logger()
     began = time.monotonic()
-    settings = {**DEFAULT_SETTINGS, **(settings or {})}
+    try:
+        request = TrainMappingRequest(out, steps=steps, checkpoint_every=checkpoint_every, weights=weights,
+                                      **(settings or {}))
+    except TypeError as err:
+        raise InputError(f"unknown training setting ({err})") from None
+    settings = request.settings()
     data = inspect_data(cache, settings, out, steps)
     logger.info(f"training on {data['train_frames']} frames of {data['videos']} video(s), "
                 f"{data['held_out_frames']} held out (by {data['split']}); generator "

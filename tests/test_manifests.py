@@ -80,7 +80,7 @@ def test_batch_manifest_yaml_and_jsonl(data):
     ({"source": "face.jpg", "driving": "clip.mp4", "output": "/tmp/evil.mp4"}, "must be relative"),
     ({"source": "../face.jpg", "driving": "clip.mp4", "output": "a.mp4"}, "escapes the manifest"),
     ({"source": "face.jpg", "driving": "clip.mp4", "output": "a.avi"}, "must end in .mp4"),
-    ({"source": "face.jpg", "driving": "clip.mp4", "output": "a.mp4", "mode": "magic"}, "mode"),
+    ({"source": "face.jpg", "driving": "clip.mp4", "output": "a.mp4", "mode": 5}, "mode: expected a name"),
     ({"source": "face.jpg", "driving": "clip.mp4", "output": "a.mp4", "extra": 1}, "unknown field"),
     ({"source": "face.jpg", "output": "a.mp4"}, "missing field 'driving'"),
     ({"source": "face.jpg", "driving": "clip.mp4", "output": "a.mp4", "options": [1]}, "options"),

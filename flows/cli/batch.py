@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import argparse
 
-from flows.cli.common import add_cache_option, quiet_prefect
+from flows.cli.common import (
+    add_cache_option,
+    add_landmarks_option,
+    add_weights_option,
+    quiet_prefect,
+    summary_on_failure,
+)
 from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option
 
 EXAMPLES = """examples:
@@ -27,13 +33,11 @@ jobs.yaml:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", metavar="MANIFEST", help="batch manifest (.yaml / .jsonl)")
     add_cache_option(parser)
-    parser.add_argument("--weights", default="ffhq-1024", metavar="NAME|PATH",
-                        help="generator checkpoint or registered name (default ffhq-1024)")
+    add_weights_option(parser)
     parser.add_argument("--output-dir", metavar="DIR",
                         help="root of the jobs' outputs (default: the manifest's folder)")
     add_device_option(parser)
-    parser.add_argument("--landmarks", choices=["faceapi", "fan"], default="faceapi",
-                        help="landmark backend of tracking and projection (default faceapi)")
+    add_landmarks_option(parser)
     parser.add_argument("--rerun-finished", action="store_true", help="also rerun jobs that finished before")
     parser.add_argument("--runner", default="threads", metavar="threads|dask[:N]|tcp://HOST:PORT",
                         help="threads (default): the jobs one after the other in this process; dask:N: "
@@ -53,21 +57,16 @@ def run(args: argparse.Namespace) -> int:
     require_weights(args.weights, landmarks=args.landmarks)
     from flows.batch import format_batch_summary, load_jobs, reenact_batch
     from flows.runners import task_runner
-    from storage.errors import JobFailedError
     from tasks import resources
 
     load_jobs(args.manifest, args.output_dir)  # a bad manifest, option or output: fail now, before any work
     resources.generator(args.weights, args.device)  # missing or unsafe weights: fail now
     task_runner(args.runner, args.gpu_resources)  # a bad --runner: fail now (starts nothing)
 
-    try:
+    with summary_on_failure(format_batch_summary):
         summary = reenact_batch(args.manifest, args.cache, weights=args.weights, output_dir=args.output_dir,
                                 device=args.device, landmarks=args.landmarks,
                                 rerun_finished=args.rerun_finished, runner=args.runner,
                                 gpu_resources=args.gpu_resources, progress=not args.quiet)
-    except JobFailedError as err:
-        if getattr(err, "summary", None) is not None:
-            print(format_batch_summary(err.summary), flush=True)
-        raise
     print(format_batch_summary(summary))
     return 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+from collections.abc import Callable, Iterator
 
 # The workspace a command uses without --cache: $FACEREENACT_CACHE, else a folder in the working
 # directory (every command the same, so `invert`, `train-mapping`, `run` and `status` meet there).
@@ -33,6 +35,34 @@ def cache_of(args: argparse.Namespace) -> str:
     return positional
 
 
+@contextlib.contextmanager
+def summary_on_failure(format_summary: Callable[[dict], str]) -> Iterator[None]:
+    """A flow that ends in a JobFailedError carrying its `summary` (some frames or jobs failed): print
+    the summary first (stdout), then let the error give its one line and exit code."""
+    from storage.errors import JobFailedError
+
+    try:
+        yield
+    except JobFailedError as err:
+        if getattr(err, "summary", None) is not None:
+            print(format_summary(err.summary), flush=True)
+        raise
+
+
+def add_landmarks_option(parser: argparse.ArgumentParser, what: str = "tracking and projection") -> None:
+    from flows.job_requests import LANDMARKS
+
+    parser.add_argument("--landmarks", choices=LANDMARKS, default="faceapi",
+                        help=f"landmark backend of {what} (default faceapi)")
+
+
+def add_weights_option(parser: argparse.ArgumentParser, extra: str = "") -> None:
+    from flows.job_requests import DEFAULT_WEIGHTS
+
+    parser.add_argument("--weights", default=DEFAULT_WEIGHTS, metavar="NAME|PATH",
+                        help=f"generator checkpoint or registered name (default {DEFAULT_WEIGHTS}){extra}")
+
+
 def quiet_prefect(verbose: bool) -> None:
     """Prefect's console lines (and its tracebacks of our one-line errors) off unless `verbose`.
     Call before anything imports Prefect: its logging is configured on import. Every command that runs
@@ -57,8 +87,9 @@ from storage.limits import MAX_STEPS  # noqa: E402 (storage.limits imports nothi
 
 # Ranges every numeric option is held to by the parser (`check_numeric_options`), before any command
 # runs: a value outside them is a typo or an attack, never a setting (10**22 steps would run for ever;
-# 10**11 frames or a 10**12 batch would try to allocate them). Commands check narrower ranges
-# themselves (require_at_least, --resolution 8..4096). Ints are never negative.
+# 10**11 frames or a 10**12 batch would try to allocate them). The requests (flows/job_requests.py) check
+# the narrower ranges of what a job asks for (steps >= 1, held-out in [0, 1), ...), whoever builds them;
+# commands check the rest themselves (require_at_least, --resolution 8..4096). Ints are never negative.
 MAX_INT = 2**31 - 1
 INT_LIMITS: dict[str, int] = {
     "seed": 2**32 - 1,  # numpy's RandomState takes [0, 2**32)

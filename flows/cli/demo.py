@@ -20,11 +20,14 @@ from pathlib import Path
 
 from flows.cli.common import quiet_prefect
 from flows.cli.options import add_device_option, add_quiet_option
+from flows.job_requests import DEFAULT_WEIGHTS, INVERSION, PROJECTION, default_of
 
-REAL_WEIGHTS = "ffhq-1024"
+REAL_WEIGHTS = DEFAULT_WEIGHTS
 # The offline schedule: small enough for about 2 minutes on a 2-core CPU (docs/reenact.md).
 TINY = {"resolution": 64, "frames": 24, "steps_first": 100, "steps_next": 16, "invert_steps": 100}
-REAL = {"frames": 50, "steps_first": 300, "steps_next": 50, "invert_steps": 1000}  # the real defaults
+# The real schedule: the configs' defaults (ProjectionConfig, InversionConfig) on 50 frames.
+REAL = {"frames": 50, "steps_first": default_of(PROJECTION, "steps_first"),
+        "steps_next": default_of(PROJECTION, "steps_next"), "invert_steps": default_of(INVERSION, "steps")}
 
 
 EXAMPLES = """examples:

@@ -1,13 +1,20 @@
 """The face options shared by the commands that find faces (run, prepare, invert): which detector,
 which face. Kept free of heavy imports so `--help` and argument errors stay fast; the names and the
-default are models/detection.py's (DETECTORS, DEFAULT_DETECTOR; a test checks they agree)."""
+default are the requests' (flows/job_requests.py DETECTORS, DEFAULT_DETECTOR), which mirror
+models/detection.py's (a test checks they agree)."""
 
 from __future__ import annotations
 
 import argparse
 
-DETECTOR_CHOICES = ("ssd", "haar")
-DEFAULT_DETECTOR = "ssd"
+from flows.cli.options import int_at_least
+from flows.job_requests import DEFAULT_DETECTOR, DETECTORS
+
+DETECTOR_CHOICES = DETECTORS
+__all__ = ["DEFAULT_DETECTOR", "DETECTOR_CHOICES", "add_detector_option", "face_index"]
+
+# argparse type of a face index: an integer >= 0 (0 = the largest face)
+face_index = int_at_least(0, "face_index")
 
 
 def add_detector_option(parser: argparse.ArgumentParser) -> None:
@@ -15,14 +22,3 @@ def add_detector_option(parser: argparse.ArgumentParser) -> None:
                         help="face detector: ssd (face-api's SSD MobileNet v1: small, tilted and turned "
                              "faces; default) or haar (OpenCV's Haar cascade: faster, frontal faces of "
                              "about 50 px and more)")
-
-
-def face_index(text: str) -> int:
-    """argparse type of a face index: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value

@@ -12,15 +12,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows.cli.common import add_cache_option, quiet_prefect, require_at_least
+from flows.cli.common import (
+    add_cache_option,
+    add_landmarks_option,
+    add_weights_option,
+    quiet_prefect,
+    require_at_least,
+    summary_on_failure,
+)
 from flows.cli.faces import add_detector_option
-from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option
-
-DEFAULT_WEIGHTS = "ffhq-1024"
-PERCEPTUAL = {"lpips": "lpips-vgg", "lpips-alex": "lpips-alex", "uncalibrated": "uncalibrated",
-              "uncalibrated-alex": "uncalibrated-alex"}
-LOSS_WEIGHTS = ("lambda_mse", "lambda_lpips", "lambda_id", "lambda_dreg")
-
+from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option, perceptual_option
+from flows.job_requests import INVERSION, LOSS_WEIGHTS, PERCEPTUAL, InvertRequest, default_of
 
 EXAMPLES = """examples:
   facereenact invert clips/ --cache cache/                 # every video under clips/
@@ -32,12 +34,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", metavar="DATASET",
                         help="folder of videos, glob pattern, CSV/JSONL manifest (column 'path'), or a video")
     add_cache_option(parser)
-    parser.add_argument("--weights", default=DEFAULT_WEIGHTS, metavar="NAME|PATH",
-                        help=f"generator checkpoint or registered name (default {DEFAULT_WEIGHTS}); its "
-                             "resolution is the crops' resolution")
-    parser.add_argument("--steps", type=int, default=1000, help="optimisation steps per frame (default 1000)")
-    parser.add_argument("--batch-size", type=int, default=4, metavar="B",
-                        help="frames per batch, fixed by frame index: [k*B, (k+1)*B) (default 4)")
+    add_weights_option(parser, "; its resolution is the crops' resolution")
+    parser.add_argument("--steps", type=int, default=InvertRequest.steps,
+                        help=f"optimisation steps per frame (default {InvertRequest.steps})")
+    parser.add_argument("--batch-size", type=int, default=InvertRequest.batch_size, metavar="B",
+                        help=f"frames per batch, fixed by frame index: [k*B, (k+1)*B) (default "
+                             f"{InvertRequest.batch_size})")
     parser.add_argument("--batches-per-task", type=int, default=4, metavar="K",
                         help="fixed batches per Prefect task (default 4): fewer task runs cost less "
                              "bookkeeping, more spread a short job over more workers")
@@ -53,48 +55,49 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="each batch holds Dask resource GPU=1 (local dask workers declare GPU=1; "
                              "remote workers must be started with --resources GPU=1)")
     add_device_option(parser)
-    parser.add_argument("--perceptual", choices=sorted(PERCEPTUAL), default="lpips",
-                        help="LPIPS backbone: lpips (VGG-16, default), lpips-alex; 'uncalibrated' runs "
-                             "without the backbone weights (random backbone; recorded in provenance)")
+    perceptual_option(parser, INVERSION)
     parser.add_argument("--resolution", type=int,
                         help="expected crop resolution; must be the generator's (default: the generator's)")
-    parser.add_argument("--seed", type=int, default=303,
+    parser.add_argument("--seed", type=int, default=InvertRequest.seed,
                         help="base seed; each frame's seed derives from (video, frame, base seed)")
+    defaults = ", ".join(str(default_of(INVERSION, name)) for name in LOSS_WEIGHTS)
     weights = parser.add_argument_group(
-        "loss weights (default: 0.1, 1.5, 0.05, 0.002 for MSE, LPIPS, identity and latent distance, "
+        f"loss weights (default: {defaults} for MSE, LPIPS, identity and latent distance, "
         "as in Choe's thesis \"One-Shot Landmark-Based Face Reenactment\")")
     for name in LOSS_WEIGHTS:
         weights.add_argument(f"--{name.replace('_', '-')}", type=float, metavar="W")
-    parser.add_argument("--landmarks", choices=["faceapi", "fan"], default="faceapi",
-                        help="landmark backend of the prepare stage (default faceapi)")
+    add_landmarks_option(parser, "the prepare stage")
     parser.add_argument("--face-index", type=int, default=0, help="which face: 0 = largest (default)")
     add_detector_option(parser)
     add_quiet_option(parser)
     add_verbose_option(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    from storage.errors import InputError, JobFailedError, WeightsMissingError
-
-    require_at_least(args, steps=1, batch_size=1, batches_per_task=1)
-    if args.face_index < 0:
-        raise InputError(f"--face-index must be 0 or more, got {args.face_index}")
-    if args.max_loss is not None and not args.max_loss >= 0:
-        raise InputError(f"--max-loss must be a number >= 0, got {args.max_loss}")
+def request_of(args: argparse.Namespace) -> InvertRequest:
+    """The inversion's request (checked: a bad value is a one-line InputError)."""
     loss_weights = {n: getattr(args, n) for n in LOSS_WEIGHTS if getattr(args, n) is not None}
+    return InvertRequest(args.dataset, steps=args.steps, batch_size=args.batch_size,
+                         perceptual=PERCEPTUAL[args.perceptual], loss_weights=loss_weights, seed=args.seed,
+                         max_loss=args.max_loss, landmarks=args.landmarks, face_index=args.face_index,
+                         detector=args.detector)
+
+
+def run(args: argparse.Namespace) -> int:
+    from storage.errors import WeightsMissingError
+
+    request = request_of(args)
+    require_at_least(args, batches_per_task=1)
     from flows.cli.preflight import require_weights
     from storage.manifests import collect_videos
 
     collect_videos(args.dataset)  # no videos, a bad manifest: fail now, before torch loads
-    require_weights(args.weights, PERCEPTUAL[args.perceptual], args.landmarks)  # all missing, one line
+    require_weights(args.weights, request.perceptual, args.landmarks)  # all missing, one line
 
-    from models.inversion import InversionConfig, inversion_losses
+    from models.inversion import inversion_losses
+    from storage.errors import InputError
     from tasks import resources
-    try:
-        config = InversionConfig(steps=args.steps, perceptual=PERCEPTUAL[args.perceptual], seed=args.seed,
-                                 **loss_weights)
-    except ValueError as err:
-        raise InputError(f"bad inversion settings: {err}") from None
+
+    config = request.config()
     G = resources.generator(args.weights, args.device)  # missing / unsafe weights, no GPU: fail now
     if args.resolution is not None and args.resolution != G.img_resolution:
         raise InputError(f"--resolution {args.resolution} does not match the generator's "
@@ -112,18 +115,10 @@ def run(args: argparse.Namespace) -> int:
     from flows.runners import task_runner
 
     flow = invert_dataset.with_options(task_runner=task_runner(args.runner, args.gpu_resources))
-    try:
-        summary = flow(args.dataset, args.cache, args.weights, steps=args.steps, batch_size=args.batch_size,
-                       batches_per_task=args.batches_per_task,
-                       retry_failed=args.retry_failed, perceptual=config.perceptual,
-                       loss_weights=loss_weights, seed=args.seed, max_loss=args.max_loss, device=args.device,
-                       landmarks=args.landmarks, face_index=args.face_index, detector=args.detector,
-                       gpu_resources=args.gpu_resources, progress=not args.quiet)
-    except JobFailedError as err:
-        summary = getattr(err, "summary", None)
-        if summary is not None:
-            print(format_summary(summary), flush=True)
-        raise
+    with summary_on_failure(format_summary):
+        summary = flow(request.dataset, args.cache, args.weights, batches_per_task=args.batches_per_task,
+                       retry_failed=args.retry_failed, device=args.device, gpu_resources=args.gpu_resources,
+                       progress=not args.quiet, **request.flow_options())
     print(format_summary(summary))
     if not args.quiet:
         print(f"cache {args.cache}; see `facereenact status {args.cache}`", file=sys.stderr)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 # Environment variables that set the thread count of torch's CPU kernels; when one is set, it wins.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -62,15 +63,21 @@ def apply_threads(requested: int | None) -> int | None:
     return threads
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def int_at_least(least: int, name: str = "") -> Callable[[str], int]:
+    """argparse type: a whole number >= `least` (named `name` in argparse's errors)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+    parse.__name__ = name or f"int_at_least_{least}"
+    return parse
+
+
+positive_int = int_at_least(1, "positive_int")
 
 
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +90,18 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
 def add_device_option(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     parser.add_argument("--device", default=default, metavar="DEVICE",
                         help=f"{DEVICE_CHOICES} (default {default})")
+
+
+def perceptual_option(parser: argparse.ArgumentParser, config: tuple[str, str]) -> None:
+    """`--perceptual` (the LPIPS backbone), its default the one of `config` (flows/job_requests.py INVERSION
+    or PROJECTION); the flows get the config's value (PERCEPTUAL maps the names)."""
+    from flows.job_requests import PERCEPTUAL, default_of
+
+    default = next(name for name, value in PERCEPTUAL.items() if value == default_of(config, "perceptual"))
+    parser.add_argument("--perceptual", choices=sorted(PERCEPTUAL), default=default,
+                        help=f"LPIPS backbone: lpips (VGG-16), lpips-alex; 'uncalibrated' runs without the "
+                             f"backbone weights (random backbone; recorded in provenance) "
+                             f"(default {default})")
 
 
 def add_quiet_option(parser: argparse.ArgumentParser) -> None:

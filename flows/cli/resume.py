@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.cli.common import add_cache_option, quiet_prefect
+from flows.cli.common import add_cache_option, quiet_prefect, summary_on_failure
 from flows.cli.options import add_verbose_option
 
 EXAMPLES = """examples:
@@ -79,28 +79,26 @@ def run(args: argparse.Namespace) -> int:
 
 def _resume_invert(args: argparse.Namespace, job: str, record: dict) -> int:
     from flows.invert import format_summary, invert_dataset
+    from flows.job_requests import InvertRequest
     from flows.runners import task_runner
-    from storage.errors import CacheError, JobFailedError
+    from storage.errors import CacheError, InputError
 
     a = dict(record.get("args") or {})
     try:
-        options = {"steps": a["steps"], "batch_size": a["batch_size"], "perceptual": a["perceptual"],
-                   "loss_weights": a.get("loss_weights") or {}, "seed": a["seed"],
-                   "max_loss": a.get("max_loss"),
-                   "device": a.get("device", "auto"), "landmarks": a.get("landmarks", "faceapi"),
-                   "face_index": a.get("face_index", 0),
-                   "detector": a.get("detector", "haar")}  # jobs recorded before --detector used haar
-        dataset, weights = record["dataset"], a["weights"]
+        if "request" in record:
+            request = InvertRequest.from_record(record["request"], f"job record {job}")
+        else:  # recorded before records held the request
+            request = InvertRequest.from_old_record(record)
+        weights = a["weights"]
     except KeyError as err:
         raise CacheError(f"job record {job} lacks {err}; rerun its command instead",
                          path=args.cache) from None
+    except InputError as err:
+        raise CacheError(f"{err}; rerun its command instead", path=args.cache) from None
     flow = invert_dataset.with_options(task_runner=task_runner(args.runner))
-    try:
-        summary = flow(dataset, args.cache, weights, retry_failed=not args.keep_failed, **options)
-    except JobFailedError as err:
-        if getattr(err, "summary", None) is not None:
-            print(format_summary(err.summary), flush=True)
-        raise
+    with summary_on_failure(format_summary):
+        summary = flow(request.dataset, args.cache, weights, retry_failed=not args.keep_failed,
+                       device=a.get("device", "auto"), **request.flow_options())
     print(format_summary(summary))
     if summary["job"] != job:  # inputs changed since (a video edited): the new job is a new record
         print(f"note: the inputs changed since job {job}; this run is job {summary['job']}")
@@ -109,37 +107,29 @@ def _resume_invert(args: argparse.Namespace, job: str, record: dict) -> int:
 
 def _resume_batch(args: argparse.Namespace, job: str, record: dict) -> int:
     from flows.batch import format_batch_summary, reenact_batch
-    from storage.errors import CacheError, JobFailedError
+    from storage.errors import CacheError
 
     try:
         manifest = record["manifest"]
     except KeyError:
         raise CacheError(f"job record {job} lacks its manifest; rerun its command instead",
                          path=args.cache) from None
-    try:
+    with summary_on_failure(format_batch_summary):
         summary = reenact_batch(manifest, args.cache, **dict(record.get("args") or {}))
-    except JobFailedError as err:
-        if getattr(err, "summary", None) is not None:
-            print(format_batch_summary(err.summary), flush=True)
-        raise
     print(format_batch_summary(summary))
     return 0
 
 
 def _resume_run(args: argparse.Namespace, job: str, record: dict) -> int:
     from flows.cli.run import format_summary
-    from flows.reenact_job import run_recorded
+    from flows.reenact_job import request_of_record, run_recorded
     from storage.errors import CacheError
 
+    request = request_of_record(job, record, args.cache)
     a = dict(record.get("args") or {})
-    try:
-        source, driving, output, mode = record["source"], record["driving"], record["output"], record["mode"]
-        weights = a["weights"]
-    except KeyError as err:
-        raise CacheError(f"job record {job} lacks {err}; rerun its command instead",
-                         path=args.cache) from None
-    summary = run_recorded(source, driving, output, args.cache, weights, mode=mode,
-                           device=a.get("device", "auto"), landmarks=a.get("landmarks", "faceapi"),
-                           **dict(record.get("options") or {}))
+    if "weights" not in a:
+        raise CacheError(f"job record {job} lacks 'weights'; rerun its command instead", path=args.cache)
+    summary = run_recorded(request, args.cache, a["weights"], device=a.get("device", "auto"),
+                           landmarks=a.get("landmarks", "faceapi"))
     print(format_summary(summary))
     return 0

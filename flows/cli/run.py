@@ -22,14 +22,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from flows.cli.common import add_cache_option, quiet_prefect
+from flows.cli.common import add_cache_option, add_landmarks_option, add_weights_option, quiet_prefect
 from flows.cli.faces import add_detector_option, face_index
-from flows.cli.invert import PERCEPTUAL
-from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option
+from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option, perceptual_option
+from flows.job_requests import (
+    INVERSION,
+    LAYOUTS,
+    MODES,
+    PERCEPTUAL,
+    PROJECTION,
+    VARIANTS,
+    ReenactRequest,
+    default_of,
+)
 
-DEFAULT_WEIGHTS = "ffhq-1024"
 OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
-MODES = ("projection", "mapping")  # flows.reenact.REENACTORS' keys (tests/test_cli.py checks)
 RANDOM_FLAG = "--allow-random-weights"
 
 EXAMPLES = """examples:
@@ -48,7 +55,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", "--out", dest="output", required=True, metavar="OUT.mp4",
                         help="output video")
     add_cache_option(parser)
-    parser.add_argument("--mode", choices=MODES, default="projection",
+    parser.add_argument("--mode", choices=MODES, default=ReenactRequest.mode,
                         help="how the latents are made: projection (default; optimised per frame to match "
                              "the driving landmarks) or mapping (a trained landmark-to-latent network, one "
                              "generator pass per frame; Choe's thesis)")
@@ -57,32 +64,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine-steps", type=int, metavar="K",
                         help="--mode mapping: K projection steps per frame starting at the network's "
                              "output (default 0: none)")
-    parser.add_argument("--variant", choices=["identity", "free"], default="identity",
+    parser.add_argument("--variant", choices=VARIANTS, default=ReenactRequest.variant,
                         help="identity: keep the source's look (default); free: landmarks only, the look "
                              "may drift (\"Face animations without training\")")
-    parser.add_argument("--weights", default=DEFAULT_WEIGHTS, metavar="NAME|PATH",
-                        help=f"generator checkpoint or registered name (default {DEFAULT_WEIGHTS})")
+    add_weights_option(parser)
     parser.add_argument(RANDOM_FLAG, action="store_true",
                         help="when the official weights are not on disk, run on the demo's small random "
                              "generator and uncalibrated LPIPS with the demo's short schedule (shows the "
                              "pipeline, not real quality; recorded in OUT.json)")
     add_device_option(parser)
-    parser.add_argument("--layout", choices=["result", "side-by-side"], default="result",
+    parser.add_argument("--layout", choices=LAYOUTS, default=ReenactRequest.layout,
                         help="result (default) or side-by-side: look | driving | result")
     parser.add_argument("--paste-back", action="store_true",
                         help="paste the result into the original driving frames")
     parser.add_argument("--subframes", action="store_true",
                         help="twice the frame rate: latent midpoints between frames")
-    parser.add_argument("--steps-first", type=int, metavar="N", help="Adam steps on frame 0 (default 300)")
+    # defaults shown from the config dataclasses (flows/job_requests.py); the flow applies them
+    parser.add_argument("--steps-first", type=int, metavar="N",
+                        help=f"Adam steps on frame 0 (default {default_of(PROJECTION, 'steps_first')})")
     parser.add_argument("--steps-next", type=int, metavar="N",
-                        help="at most N steps on each later frame (default 50)")
+                        help="at most N steps on each later frame "
+                             f"(default {default_of(PROJECTION, 'steps_next')})")
     parser.add_argument("--invert-steps", type=int, metavar="N",
-                        help="steps of the source's W+ inversion (default 1000)")
-    parser.add_argument("--perceptual", choices=sorted(PERCEPTUAL), default="lpips",
-                        help="LPIPS backbone: lpips (VGG-16, default), lpips-alex; 'uncalibrated' runs "
-                             "without the backbone weights (random backbone; recorded in provenance)")
-    parser.add_argument("--landmarks", choices=["faceapi", "fan"], default="faceapi",
-                        help="landmark backend of tracking and projection (default faceapi)")
+                        help=f"steps of the source's W+ inversion (default {default_of(INVERSION, 'steps')})")
+    perceptual_option(parser, PROJECTION)
+    add_landmarks_option(parser)
     add_detector_option(parser)
     parser.add_argument("--face-index", type=face_index, default=0, metavar="N",
                         help="which face of the driving clip when it shows several: 0 = largest "
@@ -106,6 +112,13 @@ def run_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def request_of(args: argparse.Namespace, options: dict) -> ReenactRequest:
+    """The run's request (checked: a bad combination is a one-line InputError, before any file is read)."""
+    return ReenactRequest(args.source, args.driving, args.output, mode=args.mode, variant=args.variant,
+                          layout=args.layout, paste_back=args.paste_back, subframes=args.subframes,
+                          **faces_of(args), settings=options)
+
+
 def run(args: argparse.Namespace) -> int:
     quiet_prefect(args.verbose)
     options = run_options(args)
@@ -115,15 +128,13 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(finished))
         return 0
     weights = plan["generator"] or random_generator_file(plan)
-    check_inputs(args.source, args.driving, args.output, args.mode, args.variant, weights, args.device,
-                 args.landmarks, options)
+    request = request_of(args, options)  # the options as preflight settled them (random weights)
+    check_inputs(request, weights, args.device, args.landmarks)
     from flows.reenact_job import run_recorded
 
     # recorded in the cache as a job (status lists it, `facereenact resume JOB` runs it again)
-    summary = run_recorded(args.source, args.driving, args.output, args.cache, weights, mode=args.mode,
-                           variant=args.variant, layout=args.layout, paste_back=args.paste_back,
-                           subframes=args.subframes, device=args.device, landmarks=args.landmarks,
-                           progress=not args.quiet, **faces_of(args), **options)
+    summary = run_recorded(request, args.cache, weights, device=args.device, landmarks=args.landmarks,
+                           progress=not args.quiet)
     record_request(args, options, plan)
     summary["random_weights"] = plan["random_weights"]
     print(format_summary(summary))
@@ -140,10 +151,7 @@ def preflight(args: argparse.Namespace, options: dict) -> dict:
     from storage.errors import InputError
     from storage.media import open_medium
 
-    if options.get("invert_steps", 0) < 0:
-        raise InputError(f"--invert-steps must be >= 0, got {options['invert_steps']}")
-    if args.mode != "mapping" and ("mapping" in options or "refine_steps" in options):
-        raise InputError("--mapping and --refine-steps are settings of --mode mapping")
+    request_of(args, options)  # mode, settings, ranges: the request's checks, before the files
     source = existing_file(args.source, "source image")
     driving = existing_file(args.driving, "driving video")
     writable_output(args.output, OUTPUT_SUFFIXES)
@@ -295,45 +303,36 @@ def record_request(args: argparse.Namespace, options: dict, plan: dict) -> None:
     write_sidecar(args.output, record)
 
 
-def check_inputs(source: str, driving: str, output: str, mode: str, variant: str, weights: str, device: str,
-                 landmarks: str, options: dict) -> None:
-    """Every user error that can be found before any work: files, mode, settings, weights."""
-    from pathlib import Path
-
+def check_inputs(request: ReenactRequest, weights: str, device: str, landmarks: str) -> None:
+    """Every user error that can be found before any work: files, settings, weights."""
     from models.losses import PERCEPTUAL_CHOICES
     from storage.errors import InputError, WeightsMissingError
     from storage.media import open_medium
     from storage.weights import require
 
-    if options.get("invert_steps", 0) < 0:
-        raise InputError(f"--invert-steps must be >= 0, got {options['invert_steps']}")
-    if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
-        raise InputError(f"unsupported output extension (use {', '.join(OUTPUT_SUFFIXES)})", path=output)
+    if Path(request.output).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(f"unsupported output extension (use {', '.join(OUTPUT_SUFFIXES)})",
+                         path=request.output)
     from storage.atomic import check_writable
 
-    check_writable(output)  # a read-only or impossible output folder: fail now, not after the work
-    from flows.reenact import REENACTORS, check_not_inputs
+    check_writable(request.output)  # a read-only or impossible output folder: fail now, not after the work
+    from flows.reenact import check_not_inputs
 
-    check_not_inputs(source, driving, output, weights, mapping=options.get("mapping"))
-
-    if mode not in REENACTORS:
-        raise InputError(f"unknown --mode {mode!r} (known: {', '.join(REENACTORS)})")
-    if mode != "mapping" and ("mapping" in options or "refine_steps" in options):
-        raise InputError("--mapping and --refine-steps are settings of --mode mapping")
-    if open_medium(source).kind != "image":
-        raise InputError("the source must be a still image (a photo of the face)", path=source)
-    medium = open_medium(driving)
+    check_not_inputs(request.source, request.driving, request.output, weights,
+                     mapping=request.settings.get("mapping"))
+    if open_medium(request.source).kind != "image":
+        raise InputError("the source must be a still image (a photo of the face)", path=request.source)
+    medium = open_medium(request.driving)
     if medium.kind != "video":
-        raise InputError("the driving input must be a video", path=driving)
+        raise InputError("the driving input must be a video", path=request.driving)
     for warning in medium.warnings:
         print(f"facereenact: warning: {medium.path}: {warning}", file=sys.stderr)
-    REENACTORS[mode].check(variant, {k: v for k, v in options.items() if k != "invert_steps"})
+    request.check_settings()
     from tasks import resources
 
     G = resources.generator(weights, device)  # missing / unsafe weights, no GPU: fail now
-    if REENACTORS[mode].check_model is not None:  # a mapping network made for another generator: now
-        REENACTORS[mode].check_model(G, {k: v for k, v in options.items() if k != "invert_steps"})
-    _, backbone, calibrated = PERCEPTUAL_CHOICES[options["perceptual"]]
+    request.check_models(G)  # a mapping network made for another generator: now
+    _, backbone, calibrated = PERCEPTUAL_CHOICES[request.perceptual]
     if calibrated:
         try:
             require(backbone)

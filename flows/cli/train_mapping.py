@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 
-from flows.cli.common import add_cache_option, quiet_prefect, require_at_least
+from flows.cli.common import add_cache_option, quiet_prefect
 from flows.cli.options import add_device_option, add_verbose_option
+from flows.job_requests import REPRESENTATIONS, SPLITS
+from flows.job_requests import TrainMappingRequest as Request
 
 EXAMPLES = """examples:
   facereenact invert clips/ --cache cache/           # first: the latents it trains on
@@ -26,45 +28,50 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_cache_option(parser, "cache the inversion filled")
     parser.add_argument("-o", "--out", "--output", required=True, metavar="PATH",
                         help="checkpoint to write (and to continue, when it holds this run's earlier steps)")
-    parser.add_argument("--steps", type=int, default=1000, help="training steps in all (default 1000)")
-    parser.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
-                        help="save the checkpoint and loss curve every N steps (default 100)")
-    parser.add_argument("--representation", choices=["coords", "raster"], default="coords",
-                        help="landmark input: coordinates (default) or rasterised landmark drawings "
-                             "(as in Choe's thesis)")
-    parser.add_argument("--batch-size", type=int, default=32, metavar="B", help="pairs per step (default 32)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR", help="Adam (default 1e-3)")
-    parser.add_argument("--image-loss", type=float, default=0.0, metavar="W",
-                        help="weight of a pixel MSE through the generator (default 0: latent MSE only; "
-                             "needs --weights)")
+    # every default is the request's (flows/job_requests.py TrainMappingRequest)
+    parser.add_argument("--steps", type=int, default=Request.steps,
+                        help=f"training steps in all (default {Request.steps})")
+    parser.add_argument("--checkpoint-every", type=int, default=Request.checkpoint_every, metavar="N",
+                        help="save the checkpoint and loss curve every N steps "
+                             f"(default {Request.checkpoint_every})")
+    parser.add_argument("--representation", choices=REPRESENTATIONS, default=Request.representation,
+                        help=f"landmark input: coordinates or rasterised landmark drawings (as in Choe's "
+                             f"thesis) (default {Request.representation})")
+    parser.add_argument("--batch-size", type=int, default=Request.batch_size, metavar="B",
+                        help=f"pairs per step (default {Request.batch_size})")
+    parser.add_argument("--learning-rate", type=float, default=Request.learning_rate, metavar="LR",
+                        help=f"Adam (default {Request.learning_rate:g})")
+    parser.add_argument("--image-loss", type=float, default=Request.image_loss, metavar="W",
+                        help=f"weight of a pixel MSE through the generator (default {Request.image_loss:g}: "
+                             "latent MSE only; needs --weights)")
     parser.add_argument("--weights", metavar="NAME|PATH",
                         help="the generator the latents were inverted with (for --image-loss)")
-    parser.add_argument("--held-out", type=float, default=0.1, metavar="FRACTION",
-                        help="fraction held out to report the Δw error on (default 0.1; 0: none)")
-    parser.add_argument("--split", choices=["auto", "video", "frame"], default="auto",
-                        help="hold out whole videos, or the last frames of each video (default auto: by "
-                             "video with 2+ videos)")
+    parser.add_argument("--held-out", type=float, default=Request.held_out, metavar="FRACTION",
+                        help="fraction held out to report the Δw error on "
+                             f"(default {Request.held_out:g}; 0: none)")
+    parser.add_argument("--split", choices=SPLITS, default=Request.split,
+                        help="hold out whole videos, or the last frames of each video "
+                             f"(default {Request.split}: by video with 2+ videos)")
     parser.add_argument("--inversion", metavar="KEY",
                         help="train on the latents of these inversion settings (when the cache has several)")
-    parser.add_argument("--seed", type=int, default=0, help="pair sampling seed (default 0)")
+    parser.add_argument("--seed", type=int, default=Request.seed,
+                        help=f"pair sampling seed (default {Request.seed})")
     add_device_option(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_verbose_option(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    from storage.errors import InputError
+def request_of(args: argparse.Namespace) -> Request:
+    """The training's request (checked: a bad value is a one-line InputError)."""
+    return Request(args.out, steps=args.steps, checkpoint_every=args.checkpoint_every,
+                   representation=args.representation, batch_size=args.batch_size,
+                   image_loss=args.image_loss, learning_rate=args.learning_rate, seed=args.seed,
+                   held_out=args.held_out, split=args.split, inversion=args.inversion, weights=args.weights)
 
-    require_at_least(args, steps=1, checkpoint_every=1, batch_size=1)
-    if not args.image_loss >= 0:
-        raise InputError(f"--image-loss must be a number >= 0, got {args.image_loss}")
-    if not 0 <= args.held_out < 1:
-        raise InputError(f"--held-out must be in [0, 1), got {args.held_out}")
-    if args.image_loss > 0 and not args.weights:
-        raise InputError("--image-loss needs --weights (the generator the latents were inverted with)")
-    settings = {"representation": args.representation, "batch_size": args.batch_size,
-                "image_loss": args.image_loss, "learning_rate": args.learning_rate, "seed": args.seed,
-                "held_out": args.held_out, "split": args.split, "inversion": args.inversion}
+
+def run(args: argparse.Namespace) -> int:
+    request = request_of(args)
+    settings = request.settings()
 
     quiet_prefect(args.verbose)
     from models.device import resolve_device
@@ -77,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
 
     from flows.train_mapping import format_summary, train_mapping
 
-    summary = train_mapping(args.cache, args.out, steps=args.steps, checkpoint_every=args.checkpoint_every,
-                            settings=settings, weights=args.weights, device=args.device)
+    summary = train_mapping(args.cache, request.out, steps=request.steps,
+                            checkpoint_every=request.checkpoint_every, settings=settings,
+                            weights=request.weights, device=args.device)
     if args.json:
         import json
 
