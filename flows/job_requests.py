@@ -427,7 +427,7 @@ def _training(name: str) -> Any:
 
 
 SPLITS = ("auto", "video", "frame")
-REPRESENTATIONS = ("coords", "raster")  # models.mapping ENCODERS
+REPRESENTATIONS = ("coords", "raster")  # models.mapping.encoders ENCODERS
 
 
 @dataclass(frozen=True)

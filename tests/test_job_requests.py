@@ -46,7 +46,7 @@ def test_defaults_read_from_the_source_are_the_dataclasses(config):
 
 
 def test_training_defaults_are_the_tasks_and_the_trainers():
-    from models.mapping import MappingTrainConfig
+    from models.mapping.training import MappingTrainConfig
     from tasks.train_mapping import DEFAULT_SETTINGS
 
     assert dict(config_defaults(*MAPPING_TRAINING)) == DEFAULT_SETTINGS
