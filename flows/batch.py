@@ -247,8 +247,8 @@ def reenact_batch(manifest: str, cache: str, weights: str = "ffhq-1024", output_
         names = ", ".join(summary["failed"])
         err = JobFailedError(f"{len(summary['failed'])} of {len(jobs)} jobs failed ({names}; e.g. "
                              f"{next(iter(summary['failed'].values()))}); the others finished; rerun the "
-                             f"batch or `facereenact resume {this_batch}` to retry them", path=path)
-        err.summary = summary
+                             f"batch or `facereenact resume {this_batch}` to retry them", path=path,
+                             summary=summary)
         raise err
     return summary
 
