@@ -12,6 +12,7 @@ Tables (under media/<sha256 of the file>/, see docs/prepare.md):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,6 @@ from models.detection import FaceFlag, FaceTracker, TrackerState
 from models.face_shape import NUM_POINTS
 from models.face_track import (
     MIN_FACE_CONTRAST,
-    CropPlan,
     crop_frames,
     history_start,
     plan_crops,
@@ -34,8 +34,9 @@ from storage.errors import InputError, JobFailedError, NoFaceError
 from storage.media import Medium, open_medium
 from storage.provenance import base_provenance
 
-__all__ = ["CROP_BORDER", "LANDMARK_FIELDS", "align_crops", "crop_fields", "crops_provenance",
-           "landmarks_provenance", "reopen", "track_landmarks"]
+__all__ = ["CROP_BORDER", "LANDMARK_FIELDS", "CropsTable", "LandmarksTable", "MediumInfo", "align_crops",
+           "crop_fields", "crops_provenance", "landmarks_provenance", "open_media", "reopen",
+           "track_landmarks"]
 
 LANDMARK_FIELDS = {
     "points": Field((NUM_POINTS, 2), "float32", nan_ok=True),
@@ -68,10 +69,65 @@ def crops_provenance(landmarks_key: str, smoothing: SmoothingConfig, resolution:
             "alignment": {"recipe": "ffhq", "quad": "from raw landmarks, smoothed", "border": CROP_BORDER}}
 
 
-def reopen(medium: Mapping[str, Any]) -> Medium:
+@dataclass(frozen=True)
+class MediumInfo:
+    """A checked medium as the stage's tasks pass it on: its path, content key, kind ("video" or
+    "image"), frame count, fps (a fraction as text; None for an image), size and decode warnings."""
+
+    path: str
+    key: str
+    kind: str
+    frames: int
+    fps: str | None
+    width: int
+    height: int
+    warnings: list[str]
+
+    @classmethod
+    def of(cls, medium: Medium) -> MediumInfo:
+        return cls(path=str(medium.path), key=medium.key, kind=medium.kind, frames=medium.frame_count,
+                   fps=None if medium.fps is None else str(medium.fps), width=medium.width,
+                   height=medium.height, warnings=list(medium.warnings))
+
+
+@dataclass(frozen=True)
+class LandmarksTable:
+    """A medium's landmarks table after tracking: where, frames, frames tracked in this run, and how
+    many frames had their face detected, tracked, or none."""
+
+    table: str
+    key: str
+    frames: int
+    computed: int
+    detected: int
+    tracked: int
+    lost: int
+
+
+@dataclass(frozen=True)
+class CropsTable:
+    """A medium's crops table after aligning: where, frames, frames cropped in this run, frames
+    without a face (interpolated), crop resolution."""
+
+    table: str
+    key: str
+    frames: int
+    computed: int
+    interpolated: int
+    resolution: int
+
+
+def open_media(ws: Workspace, path: str) -> tuple[Medium, MediumInfo]:
+    """Check the file, key it by its content, record it in the cache."""
+    medium = open_medium(path)
+    ws.media(medium.key, medium.info())
+    return medium, MediumInfo.of(medium)
+
+
+def reopen(medium: MediumInfo) -> Medium:
     """The medium of an `open_media` summary, checked to be the same file content still."""
-    opened = open_medium(medium["path"])
-    if opened.key != medium["key"]:
+    opened = open_medium(medium.path)
+    if opened.key != medium.key:
         raise InputError("the file changed while it was being prepared; run again", path=opened.path)
     return opened
 
@@ -85,7 +141,7 @@ def _fail_missing(table: FrameTable, missing: Iterable[int], what: str) -> None:
 
 def track_landmarks(ws: Workspace, source: Medium, tracker: FaceTracker,
                     backend_provenance: Mapping[str, Any], face_index: int = 0,
-                    progress: FrameBar | None = None) -> tuple[dict[str, Any], int]:
+                    progress: FrameBar | None = None) -> tuple[LandmarksTable, int]:
     """Detect, track and landmark every frame not done yet, resuming after the last done frame (the
     tracker's state rebuilt from the table). Returns (the table's summary, the frame it resumed at).
     A medium without a face anywhere is a NoFaceError (nothing left done); frames that could not be
@@ -110,7 +166,7 @@ def _resume_state(table: FrameTable, start: int) -> TrackerState:
     return state_from_history(*(table.read(name, range(seed, start)) for name in ("points", "box", "flag")))
 
 
-def _landmarks_summary(table: FrameTable, source: Medium, computed: int, face_index: int) -> dict[str, Any]:
+def _landmarks_summary(table: FrameTable, source: Medium, computed: int, face_index: int) -> LandmarksTable:
     if table.failed_frames().size:
         errors = table.errors()
         raise JobFailedError(f"landmarks failed for {len(errors)} frame(s), e.g. frame {min(errors)}: "
@@ -123,16 +179,15 @@ def _landmarks_summary(table: FrameTable, source: Medium, computed: int, face_in
             what += f" at face index {face_index} (0 is the largest face, 1 the next, ...)"
         raise NoFaceError(f"no face found {what}; a face must be visible", path=source.path)
     counts = np.bincount(flags, minlength=len(FaceFlag))
-    return {"table": table.location, "key": table.key, "frames": table.num_frames, "computed": computed,
-            "detected": int(counts[FaceFlag.DETECTED]), "tracked": int(counts[FaceFlag.TRACKED]),
-            "lost": int(counts[FaceFlag.LOST])}
+    return LandmarksTable(table=table.location, key=table.key, frames=table.num_frames, computed=computed,
+                          detected=int(counts[FaceFlag.DETECTED]), tracked=int(counts[FaceFlag.TRACKED]),
+                          lost=int(counts[FaceFlag.LOST]))
 
 
 def align_crops(ws: Workspace, source: Medium, landmarks_table: str, resolution: int,
-                config: SmoothingConfig, progress: FrameBar | None = None
-                ) -> tuple[FrameTable, CropPlan, int, int]:
+                config: SmoothingConfig, progress: FrameBar | None = None) -> tuple[CropsTable, int]:
     """Fill the frames without a face, smooth the whole track, and crop every frame not done yet.
-    Returns (the crops table, the plan, frames done before, frames cropped now); frames that could
+    Returns (the crops table's summary, frames done before this run); frames that could
     not be decoded are a JobFailedError."""
     marks = ws.open_table(landmarks_table)
     plan = plan_crops(marks.read("points"), marks.read("flag"), config,
@@ -151,4 +206,6 @@ def align_crops(ws: Workspace, source: Medium, landmarks_table: str, resolution:
         if table.failed_frames().size:
             raise JobFailedError(f"{table.failed_frames().size} frame(s) could not be cropped "
                                  "(the file ends early)", path=source.path)
-    return table, plan, table.num_frames - todo.size, computed
+    return (CropsTable(table=table.location, key=table.key, frames=table.num_frames, computed=computed,
+                       interpolated=int(plan.interpolated.sum()), resolution=int(resolution)),
+            table.num_frames - todo.size)

@@ -21,19 +21,24 @@ from stages import prepare as stage
 from stages.prepare import (
     CROP_BORDER,
     LANDMARK_FIELDS,
+    CropsTable,
+    LandmarksTable,
+    MediumInfo,
     crop_fields,
     crops_provenance,
     landmarks_provenance,
 )
 from stages.progress import FrameBar
 from storage.cache import Workspace
-from storage.media import open_medium
 from tasks import resources
 from tasks.conventions import TRANSIENT_IO, run_name
 
 __all__ = [
     "CROP_BORDER",
     "LANDMARK_FIELDS",
+    "CropsTable",
+    "LandmarksTable",
+    "MediumInfo",
     "align_crops",
     "crop_fields",
     "crops_provenance",
@@ -44,23 +49,20 @@ __all__ = [
 
 
 @task(name="open-media", cache_policy=NO_CACHE, task_run_name=run_name("open-media", "path"), **TRANSIENT_IO)
-def open_media(path: str, cache: str) -> dict[str, Any]:
+def open_media(path: str, cache: str) -> MediumInfo:
     """Check the file, key it by its content, record it in the cache. Returns its summary."""
-    medium = open_medium(path)
-    Workspace(cache).media(medium.key, medium.info())
+    medium, info = stage.open_media(Workspace(cache), path)
     fps = f" at {medium.fps} fps" if medium.fps else ""
     get_run_logger().info(f"{medium.path.name}: {medium.kind}, {medium.frame_count} frame(s) of "
                           f"{medium.width}x{medium.height}{fps}; content key {medium.key[:12]}")
-    return {"path": str(medium.path), "key": medium.key, "kind": medium.kind, "frames": medium.frame_count,
-            "fps": None if medium.fps is None else str(medium.fps), "width": medium.width,
-            "height": medium.height, "warnings": list(medium.warnings)}
+    return info
 
 
 @task(name="track-landmarks", cache_policy=NO_CACHE, task_run_name=run_name("landmarks", "medium"),
       **TRANSIENT_IO)
-def track_landmarks(medium: dict[str, Any], cache: str, landmarks: str = "faceapi", device: str = "auto",
+def track_landmarks(medium: MediumInfo, cache: str, landmarks: str = "faceapi", device: str = "auto",
                     detector: str = DEFAULT_DETECTOR, face_index: int = 0,
-                    progress: bool = False) -> dict[str, Any]:
+                    progress: bool = False) -> LandmarksTable:
     """Detect, track and landmark every frame not done yet, resuming after the last done frame."""
     began = time.monotonic()
     source = stage.reopen(medium)
@@ -68,29 +70,26 @@ def track_landmarks(medium: dict[str, Any], cache: str, landmarks: str = "faceap
     tracker = FaceTracker(resources.face_detector(detector), backend.predict_frame,
                           selector=FaceSelector(index=face_index))
     with FrameBar(f"landmarks {source.path.name}", progress) as bar:
-        summary, start = stage.track_landmarks(Workspace(cache), source, tracker, backend.provenance(),
-                                               face_index, bar)
+        done, start = stage.track_landmarks(Workspace(cache), source, tracker, backend.provenance(),
+                                            face_index, bar)
     get_run_logger().info(
-        f"landmarks {source.path.name}: {summary['computed']} of {summary['frames']} frame(s) tracked in "
+        f"landmarks {source.path.name}: {done.computed} of {done.frames} frame(s) tracked in "
         f"{time.monotonic() - began:.1f} s ({start} done before, skipped); detector {detector}, face index "
-        f"{face_index}: {summary['detected']} detected, {summary['tracked']} tracked, {summary['lost']} "
-        "without a face")
-    return summary
+        f"{face_index}: {done.detected} detected, {done.tracked} tracked, {done.lost} without a face")
+    return done
 
 
 @task(name="align-crops", cache_policy=NO_CACHE, task_run_name=run_name("crops", "medium"), **TRANSIENT_IO)
-def align_crops(medium: dict[str, Any], landmarks: dict[str, Any], cache: str, resolution: int = 256,
-                smoothing: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
+def align_crops(medium: MediumInfo, landmarks: LandmarksTable, cache: str, resolution: int = 256,
+                smoothing: dict[str, Any] | None = None, progress: bool = False) -> CropsTable:
     """Fill the frames without a face, smooth the whole track, and crop every frame not done yet."""
     began = time.monotonic()
     source = stage.reopen(medium)
     with FrameBar(f"crops {source.path.name}", progress) as bar:
         config = SmoothingConfig(**(smoothing or {}))
-        table, plan, before, computed = stage.align_crops(Workspace(cache), source, landmarks["table"],
-                                                          resolution, config, bar)
+        done, before = stage.align_crops(Workspace(cache), source, landmarks.table, resolution, config, bar)
     get_run_logger().info(
-        f"crops {source.path.name}: {computed} of {table.num_frames} frame(s) cropped at {resolution} px in "
+        f"crops {source.path.name}: {done.computed} of {done.frames} frame(s) cropped at {resolution} px in "
         f"{time.monotonic() - began:.1f} s ({before} done before, skipped); "
-        f"{int(plan.interpolated.sum())} frame(s) without a face filled by interpolation")
-    return {"table": table.location, "key": table.key, "frames": table.num_frames, "computed": computed,
-            "interpolated": int(plan.interpolated.sum()), "resolution": int(resolution)}
+        f"{done.interpolated} frame(s) without a face filled by interpolation")
+    return done
