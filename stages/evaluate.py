@@ -11,17 +11,7 @@ landmarks tracked and measured (models/evaluation.py has the metrics).
   driving | result, panels scaled to one height) is cut to its rightmost square panel: from the
   sidecar's layout, or with `crop_result="auto"` and no sidecar when the frame is at least twice as
   wide as high; "none" uses whole frames, "right" always cuts.
-- **Landmarks** by the face-api backend, tracked (FaceTracker with the Haar detector, as the prepare
-  stage). Frames where no face is found are counted and left out of every metric.
-- **NME** (models.metrics.landmark_nme: mean point error / the driving's outer-eye distance). When
-  the result frame has the driving frame's size (pasted back, or the driving clip itself) both are
-  compared as they are; otherwise the result is an aligned crop, and the driving landmarks are
-  mapped into their own FFHQ crop at the result's size (the prepare stage's alignment, per frame,
-  unsmoothed) before comparing.
-- **Identity**: cosine of face-api recognition descriptors of each result frame and the source photo
-  (models.metrics.identity_descriptors; chips cut from each face's landmarks).
-- **Jitter**: models.metrics.landmark_jitter of the result's landmarks (pixels of the result frame),
-  beside the driving's in the same coordinates, over runs of 3+ consecutive frames with a face.
+- **Landmarks, NME, identity, jitter**: models/evaluation.py (per frame and over the clip).
 - **Seconds per frame** from the sidecar `RESULT.json` (`facereenact run` writes it), else None.
 
 No Prefect; errors the user can fix are one-line FacereenactErrors naming the file.

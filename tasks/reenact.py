@@ -6,6 +6,7 @@ Prefect's result caching, NO_CACHE) and returns a small typed summary, never ten
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -30,12 +31,8 @@ def project_driving(cache: str, weights: str, source: dict[str, Any], driving: d
     """Landmark projection of every driving frame not done yet (Facial landmark projection), each frame
     stored as soon as it is done; `source` names the source's crops and latents tables, `driving` the
     clip's crops table. Resumes at the first pending frame."""
-    with FrameBar("projecting", progress) as bar:
-        done = stage.project_driving(Workspace(cache), resources.generator(weights, device),
-                                     resources.landmark_backend(landmarks, device), source, driving, variant,
-                                     settings, bar)
-    _log(done, "projected")
-    return done
+    return _fill(stage.project_driving, "projected", cache, weights, source, driving, variant, settings,
+                 device, landmarks, progress)
 
 
 @gpu_task(name="map", cache_policy=NO_CACHE, task_run_name=run_name("map", "driving"), **TRANSIENT_IO)
@@ -46,20 +43,23 @@ def map_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[
     yet: w = w_src + Δw, one generator pass per frame in batches, then `refine_steps` projection steps
     per frame from there when asked. The same kind of table as `project_driving`'s, keyed by the
     checkpoint's sha256 too."""
-    with FrameBar("mapping", progress) as bar:
-        done = stage.map_driving(Workspace(cache), resources.generator(weights, device),
-                                 resources.landmark_backend(landmarks, device), source, driving, variant,
-                                 settings, bar)
-    _log(done, "mapped")
-    return done
+    return _fill(stage.map_driving, "mapped", cache, weights, source, driving, variant, settings, device,
+                 landmarks, progress)
 
 
-def _log(done: ReenactTable, what: str) -> None:
+def _fill(fill: Callable[..., ReenactTable], what: str, cache: str, weights: str, source: dict[str, Any],
+          driving: dict[str, Any], variant: str, settings: dict[str, Any], device: str, landmarks: str,
+          progress: bool) -> ReenactTable:
+    """One mode's stage function with the workspace, the generator and the landmark net opened."""
+    with FrameBar({"projected": "projecting", "mapped": "mapping"}[what], progress) as bar:
+        done = fill(Workspace(cache), resources.generator(weights, device),
+                    resources.landmark_backend(landmarks, device), source, driving, variant, settings, bar)
     failed_now = f"; {len(done.failed_now)} failed in this run" if done.failed_now else ""
     get_run_logger().info(
         f"{what} {done.computed} of {done.frames} frame(s) in {done.seconds:.1f} s (from frame "
         f"{done.resumed_from}; the frames before were done, skipped); {done.done} done, "
         f"{done.failed} failed in all{failed_now}")
+    return done
 
 
 @gpu_task(name="render", cache_policy=NO_CACHE, task_run_name=run_name("render", "output"), **TRANSIENT_IO)
