@@ -472,6 +472,13 @@ class ReenactTable:
                    resumed_from=run.start, computed=run.computed,
                    failed_now={str(k): v for k, v in run.failed.items()}, seconds=round(run.seconds, 3))
 
+    def line(self, what: str = "projected") -> str:
+        """The run in one log line."""
+        failed_now = f"; {len(self.failed_now)} failed in this run" if self.failed_now else ""
+        return (f"{what} {self.computed} of {self.frames} frame(s) in {self.seconds:.1f} s (from frame "
+                f"{self.resumed_from}; the frames before were done, skipped); {self.done} done, "
+                f"{self.failed} failed in all{failed_now}")
+
 
 def source_face(ws: Workspace, source: Mapping[str, Any]) -> SourceFace:
     """The source as the reenactment uses it, from its crops and latents tables."""

@@ -54,11 +54,7 @@ def _fill(fill: Callable[..., ReenactTable], what: str, cache: str, weights: str
     with FrameBar({"projected": "projecting", "mapped": "mapping"}[what], progress) as bar:
         done = fill(Workspace(cache), resources.generator(weights, device),
                     resources.landmark_backend(landmarks, device), source, driving, variant, settings, bar)
-    failed_now = f"; {len(done.failed_now)} failed in this run" if done.failed_now else ""
-    get_run_logger().info(
-        f"{what} {done.computed} of {done.frames} frame(s) in {done.seconds:.1f} s (from frame "
-        f"{done.resumed_from}; the frames before were done, skipped); {done.done} done, "
-        f"{done.failed} failed in all{failed_now}")
+    get_run_logger().info(done.line(what))
     return done
 
 
