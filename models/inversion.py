@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from models import schedules
 from models.losses import (
     PERCEPTUAL_CHOICES,
     IdentityLoss,
@@ -110,16 +111,14 @@ class InversionConfig:
         return dataclasses.replace(self, **changes)
 
     def learning_rate_at(self, step: int) -> float:
-        """Adam's learning rate at `step` (0-based): NVIDIA's projector's ramp-up and cosine ramp-down."""
-        t = step / self.steps
-        ramp = min(1.0, (1.0 - t) / self.lr_rampdown)
-        ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
-        return self.learning_rate * ramp * min(1.0, t / self.lr_rampup)
+        """Adam's learning rate at `step` (0-based): NVIDIA's projector's ramps (models.schedules)."""
+        return schedules.learning_rate_at(self.learning_rate, step, self.steps, self.lr_rampup,
+                                          self.lr_rampdown)
 
     def w_noise_factor_at(self, step: int) -> float:
-        """Std of the w noise at `step`, in units of the spread of mapped w."""
-        t = step / self.steps
-        return self.initial_noise_factor * max(0.0, 1.0 - t / self.noise_ramp_length) ** 2
+        """Std of the w noise at `step`, in units of the spread of mapped w (models.schedules)."""
+        return schedules.w_noise_factor_at(self.initial_noise_factor, step, self.steps,
+                                           self.noise_ramp_length)
 
     def provenance(self) -> dict:
         """The settings (all of them: each changes the latents) and whether LPIPS was calibrated."""
@@ -223,16 +222,49 @@ def invert(
     callback: Callable[[InversionStep], None] | None = None,  # called after every step
     losses: InversionLosses | None = None,          # prebuilt loss nets (default: memoised per device)
 ) -> InversionResult:
-    """Invert a batch of aligned face crops into W+ on G's device. See the module docstring."""
+    """Invert a batch of aligned face crops into W+ on G's device. See the module docstring.
+
+    Reads top to bottom in four steps: (1) inputs checked, frames with unusable inputs marked failed;
+    (2) start latents and per-frame noise maps; (3) Adam under NVIDIA's ramps, freezing frames whose
+    loss becomes non-finite and stopping early when none is left; (4) the final evaluation.
+    """
     config = config if config is not None else InversionConfig()
     device = G.w_avg.device
     n = _check_inputs(G, targets, init, landmarks, seeds)
     seeds = [config.seed] * n if seeds is None else [int(s) for s in seeds]
     losses = losses if losses is not None else inversion_losses(config, device)
 
-    # Frames with unusable inputs fail now; they stay in the batch (rows = frames) with stand-in
-    # inputs and frozen parameters, so that every tensor keeps the caller's frame order.
+    # 1. Inputs. Frames with unusable inputs fail now; they stay in the batch (rows = frames) with
+    #    stand-in inputs and frozen parameters, so that every tensor keeps the caller's frame order.
     failed: list[str | None] = [None] * n
+    targets, landmarks = _usable_targets(targets, landmarks, failed, device)
+    w_avg, w_spread = _w_stats(G, config)
+    start = _start_latents(G, w_avg, init, failed, device)
+
+    # 2. Parameters: the start latents and, per frame, noise maps drawn from the frame's own stream
+    #    (on the CPU: the same numbers on every device and batch size).
+    streams = [torch.Generator().manual_seed(s) for s in seeds]
+    latents = start.requires_grad_(True)
+    noise = _initial_noise(G, config, streams, device)
+
+    objective = _Objective(G, config, losses, targets, landmarks)
+    with _frozen_generator(G):
+        # 3. Optimisation, with early stop once every frame has failed.
+        _optimize(G, config, objective, latents, noise, streams, w_spread, failed, callback)
+        # 4. Evaluation: the final reconstructions and loss terms, without w noise.
+        with torch.no_grad():
+            images, terms = objective(latents, latents, noise)
+    return _result(config, latents, noise, images, terms, failed)
+
+
+def _usable_targets(
+    targets: torch.Tensor,                  # (N, 3, R, R) in [-1, 1]
+    landmarks: torch.Tensor | None,         # (N, 68, 2) or None
+    failed: list[str | None],               # per frame; frames with non-finite inputs get a reason
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Targets and landmarks on `device` as float32, non-finite rows replaced by zeros (their frames
+    marked failed). ValueError for targets outside [-1, 1] by far ([0, 255] given by mistake)."""
     targets = targets.detach().to(device, torch.float32)
     for i in torch.nonzero(~_finite_rows(targets)).flatten().tolist():
         failed[i] = "target has non-finite pixels"
@@ -246,72 +278,100 @@ def invert(
         for i in torch.nonzero(bad).flatten().tolist():
             failed[i] = failed[i] or "landmarks have non-finite values"
         landmarks = torch.where(bad[:, None, None], landmarks.nan_to_num(0.0), landmarks)
+    return targets, landmarks
 
-    w_avg, w_spread = _w_stats(G, config)
-    start = w_avg.expand(n, G.num_ws, G.w_dim).clone()
+
+def _start_latents(G: Generator, w_avg: torch.Tensor, init: torch.Tensor | None, failed: list[str | None],
+                   device: torch.device) -> torch.Tensor:
+    """(N, num_ws, w_dim): `init`'s rows where finite (others fail), else the mean w."""
+    start = w_avg.expand(len(failed), G.num_ws, G.w_dim).clone()
     if init is not None:
         init = init.detach().to(device, torch.float32)
         for i in torch.nonzero(~_finite_rows(init)).flatten().tolist():
             failed[i] = failed[i] or "initial latent has non-finite values"
         start = torch.where(_finite_rows(init)[:, None, None], init, start)
-    active = torch.tensor([reason is None for reason in failed], device=device)
+    return start
 
-    # Per-frame random streams, drawn on the CPU (the same numbers on every device and batch size).
-    streams = [torch.Generator().manual_seed(s) for s in seeds]
+
+def _initial_noise(G: Generator, config: InversionConfig, streams: list[torch.Generator],
+                   device: torch.device) -> list[torch.Tensor]:
+    """One (N, 1, r, r) N(0, 1) map per noise layer, row i from frame i's stream, requiring grad; []
+    when the noise maps are not optimised (or G has none)."""
     noise_layers = G.synthesis.noise_layers() if config.optimize_noise else []
-    noise = [torch.stack([torch.randn(1, layer.resolution, layer.resolution, generator=g) for g in streams])
-             .to(device).requires_grad_(True) for _, layer in noise_layers]
-    latents = start.requires_grad_(True)
+    return [torch.stack([torch.randn(1, layer.resolution, layer.resolution, generator=g) for g in streams])
+            .to(device).requires_grad_(True) for _, layer in noise_layers]
+
+
+def _optimize(
+    G: Generator,
+    config: InversionConfig,
+    objective: _Objective,
+    latents: torch.Tensor,                  # (N, num_ws, w_dim), optimised in place
+    noise: list[torch.Tensor],              # (N, 1, r, r) per noise layer, optimised in place
+    streams: list[torch.Generator],         # per frame: its w-noise draws
+    w_spread: float,                        # spread of mapped w: the unit of the w noise
+    failed: list[str | None],               # per frame; a frame whose loss turns non-finite gets a reason
+    callback: Callable[[InversionStep], None] | None,
+) -> None:
+    """`config.steps` Adam steps on the latents and noise maps. A frame whose loss becomes non-finite
+    is frozen at its last values (its gradient zeroed, its parameters restored after each step); the
+    loop stops early once no frame is left."""
+    device = latents.device
+    active = torch.tensor([reason is None for reason in failed], device=device)
     params = [latents, *noise]
     optimizer = torch.optim.Adam(params, lr=config.learning_rate, betas=config.adam_betas)
-
-    objective = _Objective(G, config, losses, targets, landmarks)
     frozen = [param.detach().clone() for param in params]  # last values of frames that failed
-    with _frozen_generator(G):
-        for step in range(config.steps if bool(active.any()) else 0):
-            lr = config.learning_rate_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            ws = latents
-            noise_std = config.w_noise_factor_at(step) * w_spread
-            if noise_std > 0:
-                w_noise = torch.stack([torch.randn(G.num_ws, G.w_dim, generator=g) for g in streams])
-                ws = latents + w_noise.to(device) * noise_std
-            _, terms = objective(ws, latents, noise)
-            total = terms["total"]
+    for step in range(config.steps if bool(active.any()) else 0):
+        # learning rate and w noise: NVIDIA's ramps (models.schedules)
+        lr = config.learning_rate_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        ws = latents
+        noise_std = config.w_noise_factor_at(step) * w_spread
+        if noise_std > 0:
+            w_noise = torch.stack([torch.randn(G.num_ws, G.w_dim, generator=g) for g in streams])
+            ws = latents + w_noise.to(device) * noise_std
+        _, terms = objective(ws, latents, noise)
+        total = terms["total"]
 
-            finite = torch.isfinite(total)
-            if not bool(finite[active].all()):
-                for i in torch.nonzero(active & ~finite).flatten().tolist():
-                    bad_terms = [k for k, v in terms.items()
-                                 if k != "total" and not math.isfinite(float(v[i].detach()))]
-                    failed[i] = (f"loss became {float(total[i].detach())} at step {step} "
-                                 f"(terms: {', '.join(bad_terms) or 'total'})")
-                active = active & finite
-            optimizer.zero_grad(set_to_none=True)
-            torch.where(active, total, torch.zeros_like(total)).sum().backward()
-            with torch.no_grad():
-                for param, keep in zip(params, frozen, strict=True):
-                    if param.grad is not None:
-                        param.grad[~active] = 0
-                    keep[active] = param[active]
-            optimizer.step()
-            with torch.no_grad():
-                if noise:
-                    normalize_noise_(noise)
-                for param, keep in zip(params, frozen, strict=True):  # failed frames stay as they were
-                    param[~active] = keep[~active]
-            if callback is not None:
-                callback(InversionStep(step, config.steps, lr, latents, noise,
-                                       {k: v.detach() for k, v in terms.items()}, active.clone()))
-            if not bool(active.any()):
-                break
+        # frames whose loss is no longer finite fail here and are frozen from now on
+        finite = torch.isfinite(total)
+        if not bool(finite[active].all()):
+            for i in torch.nonzero(active & ~finite).flatten().tolist():
+                bad_terms = [k for k, v in terms.items()
+                             if k != "total" and not math.isfinite(float(v[i].detach()))]
+                failed[i] = (f"loss became {float(total[i].detach())} at step {step} "
+                             f"(terms: {', '.join(bad_terms) or 'total'})")
+            active = active & finite
 
+        # the Adam step on the active frames; the frozen ones keep their last values
+        optimizer.zero_grad(set_to_none=True)
+        torch.where(active, total, torch.zeros_like(total)).sum().backward()
         with torch.no_grad():
-            images, terms = objective(latents, latents, noise)
+            for param, keep in zip(params, frozen, strict=True):
+                if param.grad is not None:
+                    param.grad[~active] = 0
+                keep[active] = param[active]
+        optimizer.step()
+        with torch.no_grad():
+            if noise:
+                normalize_noise_(noise)
+            for param, keep in zip(params, frozen, strict=True):  # failed frames stay as they were
+                param[~active] = keep[~active]
+
+        if callback is not None:
+            callback(InversionStep(step, config.steps, lr, latents, noise,
+                                   {k: v.detach() for k, v in terms.items()}, active.clone()))
+        if not bool(active.any()):  # early stop: every frame has failed
+            break
+
+
+def _result(config: InversionConfig, latents: torch.Tensor, noise: list[torch.Tensor], images: torch.Tensor,
+            terms: dict[str, torch.Tensor], failed: list[str | None]) -> InversionResult:
+    """The outputs on the CPU; a frame whose final loss is not finite fails too, and failed frames are
+    NaN in every tensor."""
     for i in torch.nonzero(~torch.isfinite(terms["total"])).flatten().tolist():
         failed[i] = failed[i] or f"final loss is {float(terms['total'][i])}"
-
     bad = torch.tensor([reason is not None for reason in failed])
 
     def out(t: torch.Tensor) -> torch.Tensor:

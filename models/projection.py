@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from models import schedules
 from models.inversion import _frozen_generator, _w_stats
 from models.landmarks.base import (
     IBUG_GROUPS,
@@ -205,16 +206,14 @@ class ProjectionConfig:
         return out
 
     def learning_rate_at(self, step: int, steps: int, first: bool) -> float:
-        """NVIDIA's projector's lr ramps (linear warm-up, cosine ramp-down) over a frame's steps."""
-        t = step / steps
-        ramp = 0.5 - 0.5 * math.cos(min(1.0, (1.0 - t) / self.lr_rampdown) * math.pi)
+        """NVIDIA's projector's lr ramps (models.schedules) over a frame's steps."""
         peak = self.learning_rate if first else self.learning_rate_next
-        return peak * ramp * min(1.0, t / self.lr_rampup)
+        return schedules.learning_rate_at(peak, step, steps, self.lr_rampup, self.lr_rampdown)
 
     def w_noise_factor_at(self, step: int, steps: int, first: bool) -> float:
-        t = step / steps
+        """NVIDIA's projector's w-noise ramp (models.schedules) over a frame's steps."""
         initial = self.initial_noise_factor if first else self.initial_noise_factor_next
-        return initial * max(0.0, 1.0 - t / self.noise_ramp_length) ** 2
+        return schedules.w_noise_factor_at(initial, step, steps, self.noise_ramp_length)
 
     def provenance(self) -> dict:
         from storage.provenance import base_provenance

@@ -158,7 +158,7 @@ def load_mapping(path: str | Path, G: Generator, device: str | torch.device | No
     """The mapping network of a checkpoint, checked against G before any work: missing or unreadable
     (CheckpointError), made for another generator (its provenance's weights sha256: the error names
     both), another W+ shape or another crop resolution. Returns (network, checkpoint sha256)."""
-    from models.mapping import load_mapping_network, read_mapping_checkpoint
+    from models.mapping.checkpoint import load_mapping_network, read_mapping_checkpoint
     from storage.provenance import sha256_file
 
     path = Path(path).expanduser()

@@ -24,18 +24,17 @@ scaled at run time, as in the official code; that is what makes the stored tenso
 
 from __future__ import annotations
 
-import hashlib
 import math
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.generator import GeneratorBase, SynthesisBase
+
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)  # keeps activations' second moment through lrelu(0.2)
-NOISE_MODES = ("const", "none", "random")
 RESAMPLE_TAPS = (1, 3, 3, 1)
 
 
@@ -205,6 +204,30 @@ class FullyConnectedLayer(nn.Module):
                 f"activation={'lrelu' if self.lrelu else 'linear'}, lr_multiplier={self.lr_multiplier:g}")
 
 
+class ModulatedLayer(nn.Module):
+    """What every modulated convolution holds, StyleGAN2's and StyleGAN3's: the style affine (w -> one
+    scale per input channel, starting at 1), the conv weight (N(0, 1), equalised learning rate) and
+    the output bias. Created in this order, so a seeded generator draws the same weights."""
+
+    def __init__(
+        self,
+        in_channels: int,                   # input feature maps (the affine's output width)
+        out_channels: int,                  # output feature maps
+        w_dim: int,                         # width of the w that drives the style affine
+        kernel_size: int,                   # conv kernel size
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.w_dim = w_dim
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, out_channels={self.out_channels}, w_dim={self.w_dim}"
+
+
 class MappingNetwork(nn.Module):
     """z (N, z_dim) -> ws (N, num_ws, w_dim), with truncation towards the tracked average w."""
 
@@ -267,7 +290,7 @@ class MappingNetwork(nn.Module):
                 f"num_layers={self.num_layers}, w_avg_beta={self.w_avg_beta}")
 
 
-class SynthesisLayer(nn.Module):
+class SynthesisLayer(ModulatedLayer):
     """Modulated 3x3 conv (+ 2x upsampling), noise, bias, lrelu, clamp."""
 
     def __init__(
@@ -281,18 +304,12 @@ class SynthesisLayer(nn.Module):
         use_noise: bool = True,             # per-pixel noise input (noise_const buffer + noise_strength)
         conv_clamp: float | None = None,    # clamp activations to +-conv_clamp; None = no clamp
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.w_dim = w_dim
+        super().__init__(in_channels, out_channels, w_dim, kernel_size)
         self.resolution = resolution
         self.up = up
         self.use_noise = use_noise
         self.conv_clamp = conv_clamp
         self.padding = kernel_size // 2
-        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.zeros([out_channels]))
         if use_noise:
             self.register_buffer("noise_const", torch.randn(resolution, resolution))
             self.noise_strength = nn.Parameter(torch.zeros([]))
@@ -325,12 +342,11 @@ class SynthesisLayer(nn.Module):
         return bias_act(x, self.bias, lrelu=True, gain=LRELU_GAIN, clamp=self.conv_clamp)
 
     def extra_repr(self) -> str:
-        return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, w_dim={self.w_dim}, "
-                f"resolution={self.resolution}, up={self.up}, use_noise={self.use_noise}, "
-                f"conv_clamp={self.conv_clamp}")
+        return (f"{super().extra_repr()}, resolution={self.resolution}, up={self.up}, "
+                f"use_noise={self.use_noise}, conv_clamp={self.conv_clamp}")
 
 
-class ToRGBLayer(nn.Module):
+class ToRGBLayer(ModulatedLayer):
     """Modulated 1x1 conv to image channels, without demodulation; bias, clamp."""
 
     def __init__(
@@ -340,14 +356,8 @@ class ToRGBLayer(nn.Module):
         w_dim: int,                         # width of w
         conv_clamp: float | None = None,    # clamp output to +-conv_clamp; None = no clamp
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.w_dim = w_dim
+        super().__init__(in_channels, out_channels, w_dim, kernel_size=1)
         self.conv_clamp = conv_clamp
-        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 1, 1))
-        self.bias = nn.Parameter(torch.zeros([out_channels]))
         self.weight_gain = 1 / math.sqrt(in_channels)  # no demodulation, so the equalised-lr gain stays
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
@@ -356,8 +366,7 @@ class ToRGBLayer(nn.Module):
         return bias_act(x, self.bias, lrelu=False, clamp=self.conv_clamp)
 
     def extra_repr(self) -> str:
-        return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, w_dim={self.w_dim}, "
-                f"conv_clamp={self.conv_clamp}")
+        return f"{super().extra_repr()}, conv_clamp={self.conv_clamp}"
 
 
 class SynthesisBlock(nn.Module):
@@ -438,7 +447,7 @@ class SynthesisBlock(nn.Module):
                 f"out_channels={self.out_channels}, use_fp16={self.use_fp16}")
 
 
-class SynthesisNetwork(nn.Module):
+class SynthesisNetwork(SynthesisBase):
     """ws (N, num_ws, w_dim) -> images (N, img_channels, R, R), values about [-1, 1]."""
 
     def __init__(
@@ -452,12 +461,9 @@ class SynthesisNetwork(nn.Module):
         conv_clamp: float | None = None,    # activation clamp (256 in NVIDIA's training configs)
         use_noise: bool = True,             # noise inputs
     ) -> None:
-        super().__init__()
+        super().__init__(w_dim, img_resolution, img_channels)
         if img_resolution < 4 or img_resolution & (img_resolution - 1):
             raise ValueError(f"img_resolution must be a power of two >= 4, got {img_resolution}")
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
         self.num_fp16_res = num_fp16_res
         log2 = int(math.log2(img_resolution))
         self.block_resolutions = [2 ** i for i in range(2, log2 + 1)]
@@ -498,10 +504,7 @@ class SynthesisNetwork(nn.Module):
                                             # entry of noise_layers(), in that order; replaces
                                             # noise_mode (an inversion optimises one map per frame)
     ) -> torch.Tensor:
-        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise ValueError(f"synthesis: ws must be (N, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}")
-        if noise_mode not in NOISE_MODES:
-            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        self.check_ws(ws, noise_mode)
         noise_iter = None
         if noise is not None:
             expected = len(self.noise_layers())
@@ -531,7 +534,7 @@ class SynthesisNetwork(nn.Module):
 # Generator
 
 
-class Generator(nn.Module):
+class Generator(GeneratorBase):
     """StyleGAN2 generator: `mapping` (z -> ws) and `synthesis` (ws -> image).
 
     `G.config` holds the constructor arguments (what the native checkpoint stores); after
@@ -554,35 +557,20 @@ class Generator(nn.Module):
         conv_clamp: float | None = None,            # activation clamp, None = none (NVIDIA trains with 256)
         use_noise: bool = True,                     # per-pixel noise inputs
     ) -> None:
-        super().__init__()
-        self.config: dict[str, Any] = dict(
+        config = dict(
             img_resolution=img_resolution, z_dim=z_dim, w_dim=w_dim, img_channels=img_channels,
             mapping_layers=mapping_layers, mapping_layer_features=mapping_layer_features,
             mapping_lr_multiplier=mapping_lr_multiplier, w_avg_beta=w_avg_beta,
             channel_base=channel_base, channel_max=channel_max, num_fp16_res=num_fp16_res,
             conv_clamp=conv_clamp, use_noise=use_noise)
-        self.z_dim = z_dim
-        self.c_dim = 0  # unconditional; kept for code written against NVIDIA's attribute names
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base=channel_base,
-                                          channel_max=channel_max, num_fp16_res=num_fp16_res,
-                                          conv_clamp=conv_clamp, use_noise=use_noise)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, num_layers=mapping_layers,
-                                      layer_features=mapping_layer_features,
-                                      lr_multiplier=mapping_lr_multiplier, w_avg_beta=w_avg_beta)
-        self.source_path: str | None = None
-        self.source_sha256: str | None = None
-        self.source_format: str | None = None
-        self.converted_from: dict[str, str] | None = None  # native files: the checkpoint they came from
-        self._fingerprint_memo: tuple[tuple, str] | None = None
-
-    @property
-    def w_avg(self) -> torch.Tensor:
-        """Tracked average of w, (w_dim,); the truncation centre and the usual inversion start."""
-        return self.mapping.w_avg
+        super().__init__(config)
+        synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base=channel_base,
+                                     channel_max=channel_max, num_fp16_res=num_fp16_res,
+                                     conv_clamp=conv_clamp, use_noise=use_noise)
+        mapping = MappingNetwork(z_dim, w_dim, synthesis.num_ws, num_layers=mapping_layers,
+                                 layer_features=mapping_layer_features,
+                                 lr_multiplier=mapping_lr_multiplier, w_avg_beta=w_avg_beta)
+        self._set_networks(synthesis, mapping)
 
     def forward(
         self,
@@ -597,42 +585,6 @@ class Generator(nn.Module):
     ) -> torch.Tensor:
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
         return self.synthesis(ws, noise_mode=noise_mode, force_fp32=force_fp32, fused_modconv=fused_modconv)
-
-    def weights_sha256(self) -> str:
-        """sha256 over the state_dict (sorted names; name, shape and float32 little-endian bytes of each
-        tensor). Independent of the file format, device and dtype the weights came in."""
-        state = self.state_dict()
-        # Re-hash only when a tensor changed: in-place updates bump `_version`.
-        key = tuple((name, t.data_ptr(), t._version) for name, t in sorted(state.items()))
-        if self._fingerprint_memo is not None and self._fingerprint_memo[0] == key:
-            return self._fingerprint_memo[1]
-        digest = hashlib.sha256()
-        for name, tensor in sorted(state.items()):
-            array = tensor.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False)
-            digest.update(f"{name}:{tuple(array.shape)}\n".encode())
-            digest.update(array.tobytes())
-        self._fingerprint_memo = (key, digest.hexdigest())
-        return self._fingerprint_memo[1]
-
-    def fingerprint(self) -> dict[str, Any]:
-        """Small dict for cache provenance: the weights' content hash and the shape of the latent space.
-
-        `weights_sha256` is the same for the same weights in any format (pickle, .pt, native);
-        `config` is there because the architecture options (e.g. conv_clamp) also change the output.
-        """
-        from storage.provenance import provenance_key
-
-        return {
-            "weights_sha256": self.weights_sha256(),
-            "config_key": provenance_key(self.config),
-            "img_resolution": self.img_resolution,
-            "num_ws": self.num_ws,
-            "w_dim": self.w_dim,
-        }
-
-    def extra_repr(self) -> str:
-        return (f"z_dim={self.z_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}, "
-                f"img_resolution={self.img_resolution}, img_channels={self.img_channels}")
 
 
 def mean_w(G: Generator, num_samples: int = 10_000, seed: int = 123, batch: int = 1000) -> torch.Tensor:

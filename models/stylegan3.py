@@ -36,7 +36,6 @@ benchmark.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 from typing import Any
@@ -46,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.stylegan2 import NOISE_MODES, FullyConnectedLayer, MappingNetwork
+from models.generator import GeneratorBase, SynthesisBase
+from models.stylegan2 import FullyConnectedLayer, MappingNetwork, ModulatedLayer
 
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
@@ -393,7 +393,7 @@ def _resampling(in_rate: int, out_rate: int, is_torgb: bool, filter_size: int,
     return up, down, up_taps, down_taps
 
 
-class SynthesisLayer(nn.Module):
+class SynthesisLayer(ModulatedLayer):
     """Modulated conv + filtered leaky ReLU (or the final toRGB layer)."""
 
     def __init__(
@@ -418,12 +418,9 @@ class SynthesisLayer(nn.Module):
         conv_clamp: float | None = 256,     # clamp to +-conv_clamp; None = none
         use_fp16: bool = False,             # recorded only: this implementation computes in float32
     ) -> None:
-        super().__init__()
-        self.w_dim = w_dim
+        super().__init__(in_channels, out_channels, w_dim, kernel_size=1 if is_torgb else conv_kernel)
         self.is_torgb = is_torgb
         self.is_critically_sampled = is_critically_sampled
-        self.in_channels = in_channels
-        self.out_channels = out_channels
         self.in_size = int(in_size)
         self.out_size = int(out_size)
         self.in_sampling_rate = in_sampling_rate
@@ -433,9 +430,6 @@ class SynthesisLayer(nn.Module):
         self.use_fp16 = use_fp16
         tmp_rate = max(in_sampling_rate, out_sampling_rate) * (1 if is_torgb else lrelu_upsampling)
         self.tmp_sampling_rate = tmp_rate
-        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, self.conv_kernel, self.conv_kernel))
-        self.bias = nn.Parameter(torch.zeros(out_channels))
         self.register_buffer("magnitude_ema", torch.ones([]))
 
         self.up_factor, self.down_factor, self.up_taps, self.down_taps = _resampling(
@@ -540,34 +534,31 @@ def state_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-class SynthesisNetwork(nn.Module):
+class SynthesisNetwork(SynthesisBase):
     """ws (N, num_ws, w_dim) -> images (N, img_channels, R, R)."""
 
     def __init__(
         self,
-        w_dim: int,
-        img_resolution: int,
-        img_channels: int = 3,
-        channel_base: int = 32768,
+        w_dim: int,                         # width of w
+        img_resolution: int,                # output resolution
+        img_channels: int = 3,              # image channels
+        channel_base: int = 32768,          # layer channels: min(channel_base / 2 / cutoff, channel_max)
         channel_max: int = 512,
-        num_layers: int = 14,
-        num_critical: int = 2,
-        first_cutoff: float = 2,
-        first_stopband: float = 2 ** 2.1,
-        last_stopband_rel: float = 2 ** 0.3,
-        margin_size: int = 10,
-        output_scale: float = 0.25,
-        num_fp16_res: int = 4,
-        conv_kernel: int = 3,
-        filter_size: int = 6,
-        lrelu_upsampling: int = 2,
-        use_radial_filters: bool = False,
-        conv_clamp: float | None = 256,
+        num_layers: int = 14,               # synthesis layers, the Fourier input and toRGB aside
+        num_critical: int = 2,              # critically sampled layers at the end
+        first_cutoff: float = 2,            # cutoff of the first layer, in cycles per image
+        first_stopband: float = 2 ** 2.1,   # stopband of the first layer
+        last_stopband_rel: float = 2 ** 0.3,  # last stopband, relative to the last cutoff (Nyquist)
+        margin_size: int = 10,              # pixels computed outside the image on each side
+        output_scale: float = 0.25,         # factor on the toRGB output
+        num_fp16_res: int = 4,              # recorded (NVIDIA's fp16 layers); computed in float32
+        conv_kernel: int = 3,               # 3: config T; 1: config R
+        filter_size: int = 6,               # low-pass taps per sample of the lower rate when resampling
+        lrelu_upsampling: int = 2,          # rate of the leaky ReLU relative to the higher in/out rate
+        use_radial_filters: bool = False,   # radially symmetric downsampling filters (config R)
+        conv_clamp: float | None = 256,     # clamp activations to +-conv_clamp; None = none
     ) -> None:
-        super().__init__()
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
+        super().__init__(w_dim, img_resolution, img_channels)
         self.num_layers = num_layers
         self.num_critical = num_critical
         self.num_ws = num_layers + 2
@@ -610,10 +601,7 @@ class SynthesisNetwork(nn.Module):
         fused_modconv: bool | None = None,  # None: fused for batch 1, activation scaling otherwise
         noise: list[torch.Tensor] | None = None,  # must be None or empty (no noise inputs)
     ) -> torch.Tensor:
-        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise ValueError(f"synthesis: ws must be (N, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}")
-        if noise_mode not in NOISE_MODES:
-            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        self.check_ws(ws, noise_mode)
         if noise:
             raise ValueError(f"synthesis: {len(noise)} noise maps given, a StyleGAN3 generator has none")
         if fused_modconv is None:
@@ -635,12 +623,13 @@ class SynthesisNetwork(nn.Module):
 # Generator
 
 
-class Generator(nn.Module):
+class Generator(GeneratorBase):
     """StyleGAN3 generator with the StyleGAN2 class's public contract (models.stylegan2.Generator):
     `mapping(z, truncation_psi=, truncation_cutoff=)`, `synthesis(ws, noise_mode=)`, `G(z)`, num_ws,
     w_dim, z_dim, img_resolution, w_avg, config, weights_sha256(), fingerprint()."""
 
     architecture = ARCHITECTURE
+    hash_prefix = f"{ARCHITECTURE}\n"   # a StyleGAN2 and a StyleGAN3 generator never share a hash
 
     def __init__(
         self,
@@ -668,8 +657,7 @@ class Generator(nn.Module):
         conv_clamp: float | None = 256,
         magnitude_ema_beta: float = 0.999,      # recorded (training only)
     ) -> None:
-        super().__init__()
-        self.config: dict[str, Any] = dict(
+        config = dict(
             img_resolution=img_resolution, z_dim=z_dim, w_dim=w_dim, img_channels=img_channels,
             mapping_layers=mapping_layers, mapping_lr_multiplier=mapping_lr_multiplier,
             w_avg_beta=w_avg_beta, channel_base=channel_base, channel_max=channel_max,
@@ -679,30 +667,17 @@ class Generator(nn.Module):
             filter_size=filter_size, lrelu_upsampling=lrelu_upsampling,
             use_radial_filters=use_radial_filters, conv_clamp=conv_clamp,
             magnitude_ema_beta=magnitude_ema_beta)
-        self.z_dim = z_dim
-        self.c_dim = 0
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.synthesis = SynthesisNetwork(
+        super().__init__(config)
+        synthesis = SynthesisNetwork(
             w_dim, img_resolution, img_channels, channel_base=channel_base, channel_max=channel_max,
             num_layers=num_layers, num_critical=num_critical, first_cutoff=first_cutoff,
             first_stopband=first_stopband, last_stopband_rel=last_stopband_rel, margin_size=margin_size,
             output_scale=output_scale, num_fp16_res=num_fp16_res, conv_kernel=conv_kernel,
             filter_size=filter_size, lrelu_upsampling=lrelu_upsampling,
             use_radial_filters=use_radial_filters, conv_clamp=conv_clamp)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, num_layers=mapping_layers,
-                                      lr_multiplier=mapping_lr_multiplier, w_avg_beta=w_avg_beta)
-        self.source_path: str | None = None
-        self.source_sha256: str | None = None
-        self.source_format: str | None = None
-        self.converted_from: dict[str, str] | None = None
-        self._fingerprint_memo: tuple[tuple, str] | None = None
-
-    @property
-    def w_avg(self) -> torch.Tensor:
-        return self.mapping.w_avg
+        mapping = MappingNetwork(z_dim, w_dim, synthesis.num_ws, num_layers=mapping_layers,
+                                 lr_multiplier=mapping_lr_multiplier, w_avg_beta=w_avg_beta)
+        self._set_networks(synthesis, mapping)
 
     def set_fast_filters(self, fast: bool) -> None:
         """Use the separable/polyphase filtered_lrelu (True, default) or the literal reference."""
@@ -715,37 +690,8 @@ class Generator(nn.Module):
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
         return self.synthesis(ws, noise_mode=noise_mode, force_fp32=force_fp32, fused_modconv=fused_modconv)
 
-    def weights_sha256(self) -> str:
-        """sha256 over the state_dict (as models.stylegan2.Generator.weights_sha256), prefixed with the
-        architecture so a StyleGAN2 and a StyleGAN3 generator never share a hash."""
-        state = self.state_dict()
-        key = tuple((name, t.data_ptr(), t._version) for name, t in sorted(state.items()))
-        if self._fingerprint_memo is not None and self._fingerprint_memo[0] == key:
-            return self._fingerprint_memo[1]
-        digest = hashlib.sha256(f"{ARCHITECTURE}\n".encode())
-        for name, tensor in sorted(state.items()):
-            array = tensor.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False)
-            digest.update(f"{name}:{tuple(array.shape)}\n".encode())
-            digest.update(array.tobytes())
-        self._fingerprint_memo = (key, digest.hexdigest())
-        return self._fingerprint_memo[1]
-
-    def fingerprint(self) -> dict[str, Any]:
-        from storage.provenance import provenance_key
-
-        return {
-            "architecture": ARCHITECTURE,
-            "noise_inputs": 0,
-            "weights_sha256": self.weights_sha256(),
-            "config_key": provenance_key(self.config),
-            "img_resolution": self.img_resolution,
-            "num_ws": self.num_ws,
-            "w_dim": self.w_dim,
-        }
-
-    def extra_repr(self) -> str:
-        return (f"z_dim={self.z_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}, "
-                f"img_resolution={self.img_resolution}, img_channels={self.img_channels}")
+    def family_fingerprint(self) -> dict[str, Any]:
+        return {"architecture": ARCHITECTURE, "noise_inputs": 0}
 
 
 def random_generator(

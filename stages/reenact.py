@@ -1,7 +1,7 @@
 """The reenact stage: fill a driving clip's reenact table (storage/reenact.py) frame by frame, resuming
 at the first pending frame, then render the finished table into the output video. No Prefect
 (tasks/reenact.py opens the inputs and calls one function here); the models (models/projection.py,
-models/mapping.py, models/reenact.py) compute, this module reads what is done and writes the frames.
+models/mapping/, models/reenact.py) compute, this module reads what is done and writes the frames.
 
     source = SourceFace(crop, landmarks, latent)              # models.reenact
     projector = make_projector(G, projection_config("identity", steps_first=300), source)
@@ -204,7 +204,7 @@ def map_frames(G: Generator, net, table: ReenactCache, source: SourceFace, drivi
     With `projector` (refinement, `refine_config`): the network's latents of all frames are where the
     projection of each frame starts (`project(..., init_latents=)`: its resume and state, unchanged).
     """
-    from models.mapping import reenact_with_mapping
+    from models.mapping.inference import reenact_with_mapping
 
     began = time.perf_counter()
     T = table.num_frames

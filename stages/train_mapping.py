@@ -1,7 +1,7 @@
 """The train-mapping stage: the plan of a run (data, held-out split, network and training config), the
 checkpoint at `out` checked against it, training until it holds the steps asked (resuming from it,
 saved atomically every `checkpoint_every` steps) and the held-out evaluation. No Prefect
-(tasks/train_mapping.py calls `inspect` and `train` here); models/mapping.py computes.
+(tasks/train_mapping.py calls `inspect` and `train` here); models/mapping/ computes.
 
     plan = plan_training(cache, settings)           # one-line errors for unusable data or settings
     check_checkpoint(out, plan, steps)              # steps already in `out` (CheckpointError for another run)
@@ -22,16 +22,11 @@ import numpy as np
 import torch
 
 from models.device import resolve_device
-from models.mapping import (
-    LandmarkMappingNetwork,
-    MappingBatch,
-    MappingClip,
-    MappingTrainConfig,
-    MappingTrainer,
-    PairSampler,
-    evaluate_mapping,
-    read_mapping_checkpoint,
-)
+from models.mapping.checkpoint import read_mapping_checkpoint
+from models.mapping.data import MappingBatch, MappingClip, PairSampler
+from models.mapping.inference import evaluate_mapping
+from models.mapping.network import LandmarkMappingNetwork
+from models.mapping.training import MappingTrainConfig, MappingTrainer
 from storage.cache import Workspace
 from storage.errors import CacheError, CheckpointError, InputError
 from storage.mapping_data import TrainingData, split_held_out, training_videos
@@ -42,7 +37,7 @@ __all__ = ["DEFAULT_SETTINGS", "DataSummary", "Plan", "TrainingRun", "check_chec
            "train_to"]
 # Settings of a run (plain data: what crosses process boundaries and goes into the checkpoint).
 DEFAULT_SETTINGS: dict[str, Any] = {
-    "representation": "coords",     # models.mapping.ENCODERS
+    "representation": "coords",     # models.mapping.encoders.ENCODERS
     "batch_size": 32,               # pairs per step
     "image_loss": 0.0,              # weight of the pixel MSE through the generator (0: latent MSE only)
     "learning_rate": 1e-3,          # MappingTrainConfig's default (docs/mapping.md)
@@ -268,7 +263,7 @@ def train_to(out: str | Path, plan: Plan, steps: int, checkpoint_every: int, wei
 def evaluate_held_out(out: str | Path, plan: Plan, device: str = "auto") -> dict[str, Any] | None:
     """Held-out latent MSE of the trained network beside the zero-Δw baseline's (None when nothing is
     held out)."""
-    from models.mapping import load_mapping_network
+    from models.mapping.checkpoint import load_mapping_network
 
     batches = plan.held_out_batches()
     if not batches:

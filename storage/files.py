@@ -43,6 +43,18 @@ def require_regular_file(path: str | os.PathLike[str], what: str = "an input fil
     return path
 
 
+def require_readable_file(path: str | os.PathLike[str], what: str) -> Path:
+    """`require_regular_file`, then readable and not empty: every check a reader of a user's file
+    makes before it opens it (a missing file, a directory, a FIFO / device / socket, no read
+    permission, 0 bytes), each a one-line InputError naming the file."""
+    path = require_regular_file(path, what)
+    if not os.access(path, os.R_OK):
+        raise InputError("permission denied", path=path)
+    if path.stat().st_size == 0:
+        raise InputError("empty file (0 bytes)", path=path)
+    return path
+
+
 # errno values that mean "the disk refused the write": full, over quota, over the file-size limit.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _DENIED_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})

@@ -9,7 +9,6 @@ so a small file declaring an enormous image (a decompression bomb) costs nothing
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from pathlib import Path
@@ -19,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from storage.atomic import atomic_output
 from storage.errors import InputError
-from storage.files import require_regular_file
+from storage.files import require_readable_file
 from storage.limits import MAX_PIXELS_ENV, check_pixels, max_pixels
 
 # What transparent pixels become. White, as an image viewer shows them.
@@ -32,16 +31,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
     Multi-frame files (GIF, TIFF) give their first frame. Raises InputError for a missing, empty,
     unreadable, truncated or oversized file (over `max_pixels`, default storage.limits.max_pixels()).
     """
-    path = Path(path).expanduser().absolute()
-    if not path.exists():
-        raise InputError("no such file", path=path)
-    if path.is_dir():
-        raise InputError("is a directory, not an image file", path=path)
-    require_regular_file(path, "an image")  # a FIFO, /dev/zero or a socket: refused, never opened
-    if not os.access(path, os.R_OK):
-        raise InputError("permission denied", path=path)
-    if path.stat().st_size == 0:
-        raise InputError("empty file (0 bytes)", path=path)
+    path = require_readable_file(path, "an image file")  # a FIFO or /dev/zero: refused, never opened
     with warnings.catch_warnings():
         # Our own limit decides; PIL's warning (and its error at twice its limit) are turned into
         # the same one-line error below.

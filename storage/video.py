@@ -44,7 +44,7 @@ import numpy as np
 
 from storage.atomic import commit, partial_path
 from storage.errors import InputError
-from storage.files import disk_full_message, require_regular_file
+from storage.files import disk_full_message, require_readable_file
 from storage.limits import check_pixels
 
 # Containers whose demuxers seek by an index to exact timestamps (verified frame by frame in
@@ -271,17 +271,7 @@ def has_audio(path: str | Path) -> bool:
 
 
 def _existing_file(path: str | Path) -> Path:
-    path = Path(path).expanduser().absolute()
-    if not path.exists():
-        raise InputError("no such file", path=path)
-    if path.is_dir():
-        raise InputError("is a directory, not a video file", path=path)
-    require_regular_file(path, "a video")  # a FIFO, /dev/zero or a socket: refused, never opened
-    if not os.access(path, os.R_OK):
-        raise InputError("permission denied", path=path)
-    if path.stat().st_size == 0:
-        raise InputError("empty file (0 bytes)", path=path)
-    return path
+    return require_readable_file(path, "a video file")  # a FIFO or /dev/zero: refused, never opened
 
 
 def _stat_key(path: Path) -> tuple[str, int, int]:

@@ -101,6 +101,14 @@ _BULAT = "https://www.adrianbulat.com/downloads/python-fan"
 _TORCHVISION = "https://download.pytorch.org/models"
 _NGC_STYLEGAN3 = "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files"
 
+
+def _torch_hub_file(base_url: str, filename: str, **fields: object) -> WeightSpec:
+    """A file other libraries load from torch.hub's cache by its name (`name-<sha256 prefix>.ext`),
+    downloaded from `base_url`/`filename`."""
+    return WeightSpec(filename=filename, url=f"{base_url}/{filename}", location=TORCH_HUB_LOCATION,
+                      **fields)  # type: ignore[arg-type]
+
+
 REGISTRY: dict[str, WeightSpec] = {
     spec.name: spec
     for spec in [
@@ -153,53 +161,45 @@ REGISTRY: dict[str, WeightSpec] = {
                  "checks every later fetch and verify against it",
         ) for cfg, data, res in (("t", "ffhq", 1024), ("r", "ffhq", 1024), ("t", "ffhqu", 256),
                                  ("r", "ffhqu", 256))],
-        WeightSpec(
+        _torch_hub_file(
+            _BULAT, "2DFAN4-11f355bf06.pth.tar",
             name="fan-2d",
-            filename="2DFAN4-11f355bf06.pth.tar",
-            url=f"{_BULAT}/2DFAN4-11f355bf06.pth.tar",
             size=None,
             sha256="11f355bf0693120222f5955ce3f9dc8fb5763ebb30a47d7906e509490d32e4aa",
             kind="fan",
-            location=TORCH_HUB_LOCATION,
             note="Bulat's 2D-FAN-4, the URL of face-alignment 1.5 (face_alignment/api.py "
                  "models_urls['2DFAN-4']), loaded from torch.hub's checkpoints dir by file name. "
                  "sha256: pinned by several public projects, and starts with the file name's "
                  "11f355bf06. Size not published",
         ),
-        WeightSpec(
+        _torch_hub_file(
+            _BULAT, "s3fd-619a316812.pth",
             name="fan-s3fd",
-            filename="s3fd-619a316812.pth",
-            url=f"{_BULAT}/s3fd-619a316812.pth",
             size=None,
             sha256="619a31681264d3f7f7fc7a16a42cbbe8b23f31a256f75a366e5a1bcd59b33543",
             kind="fan-detector",
-            location=TORCH_HUB_LOCATION,
             note="face-alignment's default face detector (S3FD, detection/sfd/sfd_detector.py); "
                  "needed only when face-alignment detects faces itself. sha256: pinned beside "
                  "2DFAN4 by the same public projects, starts with the file name's 619a316812. "
                  "Size not published",
         ),
-        WeightSpec(
+        _torch_hub_file(
+            _TORCHVISION, "alexnet-owt-7be5be79.pth",
             name="lpips-alexnet",
-            filename="alexnet-owt-7be5be79.pth",
-            url=f"{_TORCHVISION}/alexnet-owt-7be5be79.pth",
             size=244_408_911,
             sha256="7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
             kind="lpips-backbone",
-            location=TORCH_HUB_LOCATION,
             note="torchvision AlexNet_Weights.IMAGENET1K_V1, LPIPS's default backbone. Size and "
                  "sha256: several public projects agree (one quotes the server's Content-Length); "
                  "torchvision's _file_size 233.087 MB = 244408911 / 2**20; sha256 starts with the "
                  "file name's 7be5be79",
         ),
-        WeightSpec(
+        _torch_hub_file(
+            _TORCHVISION, "vgg16-397923af.pth",
             name="lpips-vgg16",
-            filename="vgg16-397923af.pth",
-            url=f"{_TORCHVISION}/vgg16-397923af.pth",
             size=553_433_881,
             sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
             kind="lpips-backbone",
-            location=TORCH_HUB_LOCATION,
             note="torchvision VGG16_Weights.IMAGENET1K_V1, LPIPS's vgg backbone. Size: torch.hub "
                  "progress logs in public notebooks, = torchvision's _file_size 527.796 MB * 2**20; "
                  "sha256: several public projects agree, starts with the file name's 397923af",

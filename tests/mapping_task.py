@@ -1,8 +1,8 @@
 """A synthetic mapping task: latents that are a known smooth function of realistic landmark motion.
 
     task = SyntheticMappingTask(num_ws=G.num_ws, w_dim=G.w_dim)
-    batch = task.batch(32, rng, identities=task.train_ids)     # a models.mapping.MappingBatch
-    clip = task.clip(task.train_ids[0], 50, rng)                # a models.mapping.MappingClip
+    batch = task.batch(32, rng, identities=task.train_ids)     # a models.mapping.data.MappingBatch
+    clip = task.clip(task.train_ids[0], 50, rng)                # a models.mapping.data.MappingClip
 
 Faces. An identity is the FFHQ-crop mean face (models.losses.ffhq_mean_landmarks) with its own jaw
 width, face length, eye spacing, nose length and mouth width (a few per cent each) and a little
@@ -36,7 +36,7 @@ import torch
 
 from models.alignment import crop_from_frame_matrix, ffhq_quad
 from models.losses import ffhq_mean_landmarks
-from models.mapping import MappingBatch, MappingClip
+from models.mapping.data import MappingBatch, MappingClip
 
 MOTIONS = ("jaw_open", "smile", "pucker", "brow_raise", "blink", "yaw", "pitch", "roll")
 # Radians per unit of the pose coefficients (yaw 0.3 rad = 17 degrees).

@@ -1,4 +1,4 @@
-"""The landmark-to-latent mapping network (models/mapping.py): drawing, shapes, learning a known
+"""The landmark-to-latent mapping network (models/mapping/): drawing, shapes, learning a known
 function of landmark motion, bitwise resume, refusing bad checkpoints, reenactment.
 
 The learning tests use tests/mapping_task.py: latents that are a known smooth function of realistic
@@ -17,19 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.mapping import (
-    CHECKPOINT_FORMAT,
-    LandmarkMappingNetwork,
-    LandmarkRasterizer,
-    MappingTrainConfig,
-    MappingTrainer,
-    PairSampler,
-    evaluate_mapping,
-    load_mapping_network,
-    normalize_landmarks,
-    read_mapping_checkpoint,
-    reenact_with_mapping,
-)
+from models.mapping.checkpoint import CHECKPOINT_FORMAT, load_mapping_network, read_mapping_checkpoint
+from models.mapping.data import PairSampler
+from models.mapping.encoders import LandmarkRasterizer, normalize_landmarks
+from models.mapping.inference import evaluate_mapping, reenact_with_mapping
+from models.mapping.network import LandmarkMappingNetwork
+from models.mapping.training import MappingTrainConfig, MappingTrainer
 from storage.errors import CheckpointError
 from tests.mapping_task import SyntheticMappingTask
 from tests.tiny import tiny_generator

@@ -68,7 +68,8 @@ def first_run(inputs):
 
 
 def test_mapping_mode_end_to_end(inputs, first_run):
-    from models.mapping import load_mapping_network, reenact_with_mapping
+    from models.mapping.checkpoint import load_mapping_network
+    from models.mapping.inference import reenact_with_mapping
     from tasks import resources
 
     _, weights, clip, checkpoint = inputs

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.mapping import read_mapping_checkpoint
+from models.mapping.checkpoint import read_mapping_checkpoint
 from stages.train_mapping import check_checkpoint, loss_plot_path, plan_training, train_to
 from storage.cache import Workspace
 from storage.errors import CacheError, CheckpointError, InputError

@@ -128,6 +128,24 @@ class LandmarkBackend(torch.nn.Module):
             boxes = torch.as_tensor(coords[:4], dtype=torch.float32, device=device)[None]
         return self(image, boxes).points[0].double().cpu().numpy()
 
+    def square_crops(
+        self,
+        images: torch.Tensor,               # (N, 3, H, W) RGB in [0, 1]
+        boxes: torch.Tensor | None,         # (N, 4) x0, y0, x1, y1 face boxes; None: the whole images
+        size: int,                          # side of the crops, the net's input size
+        frame: Callable[[torch.Tensor], torch.Tensor] | None = None,  # box -> the square the net
+                                            # sees; None: `square_boxes` (the box grown to a square)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inputs checked, then the square regions the net sees ((N, 4): each box framed by
+        `frame`, or each whole image squared) and their (N, 3, size, size) crops (`crop_square`).
+        Every backend's first step; `crop_to_image_points(points, regions, size)` is the way back."""
+        self.check_inputs(images, boxes)
+        if boxes is None:
+            regions = square_boxes(whole_image_boxes(images))
+        else:
+            regions = (frame or square_boxes)(boxes.to(images))
+        return regions, crop_square(images, regions, size)
+
     @staticmethod
     def check_inputs(images: torch.Tensor, boxes: torch.Tensor | None) -> None:
         if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():

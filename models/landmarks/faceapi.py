@@ -23,15 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.landmarks.base import (
-    NUM_LANDMARKS,
-    LandmarkBackend,
-    LandmarkResult,
-    crop_square,
-    crop_to_image_points,
-    square_boxes,
-    whole_image_boxes,
-)
+from models.landmarks.base import NUM_LANDMARKS, LandmarkBackend, LandmarkResult, crop_to_image_points
 from models.tfjs_weights import read_tfjs_weights, tfjs_weights_sha256
 from storage.errors import CheckpointError
 
@@ -188,10 +180,8 @@ class FaceApiLandmarks(LandmarkBackend):
         return cls(net.eval(), tfjs_weights_sha256(manifest), str(manifest))
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> LandmarkResult:
-        self.check_inputs(images, boxes)
-        regions = square_boxes(whole_image_boxes(images) if boxes is None else boxes.to(images))
         size = self.net.input_size
-        crops = crop_square(images, regions, size)
+        regions, crops = self.square_crops(images, boxes, size)
         # face-api's outputs are pixel positions in its 112 input divided by 112 (tfjs resizes with
         # pixel 0 on pixel 0), so fraction * 112 is a crop pixel coordinate.
         points = crop_to_image_points(self.net(crops) * size, regions, size)

@@ -30,15 +30,7 @@ from typing import Literal
 import torch
 
 from models.face_shape import MIRROR_68
-from models.landmarks.base import (
-    NUM_LANDMARKS,
-    LandmarkBackend,
-    LandmarkResult,
-    crop_square,
-    crop_to_image_points,
-    square_boxes,
-    whole_image_boxes,
-)
+from models.landmarks.base import NUM_LANDMARKS, LandmarkBackend, LandmarkResult, crop_to_image_points
 from storage.errors import CheckpointError, WeightsMissingError
 from storage.provenance import sha256_file
 
@@ -225,10 +217,7 @@ class FanLandmarks(LandmarkBackend):
         return out
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> LandmarkResult:
-        self.check_inputs(images, boxes)
-        regions = (square_boxes(whole_image_boxes(images)) if boxes is None
-                   else fan_regions(boxes.to(images)))
-        crops = crop_square(images, regions, INPUT_SIZE)
+        regions, crops = self.square_crops(images, boxes, INPUT_SIZE, frame=fan_regions)
         heatmaps = self._heatmaps(crops)
         if self.flip_input:
             flipped = self._heatmaps(crops.flip(-1)).flip(-1)[:, self.mirror]

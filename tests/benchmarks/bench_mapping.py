@@ -1,4 +1,4 @@
-"""Mapping network (models/mapping.py): accuracy and training speed of the two landmark
+"""Mapping network (models/mapping/): accuracy and training speed of the two landmark
 representations on the synthetic task, and reenactment frames per second, side by side in one run.
 
     python tests/benchmarks/bench_mapping.py [--threads 1] [--steps 600] [--frames 16] [--device cpu]
@@ -39,13 +39,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from models.mapping import (  # noqa: E402
-    LandmarkMappingNetwork,
-    MappingTrainConfig,
-    MappingTrainer,
-    evaluate_mapping,
-    reenact_with_mapping,
-)
+from models.mapping.inference import evaluate_mapping, reenact_with_mapping  # noqa: E402
+from models.mapping.network import LandmarkMappingNetwork  # noqa: E402
+from models.mapping.training import MappingTrainConfig, MappingTrainer  # noqa: E402
 from models.stylegan2 import Generator  # noqa: E402
 from tests.mapping_task import SyntheticMappingTask  # noqa: E402
 from tests.tiny import tiny_generator  # noqa: E402
