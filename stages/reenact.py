@@ -9,7 +9,7 @@ models/mapping/, models/reenact.py) compute, this module reads what is done and 
     run = project(projector, table, driving_points, interpolated)    # resumes where the table stops
     video = render(G, table, source.crop, driving_path, driving_crops, fps, "out.mp4")
 
-    # mode "mapping" (Mapping-based landmark-driven reenactment): w_i = w_src + Δw, one generator pass
+    # mode "mapping" (Choe 2023): w_i = w_src + Δw, one generator pass
     # per frame, or K refinement steps from there with projector=make_projector(G, refine_config(...))
     run = map_frames(G, net, table, source, driving_points, landmarks=backend, projector=None)
 
@@ -185,7 +185,7 @@ def _store_window(table: ReenactCache, result: ProjectionResult, points: np.ndar
 
 
 # ---------------------------------------------------------------------------------------------------
-# Mapping mode (Mapping-based landmark-driven reenactment): w_i = w_src + Δw(source landmarks, driving
+# Mapping mode (Choe 2023): w_i = w_src + Δw(source landmarks, driving
 # landmarks_i), one generator pass per frame; optionally K projection steps per frame from there
 # (`project` with init_latents: one code path).
 
@@ -490,7 +490,7 @@ def source_face(ws: Workspace, source: Mapping[str, Any]) -> SourceFace:
 def project_driving(ws: Workspace, G: Generator, backend, source: Mapping[str, Any],
                     driving: Mapping[str, Any], variant: str, settings: Mapping[str, Any],
                     progress: FrameBar | None = None) -> ReenactTable:
-    """mode "projection" (Facial landmark projection): the table of these settings (created if new),
+    """mode "projection" (Uzolas 2021): the table of these settings (created if new),
     claimed against other jobs, every pending frame projected. `source` names the source's tables,
     `driving` the clip's crops table."""
     projector = make_projector(G, projection_config(variant, **settings), source_face(ws, source),

@@ -42,7 +42,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "image_loss": 0.0,              # weight of the pixel MSE through the generator (0: latent MSE only)
     "learning_rate": 1e-3,          # MappingTrainConfig's default (docs/mapping.md)
     "seed": 0,                      # pair sampler seed
-    "held_out": 0.1,                # fraction held out for evaluation (seed 003: a 90-10 split)
+    "held_out": 0.1,                # fraction held out for evaluation (Choe 2023: a 90-10 split)
     "split": "auto",                # "video", "frame", or "auto": by video when >= 2 videos
     "inversion": None,              # inversion settings key to train from (None: the only ones)
 }

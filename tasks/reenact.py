@@ -28,7 +28,7 @@ __all__ = ["ReenactTable", "map_driving", "project_driving", "render_output", "r
 def project_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any],
                     variant: str, settings: dict[str, Any], device: str = "auto", landmarks: str = "faceapi",
                     progress: bool = False) -> ReenactTable:
-    """Landmark projection of every driving frame not done yet (Facial landmark projection), each frame
+    """Landmark projection of every driving frame not done yet (Uzolas 2021), each frame
     stored as soon as it is done; `source` names the source's crops and latents tables, `driving` the
     clip's crops table. Resumes at the first pending frame."""
     return _fill(stage.project_driving, "projected", cache, weights, source, driving, variant, settings,
@@ -39,7 +39,7 @@ def project_driving(cache: str, weights: str, source: dict[str, Any], driving: d
 def map_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
                 settings: dict[str, Any], device: str = "auto", landmarks: str = "faceapi",
                 progress: bool = False) -> ReenactTable:
-    """Mapping-mode latents (Mapping-based landmark-driven reenactment) of every driving frame not done
+    """Mapping-mode latents (Choe 2023) of every driving frame not done
     yet: w = w_src + Δw, one generator pass per frame in batches, then `refine_steps` projection steps
     per frame from there when asked. The same kind of table as `project_driving`'s, keyed by the
     checkpoint's sha256 too."""
