@@ -32,7 +32,7 @@ from storage.errors import InputError, JobFailedError
 from storage.leases import JobLease
 from storage.manifests import BatchJob, load_batch
 from storage.provenance import code_version, provenance_key
-from tasks.batch import run_job
+from tasks.batch import JobOutcome, run_job
 
 __all__ = ["JOB_KEYWORDS", "PATH_OPTIONS", "batch_id", "format_batch_summary", "load_jobs", "reenact_batch"]
 
@@ -170,20 +170,20 @@ def reenact_batch(manifest: str, cache: str, weights: str = DEFAULT_WEIGHTS, out
             number = ended[0] if end else ended[0] + 1
             print(f"batch [{number}/{len(jobs)}] {job.name}: {text}", file=sys.stderr, flush=True)
 
-    def finish(job: BatchJob, record: dict[str, Any], outcome: dict[str, Any]) -> None:
-        worker = outcome.get("worker", "")
-        say(job, f"failed: {outcome['error']}" if "error" in outcome else
-            f"done in {outcome['seconds']:.1f} s -> {job.output}")
-        if "error" in outcome:
-            ws.record_job(job.job_id, {**record, "state": "failed", "error": outcome["error"],
+    def finish(job: BatchJob, record: dict[str, Any], outcome: JobOutcome) -> None:
+        worker = outcome.worker
+        say(job, f"failed: {outcome.error}" if outcome.failed else
+            f"done in {outcome.seconds:.1f} s -> {job.output}")
+        if outcome.failed:
+            ws.record_job(job.job_id, {**record, "state": "failed", "error": outcome.error,
                                        "worker": worker})
-            states[job.name].update(state="failed", error=outcome["error"], worker=worker)
-            logger.warning(f"{job.name}: failed on {worker}: {outcome['error']}")
+            states[job.name].update(state="failed", error=outcome.error, worker=worker)
+            logger.warning(f"{job.name}: failed on {worker}: {outcome.error}")
         else:
-            ws.record_job(job.job_id, {**record, "state": "finished", "seconds": outcome["seconds"],
-                                       "tables": outcome["tables"], "worker": worker})
-            states[job.name].update(state="finished", seconds=outcome["seconds"], worker=worker)
-            logger.info(f"{job.name}: done in {outcome['seconds']:.1f} s on {worker} -> {job.output}")
+            ws.record_job(job.job_id, {**record, "state": "finished", "seconds": outcome.seconds,
+                                       "tables": list(outcome.tables), "worker": worker})
+            states[job.name].update(state="finished", seconds=outcome.seconds, worker=worker)
+            logger.info(f"{job.name}: done in {outcome.seconds:.1f} s on {worker} -> {job.output}")
         note("running")
 
     sequential = runner.strip() == "threads"
@@ -217,7 +217,8 @@ def reenact_batch(manifest: str, cache: str, weights: str = DEFAULT_WEIGHTS, out
                 try:
                     outcome = future.result()
                 except Exception as err:  # the task itself crashed (a lost worker after its retries)
-                    outcome = {"error": f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"}
+                    reason = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+                    outcome = JobOutcome("", error=reason)
                 finish(job, record, outcome)
 
     summary = {"batch": this_batch, "manifest": str(path), "jobs": len(jobs),
@@ -235,8 +236,8 @@ def reenact_batch(manifest: str, cache: str, weights: str = DEFAULT_WEIGHTS, out
         names = ", ".join(summary["failed"])
         err = JobFailedError(f"{len(summary['failed'])} of {len(jobs)} jobs failed ({names}; e.g. "
                              f"{next(iter(summary['failed'].values()))}); the others finished; rerun the "
-                             f"batch or `facereenact resume {this_batch}` to retry them", path=path)
-        err.summary = summary
+                             f"batch or `facereenact resume {this_batch}` to retry them", path=path,
+                             summary=summary)
         raise err
     return summary
 

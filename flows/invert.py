@@ -37,7 +37,7 @@ from storage.leases import JobLease
 from storage.manifests import collect_videos
 from storage.provenance import code_version, provenance_key
 from tasks import resources
-from tasks.invert import invert_batches, open_latents, settings_of
+from tasks.invert import BatchesRun, LatentsPlan, invert_batches, open_latents, settings_of
 
 __all__ = ["format_summary", "invert_dataset", "job_id"]
 
@@ -99,7 +99,7 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = InvertRe
     logger.info(f"job {this_job}: {len(videos)} video(s), {steps} steps, batch {batch_size}, "
                 f"generator {G.img_resolution} px")
     bar = _progress_bar(progress)
-    plans: list[dict[str, Any]] = []
+    plans: list[LatentsPlan] = []
     failed_videos: dict[str, str] = {}
     futures = []
     try:
@@ -114,20 +114,20 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = InvertRe
                 continue
             plan = open_latents(prepared, cache, weights_path, settings, batch_size, retry_failed, device)
             plans.append(plan)
-            tables.append(plan["table"])
+            tables.append(plan.table)
             note("running")
             name = Path(prepared["path"]).name
-            logger.info(f"{name}: {plan['frames']} frames, {plan['done_before']} done and "
-                        f"{plan['failed_before']} failed before this run, {plan['todo']} to invert in "
-                        f"{len(plan['batches'])} batch(es)")
-            groups = [plan["batches"][i:i + batches_per_task]
-                      for i in range(0, len(plan["batches"]), batches_per_task)]
+            logger.info(f"{name}: {plan.frames} frames, {plan.done_before} done and "
+                        f"{plan.failed_before} failed before this run, {plan.todo} to invert in "
+                        f"{len(plan.batches)} batch(es)")
+            groups = [plan.batches[i:i + batches_per_task]
+                      for i in range(0, len(plan.batches), batches_per_task)]
             if bar is not None:
-                bar.total = (bar.total or 0) + plan["todo"]
+                bar.total = (bar.total or 0) + plan.todo
                 bar.refresh()
             with gpu_annotation(gpu_resources):
                 futures.extend(
-                    invert_batches.submit(cache, plan["table"], plan["crops_table"], plan["media"], name,
+                    invert_batches.submit(cache, plan.table, plan.crops_table, plan.media, name,
                                           weights_path, settings, group, retry_failed, max_loss, device)
                     for group in groups)
         tasks = []
@@ -135,7 +135,7 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = InvertRe
             result = future.result()
             tasks.append(result)
             if bar is not None:
-                bar.update(result["written"] + len(result["failed"]))
+                bar.update(result.written + len(result.failed))
     except BaseException:
         note("failed", error="the job stopped before its end (see the flow run's logs)")
         raise
@@ -149,9 +149,7 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = InvertRe
     failed = summary["failed"] or summary["failed_videos"]
     note("failed" if failed else "finished", summary=summary)
     if failed:
-        err = JobFailedError(_failure_line(summary))
-        err.summary = summary
-        raise err
+        raise JobFailedError(_failure_line(summary), summary=summary)
     return summary
 
 
@@ -163,7 +161,7 @@ def _progress_bar(enabled: bool):
     return tqdm(total=0, desc="inverting", unit="frame", file=sys.stderr, dynamic_ncols=True)
 
 
-def _summary(job: str, ws: Workspace, plans: list[dict[str, Any]], tasks: list[dict[str, Any]],
+def _summary(job: str, ws: Workspace, plans: list[LatentsPlan], tasks: list[BatchesRun],
              failed_videos: dict[str, str], retry_failed: bool, seconds: float) -> dict[str, Any]:
     """Counts of the whole job, read back from the tables (the truth), plus what this run did."""
     from storage.latents import LatentCache
@@ -171,24 +169,24 @@ def _summary(job: str, ws: Workspace, plans: list[dict[str, Any]], tasks: list[d
     failures: dict[str, dict[str, str]] = {}
     totals = {"frames": 0, "done": 0, "failed": 0, "pending": 0}
     for plan in plans:
-        latents = LatentCache.at(ws, plan["table"])
+        latents = LatentCache.at(ws, plan.table)
         counts = latents.counts()
         totals["frames"] += latents.num_frames
         for k in ("done", "failed", "pending"):
             totals[k] += counts[k]
         errors = latents.errors()
         if errors:
-            failures[plan["path"]] = {str(i): reason for i, reason in sorted(errors.items())}
-    written = sum(t["written"] for t in tasks)
-    failed_now = sum(len(t["failed"]) for t in tasks)
-    skipped = sum(p["done_before"] + (0 if retry_failed else p["failed_before"]) for p in plans)
+            failures[plan.path] = {str(i): reason for i, reason in sorted(errors.items())}
+    written = sum(t.written for t in tasks)
+    failed_now = sum(len(t.failed) for t in tasks)
+    skipped = sum(p.done_before + (0 if retry_failed else p.failed_before) for p in plans)
     return {"job": job, "videos": len(plans) + len(failed_videos), **totals,
             "inverted": written, "failed_now": failed_now, "skipped": skipped,
-            "computed": sum(t["computed"] for t in tasks),  # frames run, incl. done ones of split batches
-            "batches": sum(t["batches"] for t in tasks),
-            "workers": sorted({t["worker"] for t in tasks if t["computed"]}),  # host:pid that ran them
+            "computed": sum(t.computed for t in tasks),  # frames run, incl. done ones of split batches
+            "batches": sum(t.batches for t in tasks),
+            "workers": sorted({t.worker for t in tasks if t.computed}),  # host:pid that ran them
             "failed_frames": failures, "failed_videos": failed_videos, "seconds": round(seconds, 2),
-            "tables": [p["table"] for p in plans]}
+            "tables": [p.table for p in plans]}
 
 
 def _failure_line(summary: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ Tasks return small summaries (counts, table locations), never frames or arrays.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from prefect import flow
@@ -33,12 +34,12 @@ def prepare_video(path: str, cache: str, resolution: int = 256, landmarks: str =
     """Landmarks and aligned crops of every frame of a video; frames without a face are kept,
     flagged and interpolated. `smoothing` holds SmoothingConfig fields (default: One-Euro)."""
     medium = open_media(path, cache)
-    if medium["kind"] != "video":
+    if medium.kind != "video":
         raise InputError("is a still image, not a video (prepare it as a source image)", path=path)
     marks = track_landmarks(medium, cache, landmarks=landmarks, device=device, detector=detector,
                             face_index=face_index, progress=progress)
     crops = align_crops(medium, marks, cache, resolution=resolution, smoothing=smoothing, progress=progress)
-    return {**medium, "landmarks": marks, "crops": crops}
+    return {**asdict(medium), "landmarks": asdict(marks), "crops": asdict(crops)}
 
 
 @flow(name="prepare-image", flow_run_name=flow_run_name("prepare-image"))
@@ -49,13 +50,13 @@ def prepare_image(path: str, cache: str, resolution: int = 256, landmarks: str =
     """Landmarks and the aligned crop of a source image: the largest face, or the `face_index`-th
     by size. No face is a NoFaceError (a source must show one)."""
     medium = open_media(path, cache)
-    if medium["kind"] != "image":
+    if medium.kind != "image":
         raise InputError("is a video, not a still image", path=path)
     marks = track_landmarks(medium, cache, landmarks=landmarks, device=device, detector=detector,
                             face_index=face_index, progress=progress)
     crops = align_crops(medium, marks, cache, resolution=resolution, smoothing={"method": "none"},
                         progress=progress)
-    return {**medium, "landmarks": marks, "crops": crops}
+    return {**asdict(medium), "landmarks": asdict(marks), "crops": asdict(crops)}
 
 
 @flow(name="prepare", flow_run_name=flow_run_name("prepare"))

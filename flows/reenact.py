@@ -34,7 +34,7 @@ from storage.errors import InputError, JobFailedError
 from storage.latents import LatentCache
 from tasks import resources
 from tasks.invert import invert_batches, open_latents, settings_of
-from tasks.reenact import map_driving, project_driving, render_output, report_run
+from tasks.reenact import ReenactTable, map_driving, project_driving, render_output, report_run
 
 __all__ = ["REENACTORS", "check_not_inputs", "output_files", "reenact"]
 
@@ -45,19 +45,19 @@ class Mode(NamedTuple):
     when given, refuses models that do not fit the generator, also before any work."""
 
     check: Callable[[str, dict[str, Any]], Any]
-    run: Callable[..., dict[str, Any]]
+    run: Callable[..., ReenactTable]
     check_model: Callable[[Any, dict[str, Any]], Any] | None = None
 
 
 def _project(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
-             options: dict[str, Any], device: str, landmarks: str, progress: bool) -> dict[str, Any]:
+             options: dict[str, Any], device: str, landmarks: str, progress: bool) -> ReenactTable:
     """mode="projection": landmark projection (seeds 000/001); `options` are ProjectionConfig fields."""
     return project_driving(cache, weights, source, driving, variant, options, device=device,
                            landmarks=landmarks, progress=progress)
 
 
 def _map(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
-         options: dict[str, Any], device: str, landmarks: str, progress: bool) -> dict[str, Any]:
+         options: dict[str, Any], device: str, landmarks: str, progress: bool) -> ReenactTable:
     """mode="mapping": the landmark-to-latent network (seed 003), w = w_src + Δw, one generator pass per
     frame; options `mapping` (checkpoint), `refine_steps` (projection steps per frame from there),
     `mapping_batch`, and ProjectionConfig fields for the refinement."""
@@ -105,15 +105,15 @@ def invert_source(prepared: dict[str, Any], cache: str, weights: str, steps: int
         raise InputError(f"bad source inversion settings: {err}") from None
     settings = settings_of(config)
     plan = open_latents(prepared, cache, weights, settings, batch_size=1, device=device)
-    if plan["todo"]:
-        invert_batches(cache, plan["table"], plan["crops_table"], plan["media"], Path(prepared["path"]).name,
-                       weights, settings, plan["batches"], device=device)
-    latents = LatentCache.at(Workspace(cache), plan["table"])
+    if plan.todo:
+        invert_batches(cache, plan.table, plan.crops_table, plan.media, Path(prepared["path"]).name,
+                       weights, settings, plan.batches, device=device)
+    latents = LatentCache.at(Workspace(cache), plan.table)
     if not latents.is_complete():
         reason = next(iter(latents.errors().values()), "not inverted")
         raise JobFailedError(f"the source could not be inverted: {reason}", path=prepared["path"])
     return {"key": prepared["key"], "path": prepared["path"], "crops": prepared["crops"]["table"],
-            "latents": plan["table"], "latents_key": plan["key"], "computed": plan["todo"]}
+            "latents": plan.table, "latents_key": plan.key, "computed": plan.todo}
 
 
 @flow(name="reenact", flow_run_name=flow_run_name("reenact"))
@@ -163,8 +163,8 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str,
                     "fps": driving_prepared["fps"], "crops": driving_prepared["crops"]["table"]}
     projected = REENACTORS[mode].run(cache, weights_path, source_face, driving_info, variant, options, device,
                                  landmarks, progress)
-    if projected["done"] == 0:
-        reason = next(iter(projected["failed_now"].values()), "")
+    if projected.done == 0:
+        reason = next(iter(projected.failed_now.values()), "")
         raise JobFailedError(f"no frame could be reenacted: {reason}", path=driving)
     rendered = render_output(cache, weights_path, projected, source_face, driving_info, str(output),
                              layout=layout, paste_back=paste_back, subframes=subframes, preview=preview,
@@ -174,14 +174,14 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str,
         "output": rendered["output"], "preview": rendered["preview"], "sidecar": rendered["sidecar"],
         "frames": rendered["frames"], "fps": rendered["fps"], "size": rendered["size"],
         "seconds": round(time.monotonic() - began, 2), "metrics": rendered["metrics"],
-        "failed_frames": projected["failed"], "held_frames": rendered["held_frames"],
+        "failed_frames": projected.failed, "held_frames": rendered["held_frames"],
         "interpolated_frames": int(sum(rendered["per_frame"]["interpolated"])),
-        "computed": {"source_inverted": source_face["computed"], "projected": projected["computed"],
-                     "resumed_from": projected["resumed_from"], "rendered": rendered["rendered"]},
+        "computed": {"source_inverted": source_face["computed"], "projected": projected.computed,
+                     "resumed_from": projected.resumed_from, "rendered": rendered["rendered"]},
         "tables": {"driving_crops": driving_info["crops"], "source_crops": source_face["crops"],
-                   "source_latents": source_face["latents"], "reenact": projected["table"]},
+                   "source_latents": source_face["latents"], "reenact": projected.table},
         "mode": mode, "variant": variant,
     }
     logger.info(f"reenacted {summary['frames']} frames into {summary['output']} in {summary['seconds']} s "
-                f"(projected {projected['computed']} frames in this run)")
+                f"(projected {projected.computed} frames in this run)")
     return summary

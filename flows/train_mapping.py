@@ -16,6 +16,7 @@ the weights an uninterrupted run has (bitwise on a CPU). docs/mapping.md has the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -53,11 +54,11 @@ def train_mapping(cache: str, out: str, steps: int = TrainMappingRequest.steps,
         raise InputError(f"unknown training setting ({err})") from None
     settings = request.settings()
     data = inspect_data(cache, settings, out, steps)
-    logger.info(f"training on {data['train_frames']} frames of {data['videos']} video(s), "
-                f"{data['held_out_frames']} held out (by {data['split']}); generator "
-                f"{str(data['generator_sha256'])[:12]}...; checkpoint at step {data['checkpoint_steps']}")
+    logger.info(f"training on {data.train_frames} frames of {data.videos} video(s), "
+                f"{data.held_out_frames} held out (by {data.split}); generator "
+                f"{str(data.generator_sha256)[:12]}...; checkpoint at step {data.checkpoint_steps}")
     result = train_network(cache, settings, out, steps, checkpoint_every, weights, device)
-    summary = {"data": data, "training": result, "settings": settings,
+    summary = {"data": dataclasses.asdict(data), "training": dataclasses.asdict(result), "settings": settings,
                "seconds": round(time.monotonic() - began, 2)}
     _artifact(summary)
     logger.info(format_summary(summary))

@@ -1,14 +1,6 @@
-"""Evaluate any reenactment result video against its source face and driving clip (`facereenact evaluate`).
+"""The metrics of a reenactment result video against its source face and driving clip, per frame
+and over the clip (`facereenact evaluate`; stages/evaluate.py decodes the videos and runs these).
 
-    report = evaluate_result("out.mp4", source="face.jpg", driving="clip.mp4", crop_result="auto")
-    report["landmark_nme"], report["identity_similarity"], report["landmark_jitter"]
-
-- **Frames.** Both videos are decoded streaming (storage.video.read_frames), matched by index. A
-  result with sub-frames (2x fps: `subframes` in the sidecar, or a result rate twice the driving's)
-  is read at every other frame (frames 0, 2, 4, ...: the key frames). A side-by-side result (look |
-  driving | result, panels scaled to one height) is cut to its rightmost square panel: from the
-  sidecar's layout, or with `crop_result="auto"` and no sidecar when the frame is at least twice as
-  wide as high; "none" uses whole frames, "right" always cuts.
 - **Landmarks** by the face-api backend, tracked (FaceTracker with the Haar detector, as the prepare
   stage). Frames where no face is found are counted and left out of every metric.
 - **NME** (models.metrics.landmark_nme: mean point error / the driving's outer-eye distance). When
@@ -20,59 +12,27 @@
   (models.metrics.identity_descriptors; chips cut from each face's landmarks).
 - **Jitter**: models.metrics.landmark_jitter of the result's landmarks (pixels of the result frame),
   beside the driving's in the same coordinates, over runs of 3+ consecutive frames with a face.
-- **Seconds per frame** from the sidecar `RESULT.json` (`facereenact run` writes it), else None.
-
-No Prefect; errors the user can fix are one-line FacereenactErrors naming the file.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from storage.errors import InputError, NoFaceError
+from storage.errors import NoFaceError
 
-__all__ = ["CROP_CHOICES", "evaluate_result", "read_result_sidecar", "sidecar_path"]
+__all__ = ["CROP_CHOICES", "crop_panel", "every", "finite_mean", "identity_similarities", "landmark_metrics",
+           "result_tracker", "run_jitter", "source_landmarks"]
 
 CROP_CHOICES = ("auto", "none", "right")
 
 
-def sidecar_path(result: str | Path) -> Path:
-    """`out.mp4` -> `out.mp4.json`, the sidecar `facereenact run` writes beside its output."""
-    result = Path(result)
-    return result.with_name(result.name + ".json")
-
-
-def read_result_sidecar(result: str | Path) -> dict[str, Any] | None:
-    """The sidecar's fields this module uses (None when there is none; a broken one is an error):
-    layout, fps, frames, seconds_per_frame, subframes, looked up at the top level, then under
-    "settings" / "metrics" (where `facereenact run` may nest them)."""
-    path = sidecar_path(result)
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(f"unreadable JSON sidecar ({err})", path=path) from None
-    if not isinstance(record, dict):
-        raise InputError("JSON sidecar is not an object", path=path)
-
-    def find(name: str) -> Any:
-        for where in (record, record.get("settings"), record.get("metrics")):
-            if isinstance(where, dict) and where.get(name) is not None:
-                return where[name]
-        return None
-
-    return {name: find(name) for name in ("layout", "fps", "frames", "seconds_per_frame", "subframes")}
-
-
-def _tracker(device: str):
+def result_tracker(device: str):
+    """The face-api backend and a factory of FaceTrackers with the Haar detector (the prepare
+    stage's tracking), one per video compared."""
     from models.detection import FaceTracker, make_detector
     from models.landmarks import load_landmark_backend
 
@@ -80,7 +40,8 @@ def _tracker(device: str):
     return backend, lambda: FaceTracker(make_detector("haar"), backend.predict_frame)
 
 
-def _source_landmarks(image: np.ndarray, backend, path: str | Path) -> np.ndarray:
+def source_landmarks(image: np.ndarray, backend, path: str | Path) -> np.ndarray:
+    """The source photo's 68 landmarks (its largest face; NoFaceError naming `path` without one)."""
     from models.detection import FaceSelector, make_detector
 
     box = FaceSelector().pick(make_detector("haar").detect(image))
@@ -89,20 +50,22 @@ def _source_landmarks(image: np.ndarray, backend, path: str | Path) -> np.ndarra
     return np.asarray(backend.predict_frame(image, box), dtype=np.float64)
 
 
-def _crop(frame: np.ndarray, mode: str) -> np.ndarray:
+def crop_panel(frame: np.ndarray, mode: str) -> np.ndarray:
+    """The rightmost square panel of a side-by-side frame ("right"), or the frame ("none")."""
     if mode == "right":
         h = frame.shape[0]
         return frame[:, frame.shape[1] - h:]
     return frame
 
 
-def _every(frames: Iterator[np.ndarray], step: int) -> Iterator[np.ndarray]:
+def every(frames: Iterator[np.ndarray], step: int) -> Iterator[np.ndarray]:
+    """Frames 0, step, 2 * step, ... (the key frames of a result with sub-frames)."""
     for i, frame in enumerate(frames):
         if i % step == 0:
             yield frame
 
 
-def _jitter(points: np.ndarray) -> float | None:
+def run_jitter(points: np.ndarray) -> float | None:
     """landmark_jitter over runs of >= 3 consecutive frames with a face, weighted by their triples."""
     from models.metrics import landmark_jitter
 
@@ -119,118 +82,49 @@ def _jitter(points: np.ndarray) -> float | None:
     return total / count if count else None
 
 
-def _mean(values: np.ndarray) -> float | None:
+def finite_mean(values: np.ndarray) -> float | None:
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     return float(values.mean()) if values.size else None
 
 
 @torch.no_grad()
-def evaluate_result(result: str | Path, source: str | Path, driving: str | Path, *,
-                    crop_result: str = "auto", device: str = "cpu", batch: int = 16) -> dict[str, Any]:
-    """Metrics of a result video (see the module docstring) as a JSON-safe dict."""
+def identity_similarities(frames: np.ndarray, points: list[np.ndarray | None], source_image: np.ndarray,
+                          src_points: np.ndarray, identity, batch: int, reference: torch.Tensor | None = None
+                          ) -> tuple[np.ndarray, torch.Tensor | None]:
+    """Cosine of the recognition descriptors of result frames (those with landmarks; NaN for the
+    others) and the source photo's. Returns (values, the source's descriptor, computed once)."""
+    from models.metrics import identity_descriptors
+
+    ok = [i for i, p in enumerate(points) if p is not None]
+    values = np.full(len(frames), np.nan)
+    if ok:
+        descriptors, src_descriptor = identity_descriptors(np.stack([frames[i] for i in ok]), source_image,
+                                                           np.stack([points[i] for i in ok]), src_points,
+                                                           identity, batch)
+        reference = src_descriptor if reference is None else reference
+        values[ok] = torch.nn.functional.cosine_similarity(descriptors, reference, dim=-1).numpy()
+    return values, reference
+
+
+def landmark_metrics(res: np.ndarray, drv: np.ndarray, size: tuple[int, int], driving_size: tuple[int, int]
+                     ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The driving landmarks in the result's coordinates and the NME of the frames with a face in
+    both: when the result has the driving frame's (height, width) both are compared as they are;
+    otherwise the result is an aligned crop, and the driving landmarks are mapped into their own FFHQ
+    crop at its size. Returns (target landmarks, NME per compared frame, same_space)."""
     from models.alignment import crop_from_frame_matrix, ffhq_quad
-    from models.losses import IdentityLoss
-    from models.metrics import identity_descriptors, landmark_nme
-    from storage.images import load_image
-    from storage.video import probe, read_frames
+    from models.metrics import landmark_nme
 
-    if crop_result not in CROP_CHOICES:
-        raise InputError(f"--crop-result must be one of {', '.join(CROP_CHOICES)}, got {crop_result!r}")
-    result_info, driving_info = probe(result), probe(driving)
-    source_image = np.array(load_image(source))  # writable: torch.from_numpy downstream
-    sidecar = read_result_sidecar(result)
-    notes = []
-
-    if crop_result == "auto":
-        layout = (sidecar or {}).get("layout")
-        if layout is not None:
-            crop_result = "right" if layout == "side-by-side" else "none"
-        elif result_info.width >= 2 * result_info.height:
-            crop_result = "right"
-            notes.append("no sidecar: took the rightmost square panel (the frame is 2+ times as wide "
-                         "as high; pass --crop-result none to use whole frames)")
-        else:
-            crop_result = "none"
-    subframes = (sidecar or {}).get("subframes")
-    if subframes is None:
-        subframes = result_info.fps == 2 * driving_info.fps and result_info.fps != driving_info.fps
-        if subframes:
-            notes.append("no sidecar: the result runs at twice the driving's fps, read as sub-frames")
-    step = 2 if subframes else 1
-
-    backend, make_tracker = _tracker(device)
-    src_points = _source_landmarks(source_image, backend, source)
-    identity = IdentityLoss().to(device)
-    ref = None
-
-    result_tracker, driving_tracker = make_tracker(), make_tracker()
-    res_points, drv_points, similarity = [], [], []
-    chunk_frames, chunk_points = [], []
-    size = None
-
-    def flush() -> None:
-        nonlocal ref
-        if not chunk_frames:
-            return
-        ok = [i for i, p in enumerate(chunk_points) if p is not None]
-        values = np.full(len(chunk_frames), np.nan)
-        if ok:
-            frames = np.stack([chunk_frames[i] for i in ok])
-            points = np.stack([chunk_points[i] for i in ok])
-            descriptors, src_descriptor = identity_descriptors(frames, source_image, points, src_points,
-                                                               identity, batch)
-            ref = src_descriptor if ref is None else ref
-            values[ok] = torch.nn.functional.cosine_similarity(descriptors, ref, dim=-1).numpy()
-        similarity.extend(values.tolist())
-        chunk_frames.clear()
-        chunk_points.clear()
-
-    with read_frames(result) as result_frames, read_frames(driving) as driving_frames:
-        for res_frame, drv_frame in zip(_every(result_frames, step), driving_frames, strict=False):
-            res_frame = np.ascontiguousarray(_crop(res_frame, crop_result))
-            size = res_frame.shape[:2]
-            found = result_tracker.update(res_frame).landmarks
-            res_points.append(np.full((68, 2), np.nan) if found is None else np.asarray(found, np.float64))
-            drv = driving_tracker.update(drv_frame).landmarks
-            drv_points.append(np.full((68, 2), np.nan) if drv is None else np.asarray(drv, np.float64))
-            chunk_frames.append(res_frame)
-            chunk_points.append(None if found is None else res_points[-1])
-            if len(chunk_frames) == batch:
-                flush()
-        flush()
-
-    if not res_points:
-        raise InputError("no frames to compare (the result or the driving clip is empty)", path=result)
-    res, drv = np.stack(res_points), np.stack(drv_points)
     res_face, drv_face = np.isfinite(res).all(axis=(1, 2)), np.isfinite(drv).all(axis=(1, 2))
-    if not res_face.any():
-        raise NoFaceError(f"no face found in any of the {len(res)} compared frames of the result",
-                          path=result)
-    same_space = tuple(size) == (driving_info.height, driving_info.width)
+    same_space = tuple(size) == tuple(driving_size)
     if same_space:
         target = drv
     else:
-        # The result is an aligned crop: the driving landmarks in their own FFHQ crop at its size.
         target = np.full_like(drv, np.nan)
         if drv_face.any():
             m = crop_from_frame_matrix(ffhq_quad(drv[drv_face]), int(size[0]))
             target[drv_face] = np.einsum("nij,nkj->nki", m[:, :2, :2], drv[drv_face]) + m[:, None, :2, 2]
     both = res_face & drv_face
     nme = landmark_nme(res[both], target[both]).numpy() if both.any() else np.zeros(0)
-    seconds = (sidecar or {}).get("seconds_per_frame")
-    fps = (sidecar or {}).get("fps")
-    return {
-        "result": str(result), "source": str(source), "driving": str(driving),
-        "frames_compared": int(len(res)), "result_frames": result_info.frame_count,
-        "driving_frames": driving_info.frame_count, "subframes": bool(subframes), "crop_result": crop_result,
-        "coordinates": "frame" if same_space else f"driving FFHQ crop at {size[0]} px",
-        "no_face_result": int((~res_face).sum()), "no_face_driving": int((~drv_face).sum()),
-        "landmark_nme": _mean(nme), "landmark_nme_frames": int(both.sum()),
-        "identity_similarity": _mean(np.asarray(similarity)),
-        "landmark_jitter": _jitter(res), "driving_landmark_jitter": _jitter(target),
-        "seconds_per_frame": None if seconds is None else float(seconds),
-        "sidecar": str(sidecar_path(result)) if sidecar is not None else None,
-        "fps": str(fps) if fps is not None else str(Fraction(result_info.fps)),
-        "notes": notes,
-    }
+    return target, nme, same_space

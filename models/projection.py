@@ -34,7 +34,7 @@ Resumption: everything a later frame depends on is `state_dict()` (the last fram
 the frozen noise maps, the driving reference for relative targets); random numbers come from
 per-frame seeds. A fresh Projector given that state continues exactly where the first stopped (bitwise
 on the CPU), provided it resumes at a window boundary: windows are aligned to absolute frame indices
-(`window_start`). Plain torch; no Prefect, no cache.
+(`window_start`; `windows` is the one rule a run goes by). Plain torch; no Prefect, no cache.
 """
 
 from __future__ import annotations
@@ -192,6 +192,18 @@ class ProjectionConfig:
         if frame < 1:
             return 0
         return 1 + (frame - 1) // self.batch_frames * self.batch_frames
+
+    def windows(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """The windows [first, end) that frames start .. stop - 1 go in, in order: the one windowing
+        rule (frame 0 alone, then `batch_frames` at a time, aligned to absolute frame indices; a
+        `start` inside a window gives that window's tail first)."""
+        out = []
+        frame = int(start)
+        while frame < stop:
+            end = min(int(stop), self.window_start(frame) + (1 if frame == 0 else self.batch_frames))
+            out.append((frame, end))
+            frame = end
+        return out
 
     def learning_rate_at(self, step: int, steps: int, first: bool) -> float:
         """NVIDIA's projector's lr ramps (models.schedules) over a frame's steps."""
@@ -560,33 +572,50 @@ class Projector:
         `init_latents`: each frame's optimisation starts at its row instead of at w_{i-1} (frame 0:
         instead of `init_latent`), e.g. a mapping network's output to refine (the smoothness term
         still links it to the frame before). Rows of frames that fail may be NaN.
+
+        The frames go window by window (`ProjectionConfig.windows`); `project_window` is one of them.
         """
         began = time.perf_counter()
-        c = self.config
         if start != self.last_frame + 1:
             raise ValueError(f"project_frames: the next frame is {self.last_frame + 1}, got start={start} "
                              f"(load the state of frame {start - 1} to resume there)")
         points, images, n = self._targets(start, driving_points, driving_images)
-        if init_latents is not None:
-            if not isinstance(init_latents, torch.Tensor):
-                init_latents = torch.from_numpy(np.asarray(init_latents))
-            init_latents = init_latents.to(self.device, torch.float32)
-            if tuple(init_latents.shape) != (n, self.G.num_ws, self.G.w_dim):
-                raise ValueError(f"init_latents: expected ({n}, {self.G.num_ws}, {self.G.w_dim}), got "
-                                 f"{tuple(init_latents.shape)}")
-        frames = list(range(start, start + n))
-        chunks: list[ProjectionResult] = []
-        window: list[int] = []
-        for f in frames:  # windows aligned to absolute frame indices
-            if window and c.window_start(f) != c.window_start(window[0]):
-                chunks.append(self._project_window(window, points, images, start, callback, init_latents))
-                window = []
-            window.append(f)
-        if window:
-            chunks.append(self._project_window(window, points, images, start, callback, init_latents))
+        init_latents = self._init_latents(init_latents, n)
+        chunks = [self._project_window(list(range(first, end)), points, images, start, callback, init_latents)
+                  for first, end in self.config.windows(start, start + n)]
         result = ProjectionResult.concat(chunks)
         result.seconds = time.perf_counter() - began
         return result
+
+    def project_window(
+        self,
+        start: int,
+        driving_points: torch.Tensor | np.ndarray | None = None,
+        driving_images: torch.Tensor | np.ndarray | None = None,
+        callback: Callable[[ProjectionStep], None] | None = None,
+        init_latents: torch.Tensor | np.ndarray | None = None,
+    ) -> ProjectionResult:
+        """One step of a projection run: the frames start .. start + n - 1 of one window of
+        `ProjectionConfig.windows` (a ValueError otherwise), arguments as `project_frames`. The
+        projector's state then stands after the window's last frame."""
+        given = driving_images if driving_images is not None else driving_points
+        n = 0 if given is None else len(given)
+        windows = self.config.windows(start, start + n)
+        if len(windows) != 1:
+            raise ValueError(f"project_window: frames {start}..{start + n - 1} are not one window "
+                             f"({windows})")
+        return self.project_frames(start, driving_points, driving_images, callback, init_latents)
+
+    def _init_latents(self, init_latents, n: int) -> torch.Tensor | None:
+        if init_latents is None:
+            return None
+        if not isinstance(init_latents, torch.Tensor):
+            init_latents = torch.from_numpy(np.asarray(init_latents))
+        init_latents = init_latents.to(self.device, torch.float32)
+        if tuple(init_latents.shape) != (n, self.G.num_ws, self.G.w_dim):
+            raise ValueError(f"init_latents: expected ({n}, {self.G.num_ws}, {self.G.w_dim}), got "
+                             f"{tuple(init_latents.shape)}")
+        return init_latents
 
     def _targets(self, start: int, driving_points, driving_images):
         c = self.config
@@ -670,137 +699,200 @@ class Projector:
         terms["total"] = total
         return images, None if marks is None else marks.points, terms
 
+    # -----------------------------------------------------------------------------------------------
+    # one window, top to bottom: targets, start latents, noise, optimisation, evaluation, state
+
     def _project_window(self, window: list[int], all_points, all_images, offset: int,
                         callback, init_latents: torch.Tensor | None = None) -> ProjectionResult:
-        c = self.config
-        G = self.G
         began = time.perf_counter()
+        w = self._window_targets(window, all_points, all_images, offset)
+        latents = self._start_latents(w, init_latents)
+        noise, optimise_noise = self._window_noise(w)
+        latents, noise, steps_taken, error = self._optimise(w, latents, noise, optimise_noise, callback)
+        if error is not None:  # a loss that became non-finite fails the whole window
+            for j in w.good:
+                w.failed[j] = error
+            w.good = []
+        result = self._evaluate(w, latents, noise, optimise_noise, steps_taken, all_points)
+        self._advance(w, latents, noise, optimise_noise)
+        result.seconds = time.perf_counter() - began
+        return result
+
+    def _window_targets(self, window: list[int], all_points, all_images, offset: int) -> _Window:
+        """1. Targets: which frames of the window can be projected (finite driving landmarks), and the
+        landmark targets (coordinates) or heatmaps of those."""
+        c = self.config
         rows = [f - offset for f in window]
-        n = len(window)
         # "first": frame 0, or the first window after frame 0 failed (no latent to start from yet): the
         # long schedule, and the noise maps optimised (then frozen)
         first = window[0] == 0 or self.last_latent is None
-        failed: list[str | None] = [None] * n
+        failed: list[str | None] = [None] * len(window)
         if all_points is not None and c.landmark_form == "coordinates":
             for j, r in enumerate(rows):
                 if not bool(torch.isfinite(all_points[r]).all()):
                     failed[j] = "driving landmarks are not finite (no face in this frame)"
-        good = [j for j in range(n) if failed[j] is None]
-
+        good = [j for j in range(len(window)) if failed[j] is None]
         if c.landmark_form == "coordinates":
             target = all_points[[rows[j] for j in good]] if good else None
         else:
             target = self._target_heatmaps(all_images[[rows[j] for j in good]]) if good else None
+        return _Window(frames=list(window), rows=rows, first=first, failed=failed, good=good, target=target,
+                       prev=None if first else self.last_latent,
+                       streams=[torch.Generator().manual_seed(c.seed + window[j]) for j in good])
 
-        prev = None if first else self.last_latent
-        start_latent = self.init_latent if prev is None else prev
+    def _start_latents(self, w: _Window, init_latents: torch.Tensor | None) -> torch.Tensor:
+        """2. Where each good frame's optimisation starts: its `init_latents` row, else the chain's
+        w_{i-1} (frame 0: `init_latent`)."""
         if init_latents is not None:
-            latents = init_latents[[rows[j] for j in good]].clone()
+            latents = init_latents[[w.rows[j] for j in w.good]].clone()
             if not bool(torch.isfinite(latents).all()):
-                raise ValueError(f"init_latents: non-finite rows for frames {window} with driving landmarks")
-        else:
-            latents = start_latent.expand(len(good), -1, -1).clone()
-        streams = [torch.Generator().manual_seed(c.seed + window[j]) for j in good]
-        optimise_noise = first and bool(self.noise_layers) and self.noise is None
-        if first and self.noise is None:
+                raise ValueError(f"init_latents: non-finite rows for frames {w.frames} with driving "
+                                 "landmarks")
+            return latents
+        start_latent = self.init_latent if w.prev is None else w.prev
+        return start_latent.expand(len(w.good), -1, -1).clone()
+
+    def _window_noise(self, w: _Window) -> tuple[list[torch.Tensor] | None, bool]:
+        """3. Noise setup: the first window draws (or takes `init_noise`) the noise maps and optimises
+        them; later windows use the maps frozen after it. Returns (maps, whether they are optimised)."""
+        c = self.config
+        optimise_noise = w.first and bool(self.noise_layers) and self.noise is None
+        if w.first and self.noise is None:
+            def stream() -> torch.Generator:  # frame 0's stream; without a good frame, a fresh one per map
+                return w.streams[0] if w.streams else torch.Generator().manual_seed(c.seed)
+
             noise = (self.init_noise if self.init_noise is not None else
-                     [torch.randn(1, 1, layer.resolution, layer.resolution, generator=streams[0] if streams
-                                  else torch.Generator().manual_seed(c.seed)) .to(self.device)
+                     [torch.randn(1, 1, layer.resolution, layer.resolution, generator=stream())
+                      .to(self.device)
                       for _, layer in self.noise_layers])
             noise = [m.clone() for m in noise] if self.noise_layers else None
         else:
             noise = self.noise
         if self.noise_layers and noise is None:
             raise ValueError("project_frames: no frozen noise maps (state lacks them)")
+        return noise, optimise_noise
 
-        max_steps = c.steps_first if first else c.steps_next
+    def _optimise(self, w: _Window, latents: torch.Tensor, noise: list[torch.Tensor] | None,
+                  optimise_noise: bool, callback) -> tuple[torch.Tensor, list[torch.Tensor] | None, int,
+                                                           str | None]:
+        """4. Optimisation with early stop: Adam on the good frames' latents (and the noise maps on the
+        first window), NVIDIA's lr and w-noise ramps, stopping when the landmark term has stopped
+        improving. Returns (latents, noise, steps taken, why the window failed or None)."""
+        c, G = self.config, self.G
+        max_steps = c.steps_first if w.first else c.steps_next
         steps_taken = 0
-        window_error: str | None = None
-        if good and max_steps > 0:
-            latents.requires_grad_(True)
-            params = [latents]
-            if optimise_noise:
-                for m in noise:
-                    m.requires_grad_(True)
-                params += noise
-            optimizer = torch.optim.Adam(params, lr=c.learning_rate if first else c.learning_rate_next,
-                                         betas=c.adam_betas)
-            patience = c.early_stop_patience
-            min_steps = c.early_stop_min_steps_first if first else c.early_stop_min_steps
-            best = torch.full((len(good),), float("inf"))
-            stale = torch.zeros(len(good), dtype=torch.long)
-            with _frozen_generator(G):
-                for step in range(max_steps):
-                    lr = c.learning_rate_at(step, max_steps, first)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    ws = latents
-                    std = c.w_noise_factor_at(step, max_steps, first) * self.w_spread
-                    if std > 0:
-                        draw = torch.stack([torch.randn(G.num_ws, G.w_dim, generator=g) for g in streams])
-                        ws = latents + draw.to(self.device) * std
-                    with_lpips = first or step % c.lpips_every == 0
-                    _, _, terms = self._objective(ws, latents, prev, noise, target, with_lpips,
-                                                  noise_reg=optimise_noise)
-                    total = terms["total"]
-                    if not bool(torch.isfinite(total).all()):
-                        bad = [k for k, v in terms.items()
-                               if k != "total" and not bool(torch.isfinite(v).all())]
-                        window_error = (f"loss became non-finite at step {step} "
-                                        f"(terms: {', '.join(bad) or 'total'})")
-                        break
-                    optimizer.zero_grad(set_to_none=True)
-                    total.sum().backward()
-                    optimizer.step()
-                    steps_taken = step + 1
-                    if optimise_noise:
-                        normalize_noise_(noise)
-                    if callback is not None:
-                        callback(ProjectionStep([window[j] for j in good], step, max_steps,
-                                                {k: v.detach() for k, v in terms.items()}))
-                    if patience > 0:
-                        watch = terms.get("landmark", total).detach().cpu()
-                        improved = watch < best * (1 - c.early_stop_tolerance)
-                        best = torch.minimum(best, watch)
-                        stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
-                        if steps_taken >= min_steps and bool((stale >= patience).all()):
-                            break
-            latents = latents.detach()
-            if noise is not None:
-                noise = [m.detach() for m in noise]
+        if not w.good or max_steps == 0:
+            return latents, noise, steps_taken, None
+        latents.requires_grad_(True)
+        params = [latents]
+        if optimise_noise:
+            for m in noise:
+                m.requires_grad_(True)
+            params += noise
+        optimizer = torch.optim.Adam(params, lr=c.learning_rate if w.first else c.learning_rate_next,
+                                     betas=c.adam_betas)
+        stop = _EarlyStop(len(w.good), c.early_stop_patience, c.early_stop_tolerance,
+                          c.early_stop_min_steps_first if w.first else c.early_stop_min_steps)
+        error = None
+        with _frozen_generator(G):
+            for step in range(max_steps):
+                lr = c.learning_rate_at(step, max_steps, w.first)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                ws = latents
+                std = c.w_noise_factor_at(step, max_steps, w.first) * self.w_spread
+                if std > 0:
+                    draw = torch.stack([torch.randn(G.num_ws, G.w_dim, generator=g) for g in w.streams])
+                    ws = latents + draw.to(self.device) * std
+                with_lpips = w.first or step % c.lpips_every == 0
+                _, _, terms = self._objective(ws, latents, w.prev, noise, w.target, with_lpips,
+                                              noise_reg=optimise_noise)
+                total = terms["total"]
+                if not bool(torch.isfinite(total).all()):
+                    bad = [k for k, v in terms.items() if k != "total" and not bool(torch.isfinite(v).all())]
+                    error = f"loss became non-finite at step {step} (terms: {', '.join(bad) or 'total'})"
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                total.sum().backward()
+                optimizer.step()
+                steps_taken = step + 1
+                if optimise_noise:
+                    normalize_noise_(noise)
+                if callback is not None:
+                    callback(ProjectionStep([w.frames[j] for j in w.good], step, max_steps,
+                                            {k: v.detach() for k, v in terms.items()}))
+                if stop.enabled and stop.update(terms.get("landmark", total).detach().cpu(), steps_taken):
+                    break
+        latents = latents.detach()
+        if noise is not None:
+            noise = [m.detach() for m in noise]
+        return latents, noise, steps_taken, error
 
-        if window_error is not None:
-            for j in good:
-                failed[j] = window_error
-            good = []
-        # Final evaluation (no w noise, every term) at the latents the frames keep.
-        R = self.resolution
+    def _evaluate(self, w: _Window, latents: torch.Tensor, noise: list[torch.Tensor] | None,
+                  optimise_noise: bool, steps_taken: int, all_points) -> ProjectionResult:
+        """5. Final evaluation (no w noise, every term) at the latents the good frames keep; NaN rows
+        for the failed ones."""
+        G, R, n = self.G, self.resolution, len(w.frames)
         out_latents = torch.full((n, G.num_ws, G.w_dim), float("nan"))
         out_images = torch.full((n, 3, R, R), float("nan"))
         out_points = torch.full((n, NUM_LANDMARKS, 2), float("nan"))
         losses: dict[str, torch.Tensor] = {}
-        if good:
+        if w.good:
             with torch.no_grad():
-                images, marks, terms = self._objective(latents, latents, prev, noise, target, True,
+                images, marks, terms = self._objective(latents, latents, w.prev, noise, w.target, True,
                                                        noise_reg=optimise_noise, final=True)
-            idx = torch.tensor(good)
+            idx = torch.tensor(w.good)
             out_latents[idx] = latents.cpu()
             out_images[idx] = images.cpu()
             out_points[idx] = marks.float().cpu()
             for k, v in terms.items():
                 losses[k] = torch.full((n,), float("nan"))
                 losses[k][idx] = v.float().cpu()
-            # advance the state: the window's last good frame, the noise frozen from frame 0 on
+        else:
+            losses["total"] = torch.full((n,), float("nan"))
+        targets = None if all_points is None else all_points[w.rows].float().cpu()
+        return ProjectionResult(
+            frames=list(w.frames), latents=out_latents, images=out_images, points=out_points, targets=targets,
+            losses=losses, steps=torch.tensor([steps_taken if w.failed[j] is None else 0 for j in range(n)]),
+            failed=w.failed)
+
+    def _advance(self, w: _Window, latents: torch.Tensor, noise: list[torch.Tensor] | None,
+                 optimise_noise: bool) -> None:
+        """6. State advance: the chain goes on from the window's last good frame; the noise maps are
+        frozen from the first window on."""
+        if w.good:
             self.last_latent = latents[-1].clone()
             if optimise_noise:
                 self.noise = noise
-        else:
-            losses["total"] = torch.full((n,), float("nan"))
-        self.last_frame = window[-1]
-        targets = None
-        if all_points is not None:
-            targets = all_points[rows].float().cpu()
-        return ProjectionResult(
-            frames=list(window), latents=out_latents, images=out_images, points=out_points, targets=targets,
-            losses=losses, steps=torch.tensor([steps_taken if failed[j] is None else 0 for j in range(n)]),
-            failed=failed, seconds=time.perf_counter() - began)
+        self.last_frame = w.frames[-1]
+
+
+@dataclass
+class _Window:
+    """One window as the steps of `Projector._project_window` see it."""
+
+    frames: list[int]                   # absolute frame indices
+    rows: list[int]                     # their rows in the call's inputs
+    first: bool                         # the long schedule (frame 0, or no latent to start from yet)
+    failed: list[str | None]            # per frame: why it cannot be projected, or None
+    good: list[int]                     # indices (into frames) of the frames projected
+    target: torch.Tensor | None         # their coordinate targets or heatmaps
+    prev: torch.Tensor | None           # the fixed latent before the window (None on the first)
+    streams: list[torch.Generator]      # per good frame, its random numbers: seed + frame
+
+
+class _EarlyStop:
+    """Stop a window once its watched term (per frame) has not improved by `tolerance` (a fraction)
+    for `patience` steps on every frame, after at least `min_steps`; patience 0 never stops."""
+
+    def __init__(self, n: int, patience: int, tolerance: float, min_steps: int) -> None:
+        self.patience, self.tolerance, self.min_steps = patience, tolerance, min_steps
+        self.enabled = patience > 0
+        self.best = torch.full((n,), float("inf"))
+        self.stale = torch.zeros(n, dtype=torch.long)
+
+    def update(self, watch: torch.Tensor, steps_taken: int) -> bool:
+        improved = watch < self.best * (1 - self.tolerance)
+        self.best = torch.minimum(self.best, watch)
+        self.stale = torch.where(improved, torch.zeros_like(self.stale), self.stale + 1)
+        return steps_taken >= self.min_steps and bool((self.stale >= self.patience).all())

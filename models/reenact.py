@@ -1,51 +1,34 @@
-"""Reenactment end to end over the cache: project every driving frame into a ReenactCache (resumable),
-then render the cached latents into a video. Plain torch + storage; no Prefect (tasks/reenact.py
-wraps these functions, flows/reenact.py composes them).
+"""Reenactment's model pieces: the source face, the settings of each mode checked into their configs,
+what a reenacted table's latents depend on (provenance), the mapping network loaded against G, and
+the generator pass of cached latents. Torch only; the loops over a table's frames (project, map,
+render) are stages/reenact.py's, tasks/reenact.py wraps them, flows/reenact.py composes them.
 
     source = SourceFace(crop, landmarks, latent)              # the source's crop, crop landmarks, W+
     projector = make_projector(G, projection_config("identity", steps_first=300), source)
-    table = ReenactCache.require(ws, driving_key, projection_provenance(projector, ...), T, ...)
-    project_to_cache(projector, table, driving_points, interpolated)   # resumes at table.resume_frame()
-    render_video(G, table, source.crop, driving_path, driving_crops, "out.mp4", layout="side-by-side")
+    projection_provenance(projector, driving_crops_key, source_key, source_latents_key)
 
-    # mode "mapping" (seed 003): w_i = w_src + Δw, one generator pass per frame; K refinement steps
+    # mode "mapping" (Mapping-based landmark-driven reenactment): w_i = w_src + Δw, one generator
+    # pass per frame; K refinement steps from the network's output with refine_config(variant, K)
     net, sha = load_mapping("mapping.pt", G)                  # checked against G (CheckpointError)
-    map_to_cache(G, net, table, source, driving_points, landmarks=backend, projector=None)  # or
-    # projector=make_projector(G, refine_config("identity", K), source): K steps from the net's output
-
-Frames without a face in the driving clip: the prepare stage fills their landmarks by interpolating
-between the neighbouring frames and flags them (`interpolated`); they are projected like any other
-frame toward those interpolated landmarks and keep the flag in the reenact table, the sidecar and the
-artifact table. A frame whose landmarks are still not finite fails alone (Projector's rule: NaN row,
-reason stored, the chain goes on from the last good frame); the video then holds the last good frame
-there, so the output keeps every frame, its timing and its audio sync, and the run reports the held
-frames.
+    inputs, reference = mapping_inputs(source.landmarks, driving_points, relative=True)
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from models.alignment import AlignTransform, paste_back
-from models.metrics import identity_similarity_to_source, landmark_jitter, landmark_nme
-from models.projection import STATE_FORMAT, ProjectionConfig, Projector, interpolate_subframes
+from models.projection import ProjectionConfig, Projector
 from models.stylegan2 import Generator
-from storage.cache import FrameTable
-from storage.errors import CacheError, CheckpointError, InputError
-from storage.reenact import ReenactCache
-from storage.render import LAYOUTS, preview_grid, side_by_side, to_uint8
+from storage.errors import CheckpointError, InputError
 
-__all__ = ["MODES", "VARIANTS", "MappingSettings", "SourceFace", "load_mapping", "make_projector",
-           "map_to_cache", "mapping_inputs", "mapping_provenance", "mapping_settings", "project_to_cache",
-           "projection_config", "projection_provenance", "refine_config", "render_video", "synthesize"]
+__all__ = ["MAPPING_BATCH", "MODES", "NO_FACE", "VARIANTS", "MappingSettings", "SourceFace", "load_mapping",
+           "make_projector", "mapping_inputs", "mapping_provenance", "mapping_settings", "projection_config",
+           "projection_provenance", "refine_config", "synthesize"]
 
 MODES = ("projection", "mapping")  # flows/reenact.py dispatches on these (REENACTORS)
 VARIANTS = ("identity", "free")
@@ -99,90 +82,7 @@ def projection_provenance(projector: Projector, driving_crops_key: str, source_k
 
 
 # ---------------------------------------------------------------------------------------------------
-# Projection into the cache
-
-
-def _resume(projector: Projector, table: ReenactCache) -> int:
-    """Load the projector's state for the first pending frame; returns the frame to start at."""
-    start = table.resume_frame()
-    if start == 0 or start >= table.num_frames:
-        return start
-    state = table.load_state()
-    if state is None or state["projector_key"] != projector.provenance_key():
-        # The state beside the table is gone (or was made by another projector): the chain cannot go
-        # on from the middle, so it starts again at frame 0 (the same frames come out again).
-        table.reset_all()
-        return 0
-    start = projector.config.window_start(start)  # windows are aligned to absolute frame indices
-    prev = table.last_done_before(start)
-    projector.load_state_dict({
-        "format": STATE_FORMAT, "provenance_key": projector.provenance_key(), "frame": start - 1,
-        "latent": None if prev is None else table.read("latents", [prev])[0],
-        "noise": state["noise"], "driving_reference": state["driving_reference"]})
-    return start
-
-
-def project_to_cache(projector: Projector, table: ReenactCache, driving_points: np.ndarray,
-                     interpolated: np.ndarray | None = None,
-                     on_frames: Callable[[int], None] | None = None,
-                     init_latents: np.ndarray | None = None) -> dict[str, Any]:
-    """Project every pending frame of `table` in order, storing each window as soon as it is done.
-
-    driving_points: (T, 68, 2) the driving crops' landmarks (crop pixels at G's resolution);
-    interpolated:   (T,) 1 where the driving frame had no face (prepare's flag), kept per frame;
-    on_frames(n):   called after each stored window with its frame count (progress bars);
-    init_latents:   (T, num_ws, w_dim) where each frame's optimisation starts (mapping mode's
-                    refinement: the mapping network's output), else the chain's w_{i-1}.
-    Returns {"start", "computed", "failed": {frame: reason}, "seconds"}.
-    """
-    began = time.perf_counter()
-    T = table.num_frames
-    points = np.asarray(driving_points, dtype=np.float32)
-    if points.shape != (T, 68, 2):
-        raise ValueError(f"driving_points: expected ({T}, 68, 2), got {points.shape}")
-    flags = np.zeros(T, np.uint8) if interpolated is None else np.asarray(interpolated, np.uint8)
-    start = _resume(projector, table)
-    summary: dict[str, Any] = {"start": start, "computed": 0, "failed": {}, "seconds": 0.0}
-    state_saved = start > 0
-    config = projector.config
-    frame = start
-    while frame < T:
-        stop = min(T, config.window_start(frame) + (1 if frame == 0 else config.batch_frames))
-        result = projector.project_frames(frame, points[frame:stop], init_latents=None if init_latents is None
-                                          else init_latents[frame:stop])
-        if not state_saved and (projector.noise is not None or not projector.noise_layers):
-            # before any frame is marked done: a done frame always has its state on disk
-            state = projector.state_dict()
-            table.save_state(state["noise"], state["driving_reference"], projector.provenance_key())
-            state_saved = True
-        pending = set(np.flatnonzero(table.table.status(np.arange(frame, stop)) == 0) + frame)
-        good = [j for j, f in enumerate(result.frames) if result.failed[j] is None and f in pending]
-        for j, f in enumerate(result.frames):
-            if result.failed[j] is not None and f in pending:
-                table.fail(f, result.failed[j])
-                summary["failed"][f] = result.failed[j]
-        if good:
-            rows = torch.tensor(good)
-            targets = result.targets[rows] if result.targets is not None else None
-            nme = landmark_nme(result.points[rows], points[[result.frames[j] for j in good]]).float().numpy()
-            nme_target = (landmark_nme(result.points[rows], targets).float().numpy() if targets is not None
-                          else np.full(len(good), np.nan, np.float32))
-            frames = [result.frames[j] for j in good]
-            table.write(frames, latents=result.latents[rows].numpy(),
-                        loss=result.losses["total"][rows].numpy(), points=result.points[rows].numpy(),
-                        nme=nme, nme_target=nme_target, steps=result.steps[rows].numpy().astype(np.int32),
-                        seconds=np.full(len(good), result.seconds / len(result.frames), np.float32),
-                        interpolated=flags[frames])
-        summary["computed"] += len(result.frames)
-        if on_frames is not None:
-            on_frames(stop - frame)
-        frame = stop
-    summary["seconds"] = time.perf_counter() - began
-    return summary
-
-
-# ---------------------------------------------------------------------------------------------------
-# Rendering
+# Rendering: the generator pass of cached latents
 
 
 @torch.no_grad()
@@ -198,112 +98,6 @@ def synthesize(G: Generator, latents: torch.Tensor, noise: list[np.ndarray] | No
         maps = [torch.as_tensor(np.asarray(m), dtype=torch.float32, device=device)
                 .reshape(1, 1, *m.shape[-2:]).expand(n, -1, -1, -1) for m in noise]
     return G.synthesis(ws, noise=maps).float().cpu()
-
-
-def _driving_frames(path: str, paste: bool):
-    """The driving clip's original frames, one per key frame, when pasting back (else Nones)."""
-    if not paste:
-        while True:
-            yield None
-    from storage.media import open_medium
-
-    yield from open_medium(path).frames()
-
-
-def render_video(G: Generator, table: ReenactCache, source_crop: np.ndarray, driving_path: str,
-                 driving_crops: FrameTable, fps: Fraction, output: str | Path, *, layout: str = "result",
-                 paste: bool = False, subframes: bool = False, preview: str | Path | None = None,
-                 batch: int = 8, identity=None, on_frames: Callable[[int], None] | None = None,
-                 detector=None,
-                 on_images: Callable[[list[int], torch.Tensor], None] | None = None) -> dict[str, Any]:
-    """Render the cached latents of a finished table into `output` (H.264 at the driving fps, twice it
-    with `subframes`, the driving clip's audio kept) and, when given, a preview PNG (look | driving |
-    result of the first, middle and last frames). The video appears only when complete (VideoWriter
-    writes a temporary file and renames it).
-
-    layout "result": the generated frame; "side-by-side": look | driving | result. `paste`: the
-    generated crop pasted into the original driving frame (models.alignment.paste_back with the
-    crop's stored transform), which then stands for "driving" and "result" at the frame's size.
-    Sub-frames (latent midpoints) show the driving frame before them. `on_images(frames, images)` gets
-    each batch's key frames ((n, 3, R, R) in [-1, 1], CPU) as rendered: what mapping mode measures its
-    landmarks on (`mapping_metrics`), before the jitter is read. Returns the frame count, fps,
-    frame size, the mean identity similarity to the source of the key frames in which `detector`
-    (default: Haar, as `facereenact evaluate`) finds a face (None when it finds none: a similarity of
-    noise to a face still scores 0.8-0.9, so it is not reported), how many key frames had no face,
-    and the render time.
-    """
-    from storage.images import save_image
-    from storage.video import VideoWriter
-
-    if layout not in LAYOUTS:
-        raise InputError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
-    began = time.perf_counter()
-    state = table.load_state()
-    if state is None:
-        raise CacheError("the projector state (noise maps) is missing; delete the table and run again",
-                         path=table.location)
-    latents, held = table.held_latents()
-    T, R = table.num_frames, G.img_resolution
-    ws = torch.from_numpy(latents)
-    if subframes:
-        ws = interpolate_subframes(ws, repeat_last=True)  # 2T: the clip keeps its duration
-    step = 2 if subframes else 1
-    key_frames = {0, T // 2, T - 1}
-    if identity is None:
-        from models.losses import IdentityLoss
-
-        identity = IdentityLoss()
-    if detector is None:
-        from models.detection import make_detector
-
-        detector = make_detector("haar")
-    similarities: list[float] = []
-    no_face = 0
-    rows: list[list[np.ndarray]] = []
-    originals = _driving_frames(driving_path, paste)
-    frame_size = None
-    with VideoWriter(output, Fraction(fps) * step, audio_from=driving_path) as writer:
-        current = None  # the driving frame (original) of the key frame being written
-        for first in range(0, ws.shape[0], batch):
-            images = synthesize(G, ws[first:first + batch], state["noise"])
-            crops = to_uint8(images)
-            indices = [(first + k) // step for k in range(images.shape[0])]
-            keys = [k for k in range(images.shape[0]) if (first + k) % step == 0]
-            faces = [k for k in keys if detector.detect(crops[k])]
-            no_face += len(keys) - len(faces)
-            if faces:
-                sims = identity_similarity_to_source(images[faces], source_crop, identity=identity)
-                similarities.extend(float(s) for s in sims)
-            if on_images is not None and keys:
-                on_images([indices[k] for k in keys], images[keys])
-            driving = driving_crops.read("crop", sorted(set(indices)))
-            driving_of = {i: driving[n] for n, i in enumerate(sorted(set(indices)))}
-            for k, i in enumerate(indices):
-                is_key = (first + k) % step == 0
-                result, shown = crops[k], driving_of[i]
-                if paste:
-                    if is_key:
-                        current = next(originals)
-                        transform = AlignTransform(driving_crops.read("quad", [i])[0], R)
-                    result = paste_back(current, crops[k], transform)
-                    shown = current
-                frame = result if layout == "result" else side_by_side([source_crop, shown, result])
-                writer.write(frame)
-                frame_size = (frame.shape[1], frame.shape[0])
-                if is_key and i in key_frames and preview is not None:
-                    rows.append([source_crop, shown, result])
-            if on_frames is not None:
-                on_frames(images.shape[0])
-    if preview is not None:
-        save_image(preview, preview_grid(rows, height=max(256, R if not paste else 256)))
-    done = np.flatnonzero(table.table.status() == 1)
-    points = table.read("points", done) if done.size >= 3 else None
-    return {"frames": int(ws.shape[0]), "key_frames": T, "fps": str(Fraction(fps) * step),
-            "size": list(frame_size) if frame_size else None, "held": [int(i) for i in held],
-            "identity_similarity": float(np.mean(similarities)) if similarities else None,
-            "no_face_frames": no_face,
-            "landmark_jitter": None if points is None else landmark_jitter(points),
-            "seconds": time.perf_counter() - began}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -404,38 +198,6 @@ def mapping_inputs(source_landmarks: np.ndarray, driving_points: np.ndarray, rel
     return np.asarray(source_landmarks, np.float32)[None] + (points - reference[None]), reference
 
 
-def mapping_metrics(table: ReenactCache, landmarks, source_landmarks: np.ndarray, driving_points: np.ndarray
-                    ) -> Callable[[list[int], torch.Tensor], None] | None:
-    """`render_video`'s `on_images` for a mapping-mode table: the landmarks of each rendered done frame
-    whose metrics are not measured yet, their NME to the driving frame and to the network's input
-    landmarks, stored into the table (its data only: the frames stay done). None when every done
-    frame has them (a second render, or a projection table)."""
-    status = table.table.status()
-    done = np.flatnonzero(status == 1)
-    if done.size == 0 or table.table.provenance.get("mode") != "mapping":
-        return None
-    missing = np.zeros(table.num_frames, dtype=bool)
-    missing[done] = ~np.isfinite(table.read("points", done).reshape(done.size, -1)).all(axis=1)
-    if not missing.any():
-        return None
-    points = np.asarray(driving_points, np.float32)
-    relative = bool(table.table.provenance.get("relative_landmarks"))
-    inputs, _ = mapping_inputs(source_landmarks, points, relative)
-
-    def measure(frames: list[int], images: torch.Tensor) -> None:
-        rows = [k for k, f in enumerate(frames) if missing[f]]
-        if not rows:
-            return
-        todo = np.asarray([frames[k] for k in rows])
-        with torch.no_grad():
-            marks = landmarks((images[rows] + 1) / 2).points.float().cpu()
-        table.table.update(todo, points=marks.numpy(), nme=landmark_nme(marks, points[todo]).float().numpy(),
-                           nme_target=landmark_nme(marks, inputs[todo]).float().numpy())
-        missing[todo] = False
-
-    return measure
-
-
 def mapping_provenance(G: Generator, net, checkpoint_sha256: str, landmarks, relative: bool,
                        refine_steps: int, projector: Projector | None, driving_crops_key: str,
                        source_key: str, source_latents_key: str | None) -> dict[str, Any]:
@@ -451,79 +213,3 @@ def mapping_provenance(G: Generator, net, checkpoint_sha256: str, landmarks, rel
             "refine": None if projector is None else projector.provenance(),
             "calibrated": True if projector is None else projector.config.calibrated,
             "driving_crops": driving_crops_key, "source": source_key, "source_latents": source_latents_key}
-
-
-def map_to_cache(G: Generator, net, table: ReenactCache, source: SourceFace, driving_points: np.ndarray,
-                 interpolated: np.ndarray | None = None, *, landmarks, relative: bool = True,
-                 batch_size: int = MAPPING_BATCH, projector: Projector | None = None,
-                 on_frames: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Mapping-mode latents of every pending frame of `table`, stored per batch as soon as done.
-
-    Without `projector`: frames are independent; per batch of `batch_size` pending frames one mapping
-    pass (`reenact_with_mapping`, latents only); the generator pass is the render's (one per output
-    frame), which measures the render's landmarks and their NME to the driving frame and to the
-    network's input landmarks (`mapping_metrics`), so they are NaN here. A frame without finite
-    driving landmarks fails alone. The table gets an empty state first (G's constant noise), which is what the
-    render reads.
-    With `projector` (refinement, `refine_config`): the network's latents of all frames are where the
-    projection of each frame starts (`project_to_cache(..., init_latents=)`: the projection loop, its
-    resume and its state, unchanged).
-    Returns {"start", "computed", "failed": {frame: reason}, "seconds"}.
-    """
-    from models.mapping.inference import reenact_with_mapping
-
-    began = time.perf_counter()
-    T = table.num_frames
-    points = np.asarray(driving_points, dtype=np.float32)
-    if points.shape != (T, 68, 2):
-        raise ValueError(f"driving_points: expected ({T}, 68, 2), got {points.shape}")
-    if source.latent is None:
-        raise ValueError("mapping mode needs the source's latent (its inversion)")
-    flags = np.zeros(T, np.uint8) if interpolated is None else np.asarray(interpolated, np.uint8)
-    inputs, reference = mapping_inputs(source.landmarks, points, relative)
-    finite = np.isfinite(inputs).all(axis=(1, 2))
-    w_src = torch.as_tensor(np.asarray(source.latent, np.float32))
-    src = torch.as_tensor(np.asarray(source.landmarks, np.float32))
-
-    if projector is not None:
-        init = np.full((T, G.num_ws, G.w_dim), np.nan, np.float32)
-        if finite.any() and not table.is_finished():  # latents only: no generator pass
-            init[finite] = reenact_with_mapping(G, net, w_src, src, torch.from_numpy(inputs[finite]),
-                                                batch_size, crop_resolution=G.img_resolution).numpy()
-        relative_targets = projector.config.relative_landmarks
-        if reference is not None and projector.driving_reference is None and relative_targets:
-            projector.set_driving_reference(reference)
-        summary = project_to_cache(projector, table, points, flags, on_frames, init_latents=init)
-        summary["seconds"] = time.perf_counter() - began
-        return summary
-
-    todo = table.table.todo_frames()
-    summary: dict[str, Any] = {"start": int(todo[0]) if todo.size else T, "computed": 0, "failed": {},
-                               "seconds": 0.0}
-    if todo.size == 0:
-        return summary
-    table.save_state(None, reference, table.key)  # before any frame is done: the render finds a state
-    for f in todo[~finite[todo]]:
-        table.fail(int(f), NO_FACE)
-        summary["failed"][int(f)] = NO_FACE
-        summary["computed"] += 1
-    good = todo[finite[todo]]
-    for first in range(0, good.size, batch_size):
-        frames = good[first:first + batch_size]
-        t0 = time.perf_counter()
-        # latents only: the render's generator pass is the one pass per frame, and it measures the
-        # landmarks (render_video's on_images = mapping_metrics), so points and NMEs are NaN until then
-        ws = reenact_with_mapping(G, net, w_src, src, torch.from_numpy(inputs[frames]), len(frames),
-                                  crop_resolution=G.img_resolution)
-        n = len(frames)
-        nan = np.full(n, np.nan, np.float32)
-        table.write(frames, latents=ws.numpy(), loss=nan, points=np.full((n, 68, 2), np.nan, np.float32),
-                    nme=nan, nme_target=nan,
-                    steps=np.zeros(n, np.int32),
-                    seconds=np.full(n, (time.perf_counter() - t0) / n, np.float32),
-                    interpolated=flags[frames])
-        summary["computed"] += n
-        if on_frames is not None:
-            on_frames(n)
-    summary["seconds"] = time.perf_counter() - began
-    return summary

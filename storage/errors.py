@@ -9,6 +9,7 @@ there is a fix, the command that applies it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class FacereenactError(Exception):
@@ -54,6 +55,11 @@ class CacheError(FacereenactError):
 
 
 class JobFailedError(FacereenactError):
-    """A job that finished its work but left frames or jobs failed (listed in its summary)."""
+    """A job that finished its work but left frames or jobs failed (listed in its `summary`: the
+    summary a successful run returns, or None)."""
 
     exit_code = 6
+
+    def __init__(self, message: str, *, path: str | Path | None = None, summary: Any = None) -> None:
+        super().__init__(message, path=path)
+        self.summary = summary

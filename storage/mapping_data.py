@@ -10,7 +10,7 @@
 
 Where the pieces are: a latent table `media/<key>/latents-<pkey>` records in its provenance the key of
 the crops table it inverted (`crops_table`), so its landmarks are the `crop_landmarks` of
-`media/<key>/crops-<crops_table>` (tasks/invert.py makes that link). A frame is usable when its latent
+`media/<key>/crops-<crops_table>` (stages/invert.py makes that link). A frame is usable when its latent
 and its crop are done and its landmarks were detected, not interpolated over a gap (the prepare stage
 fills frames without a face from their neighbours: the crop is real, the landmarks a guess).
 

@@ -2,7 +2,7 @@
 plus the projector's state between frames; and the JSON sidecar beside an output video.
 
     table = ReenactCache.require(ws, driving_key, provenance, num_frames, num_ws, w_dim)
-    table.resume_frame()                    # first frame not finished (done or failed): where to go on
+    table.table.status()                    # PENDING / DONE / FAILED per frame (stages/reenact.py resumes)
     table.save_state(noise, reference, key) # once, when frame 0 froze them (before frame 0 is marked done)
     table.write(frames, latents=..., loss=..., ...)   # data first, status last (FrameTable)
     table.load_state()                      # {"noise": [...], "driving_reference": ..., ...} or None
@@ -61,22 +61,6 @@ class ReenactCache(LatentTable):
     table_fields = staticmethod(reenact_fields)
 
     # -- progress ---------------------------------------------------------------------------------
-    def resume_frame(self) -> int:
-        """The first frame still pending: frames are projected in order, each from its predecessor,
-        so the run goes on there (num_frames when every frame is finished)."""
-        status = self.table.status()
-        pending = np.flatnonzero(status == PENDING)
-        return int(pending[0]) if pending.size else self.num_frames
-
-    def is_finished(self) -> bool:
-        return self.resume_frame() == self.num_frames
-
-    def last_done_before(self, frame: int) -> int | None:
-        """The last done frame before `frame` (the chain's predecessor: failed frames are skipped)."""
-        status = self.table.status(np.arange(frame)) if frame > 0 else np.empty(0, np.uint8)
-        done = np.flatnonzero(status == DONE)
-        return int(done[-1]) if done.size else None
-
     def reset_all(self) -> None:
         """Every frame pending again (the state was lost: the chain restarts at frame 0)."""
         self.table.reset(np.arange(self.num_frames))

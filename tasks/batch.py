@@ -10,6 +10,7 @@ import os
 import socket
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import get_run_logger
@@ -18,16 +19,31 @@ from prefect.cache_policies import NO_CACHE
 from storage.errors import FacereenactError, InputError
 from tasks.gpu import gpu_task
 
-__all__ = ["run_job"]
+__all__ = ["JobOutcome", "run_job"]
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """One job's end: the worker that ran it ("host:pid"), and its seconds and tables when it finished,
+    or the one-line reason when it failed."""
+
+    worker: str
+    seconds: float | None = None
+    tables: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
 
 
 @gpu_task(name="run-job", cache_policy=NO_CACHE, task_run_name="job/{name}")
 def run_job(name: str, source: str, driving: str, output: str, cache: str, weights: str, mode: str,
             options: dict[str, Any], device: str = "auto", landmarks: str = "faceapi",
-            progress: bool = False) -> dict[str, Any]:
-    """Reenact one job (`progress`: the reenact flow's per-frame bars on stderr). Returns
-    {"worker": "host:pid", "seconds", "tables"} when it finished, or
-    {"worker", "error": one-line reason} when it failed (a bug's traceback goes to the log)."""
+            progress: bool = False) -> JobOutcome:
+    """Reenact one job (`progress`: the reenact flow's per-frame bars on stderr). Returns its outcome:
+    seconds and tables when it finished, the one-line reason when it failed (a bug's traceback goes
+    to the log)."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
     t0 = time.monotonic()
     try:
@@ -39,10 +55,10 @@ def run_job(name: str, source: str, driving: str, output: str, cache: str, weigh
         result = named(source, driving, output, cache, weights, mode=mode, device=device, landmarks=landmarks,
                        progress=progress, **options)
     except FacereenactError as err:
-        return {"worker": worker, "error": str(err)}
+        return JobOutcome(worker, error=str(err))
     except Exception as err:  # a bug in one job must not stop the batch: recorded, traceback logged
         reason = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
         get_run_logger().error(f"{name}: {reason}\n{traceback.format_exc()}")
-        return {"worker": worker, "error": reason}
+        return JobOutcome(worker, error=reason)
     tables = sorted(set((result.get("tables") or {}).values())) if isinstance(result, dict) else []
-    return {"worker": worker, "seconds": round(time.monotonic() - t0, 2), "tables": tables}
+    return JobOutcome(worker, seconds=round(time.monotonic() - t0, 2), tables=tuple(tables))

@@ -60,12 +60,15 @@ TRANSIENT_IO: dict[str, Any] = {"retries": len(RETRY_DELAYS), "retry_delay_secon
 def _file_name(value: Any) -> str:
     if isinstance(value, dict):
         value = value.get("output") or value.get("path") or value.get("name") or "?"
+    elif not isinstance(value, str | Path):  # a typed summary (stages.*): its output, path or name
+        value = (getattr(value, "output", None) or getattr(value, "path", None)
+                 or getattr(value, "name", None) or "?")
     return Path(str(value)).name or str(value)
 
 
 def run_name(kind: str, parameter: str) -> Callable[[], str]:
     """A `task_run_name` callable: `<kind>/<file name of the task's parameter>` (a path, or a summary
-    dict with "output", "path" or "name")."""
+    dict or typed summary with "output", "path" or "name")."""
 
     def name() -> str:
         from prefect.runtime import task_run

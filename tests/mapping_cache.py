@@ -32,8 +32,8 @@ def add_video(ws, name: str, points: np.ndarray, latents: np.ndarray, *, generat
               interpolated: np.ndarray | None = None, inversion_steps: int = 4) -> str:
     """One video's crops and latents tables; returns the latents table's location."""
     from models.smoothing import SmoothingConfig
+    from stages.prepare import crop_fields, crops_provenance
     from storage.latents import LatentCache, latents_provenance
-    from tasks.prepare import crop_fields, crops_provenance
 
     t = len(points)
     media_key = hashlib.sha256(name.encode()).hexdigest()  # as prepare keys a file by its content

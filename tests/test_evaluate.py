@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.evaluation import evaluate_result
+from stages.evaluate import evaluate_result
 from storage.errors import InputError, NoFaceError
 from storage.video import VideoWriter
 from tests.clips import FPS, clip_frames, photo, write_test_clip

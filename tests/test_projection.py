@@ -117,6 +117,19 @@ def test_window_start_aligns_to_absolute_frames():
     assert [ProjectionConfig().window_start(f) for f in range(4)] == [0, 1, 2, 3]
 
 
+def test_windows_are_the_one_rule():
+    """Frame 0 alone, then `batch_frames` at a time on absolute indices; a start inside a window gives
+    that window's tail; each window lies in one window_start."""
+    c = ProjectionConfig(batch_frames=3)
+    assert c.windows(0, 9) == [(0, 1), (1, 4), (4, 7), (7, 9)]
+    assert c.windows(5, 9) == [(5, 7), (7, 9)]
+    assert c.windows(4, 5) == [(4, 5)] and c.windows(3, 3) == []
+    assert ProjectionConfig().windows(0, 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    for start in range(9):
+        for first, end in c.windows(start, 11):
+            assert {c.window_start(f) for f in range(first, end)} == {c.window_start(first)}
+
+
 # ---------------------------------------------------------------------------------------------------
 # small pure functions
 
@@ -236,6 +249,13 @@ def test_resume_is_bitwise(G, faceapi, lpips, batch_frames, split):
     assert torch.equal(both.images, whole.images)
     assert torch.equal(both.targets, whole.targets)
     assert torch.equal(both.steps, whole.steps)
+    # window by window (the reenact stage's loop): the same bits; two windows at once are refused
+    stepper = make()
+    parts = [stepper.project_window(a, targets[a:b]) for a, b in config.windows(0, 7)]
+    assert torch.equal(ProjectionResult.concat(parts).latents, whole.latents)
+    if batch_frames > 1:
+        with pytest.raises(ValueError, match="not one window"):
+            make().project_window(0, targets[:2])
 
 
 def test_noise_is_optimised_on_frame_zero_then_frozen(G, faceapi, lpips):

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from models.mapping.checkpoint import read_mapping_checkpoint
+from stages.train_mapping import check_checkpoint, loss_plot_path, plan_training, train_to
 from storage.cache import Workspace
 from storage.errors import CacheError, CheckpointError, InputError
 from storage.latents import LatentCache
 from storage.mapping_data import inversion_key, split_held_out, training_videos
-from tasks.train_mapping import check_checkpoint, loss_plot_path, plan_training, train_to
 from tests import mapping_cache
 from tests.helpers import REPO_ROOT, assert_user_error
 from tests.mapping_cache import GENERATOR_SHA, NUM_WS, W_DIM, add_video, build_cache
@@ -246,4 +246,4 @@ def test_reads_what_the_dataset_inversion_wrote(tmp_path_factory, tmp_path, pref
 
     assert plan.data.generator["weights_sha256"] == load_generator(data.weights).weights_sha256()
     result = train_to(tmp_path / "m.pt", plan, 3, 3, log=lambda _: None)
-    assert result["steps"] == 3 and np.isfinite(result["train_mse"])
+    assert result.steps == 3 and np.isfinite(result.train_mse)

@@ -36,7 +36,7 @@ def _fmt(value, digits: int = 4) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from models.device import resolve_device
-    from models.evaluation import evaluate_result
+    from stages.evaluate import evaluate_result
 
     report = evaluate_result(args.result, args.source, args.driving, crop_result=args.crop_result,
                              device=str(resolve_device(args.device)))

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_prefect(args.verbose)
     from models.device import resolve_device
-    from tasks.train_mapping import check_checkpoint, plan_training
+    from stages.train_mapping import check_checkpoint, plan_training
 
     resolve_device(args.device)  # no GPU for --device cuda: fail now
     # Empty cache, no usable frames, several generators, a foreign checkpoint at --out: fail before
