@@ -19,7 +19,7 @@ from storage.latents import LatentCache, fixed_batches
 from tests import invert_data
 from tests.helpers import REPO_ROOT, assert_user_error, kill_cli_when
 from tests.invert_data import BATCH, CLI_SETTINGS, FRAMES, latents_by_video
-from tests.test_prepare_flow import chunk_mtimes
+from tests.support.cache_files import chunk_mtimes
 
 TOTAL = sum(n for _, n in FRAMES.values())
 STARTED = re.compile(r"inverting frames (\d+)-(\d+) of (\S+) \(")
@@ -27,8 +27,8 @@ FINISHED = re.compile(r"frames (\d+)-(\d+) of (\S+): \d+ done")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, prefect_harness) -> invert_data.Dataset:
-    return invert_data.dataset(tmp_path_factory)
+def data(invert_dataset) -> invert_data.Dataset:
+    return invert_dataset
 
 
 def test_errors_before_any_work(data, tmp_path, cli):

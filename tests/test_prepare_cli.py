@@ -18,7 +18,7 @@ from storage.images import save_image
 from storage.video import ffmpeg_exe
 from tests.clips import write_test_clip
 from tests.helpers import REPO_ROOT, assert_user_error
-from tests.test_prepare_flow import chunk_mtimes
+from tests.support.cache_files import chunk_mtimes
 
 FRAMES = 30
 

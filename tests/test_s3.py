@@ -56,8 +56,8 @@ def s3(s3_server, monkeypatch, request):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, prefect_harness) -> invert_data.Dataset:
-    return invert_data.dataset(tmp_path_factory)
+def data(invert_dataset) -> invert_data.Dataset:
+    return invert_dataset
 
 
 def latent_writes(server: S3Server, bucket: str, prefix: str) -> dict[tuple[str, str, int], int]:

@@ -225,11 +225,11 @@ def test_cli_resumes_after_sigkill_to_the_uninterrupted_weights(cache, tmp_path,
     assert loss_plot_path(out).exists()
 
 
-def test_reads_what_the_dataset_inversion_wrote(tmp_path_factory, tmp_path, prefect_harness):
+def test_reads_what_the_dataset_inversion_wrote(invert_dataset, tmp_path):
     """The real `invert_dataset` output (tests/invert_data.py): latents linked to their crops tables."""
     from tests import invert_data
 
-    data = invert_data.dataset(tmp_path_factory)
+    data = invert_dataset
     plan = plan_training(str(data.reference), {"held_out": 0.34, **SMALL})
     assert plan.split == "video" and len(plan.data.videos) == len(invert_data.FRAMES)
     ws = Workspace(data.reference)
