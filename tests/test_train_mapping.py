@@ -190,7 +190,7 @@ def _checkpoint_step(path) -> int | None:
         return None
 
 
-def test_cli_resumes_after_sigkill_to_the_uninterrupted_weights(cache, tmp_path, prefect_api_env):
+def test_cli_resumes_after_sigkill_to_the_uninterrupted_weights(cache, tmp_path, prefect_api_env, cli):
     steps, every = 240, 20
     reference = tmp_path / "reference.pt"
     train_to(reference, plan_training(str(cache), SMALL), steps, every, log=lambda _: None)
@@ -214,7 +214,8 @@ def test_cli_resumes_after_sigkill_to_the_uninterrupted_weights(cache, tmp_path,
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
     assert killed_at is not None and 0 < killed_at < steps, killed_at
 
-    resumed = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    # The same command again, in this process (the killed run was a process; one start-up fewer).
+    resumed = cli(*args[3:])
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from step {killed_at}" in resumed.stdout, resumed.stdout
     a, b = read_mapping_checkpoint(reference), read_mapping_checkpoint(out)
