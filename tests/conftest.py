@@ -148,8 +148,9 @@ def invert_dataset(tmp_path_factory, prefect_harness):
 
 
 @pytest.fixture(scope="session")
-def reliability_inputs(tmp_path_factory):
-    """tests/reliability/inputs.py's good inputs, made once per session."""
+def reliability_inputs(tmp_path_factory, prefect_harness):
+    """tests/reliability/inputs.py's good inputs, made once per session (the prepare flow runs on the
+    session's Prefect server, not a temporary one of its own)."""
     from tests.reliability.inputs import make
 
     return make(tmp_path_factory.mktemp("reliability"))
