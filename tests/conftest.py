@@ -7,6 +7,16 @@
   checks where the process itself does not matter (errors before any work, quick commands).
 - `prefect_harness`: one session-wide Prefect test server with PREFECT_HOME in a temp dir;
   `prefect_api_env`: the environment that points CLI subprocesses at it.
+- `astronaut`, `astronaut_image`, `astronaut_points`: scikit-image's astronaut() photo (uint8 RGB,
+  read-only; and as a float tensor) and dlib's 68 points on it (shared/fixtures/faces), the real face of
+  the detection/alignment/landmark/identity tests.
+- `G`: the tiny random StyleGAN2 (tests/tiny.py), one per module (tests may change its settings).
+- `invert_dataset`: tests/invert_data.py's three clips, prepared cache and reference inversion job;
+  `reliability_inputs`: tests/reliability/inputs.py's clip, photo, weights and prepared cache. Each
+  made once per session (they need the session's Prefect server).
+
+Helpers that are not fixtures live in support modules (tests/helpers.py, tests/clips.py, tests/tiny.py,
+tests/support/, ...); a test module never imports another test module.
 """
 
 from __future__ import annotations
@@ -53,20 +63,97 @@ def shared_dir() -> Path:
     return SHARED_DIR
 
 
+def shared_fixture(shared_dir: Path, name: str, what: str) -> Path:
+    """../shared/fixtures/NAME, or skip the test naming what is missing."""
+    path = shared_dir / "fixtures" / name
+    if not path.is_dir():
+        pytest.skip(f"{what} fixtures not found at {path}")
+    return path
+
+
 @pytest.fixture(scope="session")
 def stylegan_fixture_dir(shared_dir: Path) -> Path:
-    path = shared_dir / "fixtures" / "stylegan2"
-    if not path.is_dir():
-        pytest.skip(f"StyleGAN2 fixtures not found at {path}")
-    return path
+    return shared_fixture(shared_dir, "stylegan2", "StyleGAN2")
+
+
+@pytest.fixture(scope="session")
+def sg3_fixture_dir(shared_dir: Path) -> Path:
+    return shared_fixture(shared_dir, "stylegan3", "StyleGAN3")
 
 
 @pytest.fixture(scope="session")
 def faces_fixture_dir(shared_dir: Path) -> Path:
-    path = shared_dir / "fixtures" / "faces"
-    if not path.is_dir():
-        pytest.skip(f"face fixtures not found at {path}")
-    return path
+    return shared_fixture(shared_dir, "faces", "face")
+
+
+@pytest.fixture(scope="session")
+def fixture_generator():
+    """`load(path)` -> models.load_generator(path), loaded once per session per path (the official-
+    format fixture pickles; the tests only read them)."""
+    from models import load_generator
+
+    loaded: dict[str, object] = {}
+
+    def load(path: str):
+        if path not in loaded:
+            loaded[path] = load_generator(path)
+        return loaded[path]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    """scikit-image's astronaut() (512 x 512 x 3 uint8 RGB), read-only: copy before changing it."""
+    import skimage.data
+
+    image = skimage.data.astronaut()
+    image.flags.writeable = False
+    return image
+
+
+@pytest.fixture(scope="session")
+def astronaut_points(faces_fixture_dir: Path):
+    """dlib's 68 landmarks of the astronaut, (68, 2) float64 x, y pixels (read-only)."""
+    import numpy as np
+
+    points = np.load(faces_fixture_dir / "astronaut_dlib68.npy").astype(np.float64)
+    points.flags.writeable = False
+    return points
+
+
+@pytest.fixture(scope="session")
+def astronaut_image():
+    """The astronaut as torch sees images: (1, 3, 512, 512) float32 in [0, 1]."""
+    import skimage.data
+    import torch
+
+    return torch.from_numpy(skimage.data.astronaut()).permute(2, 0, 1)[None].float() / 255
+
+
+@pytest.fixture(scope="module")
+def G():  # noqa: N802 (the generator is G everywhere in the project)
+    """The tiny random StyleGAN2 (32 px, z_dim = w_dim = 64, 8 ws; tests/tiny.py)."""
+    from tests.tiny import tiny_generator
+
+    return tiny_generator()
+
+
+@pytest.fixture(scope="session")
+def invert_dataset(tmp_path_factory, prefect_harness):
+    """tests/invert_data.py's dataset, made once per session."""
+    from tests import invert_data
+
+    return invert_data.make(tmp_path_factory.mktemp("invert-data"))
+
+
+@pytest.fixture(scope="session")
+def reliability_inputs(tmp_path_factory, prefect_harness):
+    """tests/reliability/inputs.py's good inputs, made once per session (the prepare flow runs on the
+    session's Prefect server, not a temporary one of its own)."""
+    from tests.reliability.inputs import make
+
+    return make(tmp_path_factory.mktemp("reliability"))
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 Three short synthetic clips (8, 7 and 6 frames: last batches of 4, 3 and 2 frames at batch size 4),
 a tiny generator saved as a native checkpoint (32 px: the crops' resolution), a cache where the
 clips are prepared (landmarks + crops), and a reference cache where an uninterrupted inversion job
-has run, made once per test session (the prepare and reference runs take ~15 s here).
+has run, made once per test session by the `invert_dataset` fixture of tests/conftest.py (the prepare
+and reference runs take ~15 s here).
 """
 
 from __future__ import annotations
@@ -78,9 +79,6 @@ class Dataset:
                 for c in LatentCache.all(Workspace(self.reference))}
 
 
-_DATASET: Dataset | None = None
-
-
 def _source(ws, cache) -> str:
     return Path(ws.media(cache.location.split("/")[1]).attrs["source"]).name
 
@@ -94,26 +92,18 @@ def latents_by_video(cache_dir: Path) -> dict[str, np.ndarray]:
     return {_source(ws, c): c.read() for c in LatentCache.all(ws)}
 
 
-def dataset(tmp_path_factory) -> Dataset:
-    """The session's dataset (made on first use; needs the Prefect test server)."""
-    global _DATASET
-    if _DATASET is None:
-        _DATASET = _make(tmp_path_factory.mktemp("invert-data"))
-    return _DATASET
-
-
-def _make(root: Path) -> Dataset:
+def make(root: Path) -> Dataset:
+    """The dataset in `root` (needs the Prefect test server: use the `invert_dataset` fixture)."""
     from flows.invert import invert_dataset
     from flows.prepare import prepare
-    from models.checkpoints import save_native
     from tests.clips import write_test_clip
-    from tests.tiny import tiny_generator
+    from tests.reenact_data import tiny_weights
 
     videos = root / "videos"
     videos.mkdir()
     for name, (kind, frames) in FRAMES.items():
         write_test_clip(videos / name, kind, frames=frames)
-    weights = save_native(tiny_generator(), root / "tiny-G.safetensors")
+    weights = tiny_weights(root)
     prepared = root / "prepared"
     prepare([str(videos / name) for name in FRAMES], str(prepared), resolution=32, device="cpu")
     reference = root / "reference"

@@ -69,3 +69,17 @@ def build_cache(path: Path, videos: int = 4, frames: int = 24, seed: int = 0, **
         clip = t.clip(t.train_ids[i % len(t.train_ids)], frames, rng)
         add_video(ws, f"clip{i}.mp4", np.asarray(clip.landmarks), np.asarray(clip.latents), **knobs)
     return path
+
+
+def train_checkpoint(root: Path, name: str, steps: int, generator: dict | None) -> str:
+    """A mapping checkpoint trained by the train-mapping flow on this module's synthetic latents (W+
+    8 x 64, 32 px crops: the tiny generator's), recorded as made for `generator` (a generator's
+    fingerprint; None: build_cache's default)."""
+    from flows.train_mapping import train_mapping
+
+    cache = build_cache(root / f"{name}-latents", videos=3, frames=16, **({"generator": generator}
+                                                                            if generator else {}))
+    out = root / f"{name}.pt"
+    train_mapping(str(cache), str(out), steps=steps, checkpoint_every=steps,
+                  settings={"batch_size": 8, "held_out": 0.0}, device="cpu")
+    return str(out)

@@ -15,35 +15,12 @@ from flows.cli import main
 from storage.cache import Workspace
 from storage.video import probe
 from tests import reenact_data
-from tests.reenact_data import OPTIONS, table_chunks
+from tests.reenact_data import table_chunks
+from tests.support.manifests import batch_jobs as jobs
+from tests.support.manifests import jsonl_manifest, yaml_manifest
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 FRAMES = 3
-# The reenact options of every job (steps, the uncalibrated LPIPS: no weights in tests).
-JOB_OPTIONS = dict(OPTIONS)
-
-
-def jobs(bad: str = "broken.mp4") -> list[dict]:
-    return [
-        {"name": "plain", "source": "face.jpg", "driving": "drive.mp4", "output": "out/plain.mp4",
-         "mode": "projection", "options": JOB_OPTIONS},
-        {"name": "free", "source": "face.jpg", "driving": "drive.mp4", "output": "out/free.mp4",
-         "options": {**JOB_OPTIONS, "variant": "free", "subframes": True, "layout": "side-by-side"}},
-        {"name": "broken", "source": "face.jpg", "driving": bad, "output": "out/broken.mp4",
-         "options": JOB_OPTIONS},
-    ]
-
-
-def yaml_manifest(path, rows) -> str:
-    import yaml
-
-    path.write_text(yaml.safe_dump({"jobs": rows}, sort_keys=False))
-    return str(path)
-
-
-def jsonl_manifest(path, rows) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from storage.cache import Workspace
 from storage.errors import JobFailedError
 from storage.video import probe
 from tests import reenact_data
-from tests.test_batch import jobs, yaml_manifest
+from tests.support.manifests import batch_jobs, yaml_manifest
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 FRAMES = 2  # of drive.mp4; drive2.mp4 has one more (another clip: the jobs share no driving table)
@@ -30,7 +30,7 @@ def latents(cache) -> dict[tuple[str, str], np.ndarray]:
 
 def run(root, weights, cache: str, out: str, **runner) -> dict:
     (root / out).mkdir()
-    plain, free, broken = jobs()
+    plain, free, broken = batch_jobs()
     manifest = yaml_manifest(root / "jobs.yaml", [plain, {**free, "driving": "drive2.mp4"}, broken])
     with pytest.raises(JobFailedError) as failed:
         reenact_batch(manifest, str(root / cache), str(weights), output_dir=str(root / out), device="cpu",

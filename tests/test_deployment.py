@@ -22,7 +22,7 @@ from storage.cache import Workspace
 from storage.video import probe
 from tests.prefect_server import PREFECT, prefect, prefect_server, start, stop
 from tests.reenact_data import OPTIONS
-from tests.reliability.inputs import CLIP_FRAMES, inputs
+from tests.reliability.inputs import CLIP_FRAMES
 
 
 @contextlib.contextmanager
@@ -61,8 +61,8 @@ def scheduled_starts(client, deployment_id, timeout: float = 30) -> list:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, prefect_harness):
-    return inputs(tmp_path_factory)
+def data(reliability_inputs, prefect_harness):
+    return reliability_inputs
 
 
 def test_nightly_batch_runs_on_a_process_worker(data, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-import skimage.data
 
 from models.detection import (
     FaceBox,
@@ -22,16 +21,6 @@ from storage.errors import NoFaceError
 
 
 @pytest.fixture(scope="module")
-def astronaut() -> np.ndarray:
-    return skimage.data.astronaut()
-
-
-@pytest.fixture(scope="module")
-def points(faces_fixture_dir) -> np.ndarray:
-    return np.load(faces_fixture_dir / "astronaut_dlib68.npy").astype(np.float64)
-
-
-@pytest.fixture(scope="module")
 def detector() -> HaarCascadeDetector:
     return make_detector("haar")
 
@@ -45,30 +34,30 @@ def two_faces(astronaut: np.ndarray) -> tuple[np.ndarray, float, tuple[int, int]
     return frame, 0.5, (512, 128)
 
 
-def test_haar_finds_the_astronaut(detector, astronaut, points):
+def test_haar_finds_the_astronaut(detector, astronaut, astronaut_points):
     boxes = detector.detect(astronaut)
     assert len(boxes) == 1
     box = boxes[0]
-    assert box.contains(points)
+    assert box.contains(astronaut_points)
     # ... and is about the face's size, not the whole picture.
-    assert box.iou(box_from_landmarks(points)) > 0.7
+    assert box.iou(box_from_landmarks(astronaut_points)) > 0.7
     assert box.score > 0
 
 
-def test_large_frames_are_shrunk_for_detection_and_boxes_mapped_back(detector, astronaut, points):
+def test_large_frames_are_shrunk_for_detection_and_boxes_mapped_back(detector, astronaut, astronaut_points):
     big = cv2.resize(astronaut, (1280, 1280), interpolation=cv2.INTER_CUBIC)  # shrunk to 640 inside
-    scaled = (points + 0.5) * 2.5 - 0.5
+    scaled = (astronaut_points + 0.5) * 2.5 - 0.5
     (box,) = detector.detect(big)
     assert box.contains(scaled) and box.iou(box_from_landmarks(scaled)) > 0.7
 
 
-def test_two_faces_largest_by_default_and_the_other_selectable(detector, astronaut, points):
+def test_two_faces_largest_by_default_and_the_other_selectable(detector, astronaut, astronaut_points):
     frame, s, (ox, oy) = two_faces(astronaut)
-    small_points = (points + 0.5) * s - 0.5 + [ox, oy]
+    small_points = (astronaut_points + 0.5) * s - 0.5 + [ox, oy]
     boxes = detector.detect(frame)
     assert len(boxes) == 2
     assert boxes[0].area > 3 * boxes[1].area  # sorted by size
-    assert boxes[0].contains(points) and boxes[1].contains(small_points)
+    assert boxes[0].contains(astronaut_points) and boxes[1].contains(small_points)
 
     assert FaceSelector().pick(boxes) is boxes[0]
     assert FaceSelector(index=1).pick(boxes) is boxes[1]
@@ -120,12 +109,12 @@ class TemplateLandmarks:
     answers, like a net does, but with scrambled points (which the tracker must reject). Records the
     boxes it was given."""
 
-    def __init__(self, astronaut: np.ndarray, points: np.ndarray):
-        lo, hi = points.min(0).astype(int) - 4, points.max(0).astype(int) + 5
+    def __init__(self, astronaut: np.ndarray, astronaut_points: np.ndarray):
+        lo, hi = astronaut_points.min(0).astype(int) - 4, astronaut_points.max(0).astype(int) + 5
         self.template = astronaut[lo[1] : hi[1], lo[0] : hi[0]]
         self.origin = lo
-        self.points = points
-        self.scrambled = points[np.random.default_rng(1).permutation(68)]
+        self.points = astronaut_points
+        self.scrambled = astronaut_points[np.random.default_rng(1).permutation(68)]
         self.boxes: list[FaceBox] = []
 
     def __call__(self, frame: np.ndarray, box: FaceBox) -> np.ndarray:
@@ -144,9 +133,9 @@ class TemplateLandmarks:
         return self.points + [x0 + bx - self.origin[0], y0 + by - self.origin[1]]
 
 
-def test_tracker_follows_motion_flags_a_blank_frame_and_redetects(detector, astronaut, points):
+def test_tracker_follows_motion_flags_a_blank_frame_and_redetects(detector, astronaut, astronaut_points):
     frames = make_video(astronaut)
-    fn = TemplateLandmarks(astronaut, points)
+    fn = TemplateLandmarks(astronaut, astronaut_points)
     tracker = FaceTracker(detector, fn, redetect_every=0)
     results = list(tracker.track(frames))
     flags = [r.flag for r in results]
@@ -161,29 +150,29 @@ def test_tracker_follows_motion_flags_a_blank_frame_and_redetects(detector, astr
         if k == BLANK:
             assert r.landmarks is None
             continue
-        np.testing.assert_array_equal(r.landmarks, points + OFFSETS[k])
+        np.testing.assert_array_equal(r.landmarks, astronaut_points + OFFSETS[k])
         assert r.box.contains(r.landmarks[17:])  # the box given to the landmark function held the face
         assert r.residual < 0.05
     # Tracked boxes are predicted from the previous frame: they trail the face by one frame's motion.
     for k in (2, 3, 4, 5, 9, 10, 11):
-        expected = box_from_landmarks(points + OFFSETS[k - 1]).center
+        expected = box_from_landmarks(astronaut_points + OFFSETS[k - 1]).center
         np.testing.assert_allclose(results[k].box.center, expected)
     # On the blank frame the tracked answer (scrambled) was rejected and the detector found nothing.
     assert procrustes_residual(fn.scrambled) > 0.5
 
 
-def test_tracker_redetects_every_k_frames(detector, astronaut, points):
+def test_tracker_redetects_every_k_frames(detector, astronaut, astronaut_points):
     frames = [f for k, f in enumerate(make_video(astronaut)) if k != BLANK]
-    tracker = FaceTracker(detector, TemplateLandmarks(astronaut, points), redetect_every=4)
+    tracker = FaceTracker(detector, TemplateLandmarks(astronaut, astronaut_points), redetect_every=4)
     flags = [r.flag for r in tracker.track(frames)]
     assert [k for k, f in enumerate(flags) if f == FaceFlag.DETECTED] == [0, 4, 8]
     assert FaceFlag.LOST not in flags
 
 
-def test_tracker_rejects_implausible_landmarks(detector, astronaut, points):
+def test_tracker_rejects_implausible_landmarks(detector, astronaut, astronaut_points):
     """A landmark function that answers with a jump, a wrong scale or a mirrored mess is not trusted."""
     frame = make_video(astronaut)[0]
-    truth = points + OFFSETS[0]
+    truth = astronaut_points + OFFSETS[0]
     answers = {
         "ok": truth,
         "jump": truth + [150.0, 0.0],
@@ -204,7 +193,7 @@ def test_tracker_rejects_implausible_landmarks(detector, astronaut, points):
     assert procrustes_residual(mirrored) < 0.05
 
 
-def test_tracker_starts_on_the_selected_face(detector, astronaut, points):
+def test_tracker_starts_on_the_selected_face(detector, astronaut, astronaut_points):
     frame, _, _ = two_faces(astronaut)
     boxes = detector.detect(frame)
 

@@ -18,17 +18,11 @@ from storage.errors import CheckpointError, InputError, WeightsMissingError
 from tests.tiny import tiny_generator
 
 
-@pytest.fixture(scope="module")
-def gen() -> Generator:
-    return tiny_generator()
-
-
 def _z(n: int, dim: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.random.RandomState(seed).randn(n, dim).astype(np.float32))
 
 
-def test_shapes_and_contract(gen):
-    G = gen
+def test_shapes_and_contract(G):
     z = _z(3, G.z_dim)
     ws = G.mapping(z)
     assert ws.shape == (3, G.num_ws, G.w_dim) and G.num_ws == 8
@@ -50,8 +44,7 @@ def outputs_differ(a: Generator, b: Generator) -> bool:
     return not torch.allclose(a.synthesis(ws), b.synthesis(ws))
 
 
-def test_bad_shapes_are_refused(gen):
-    G = gen
+def test_bad_shapes_are_refused(G):
     with pytest.raises(ValueError, match="z must be"):
         G.mapping(torch.zeros(2, G.z_dim + 1))
     with pytest.raises(ValueError, match="ws must be"):
@@ -62,8 +55,7 @@ def test_bad_shapes_are_refused(gen):
         G.mapping(torch.zeros(1, G.z_dim), torch.ones(1, 3))
 
 
-def test_truncation(gen):
-    G = gen
+def test_truncation(G):
     z = _z(2, G.z_dim)
     full = G.mapping(z)
     assert torch.allclose(G.mapping(z, truncation_psi=0.0), G.w_avg.expand_as(full))
@@ -73,8 +65,7 @@ def test_truncation(gen):
     assert torch.equal(cut[:, :3], half[:, :3]) and torch.equal(cut[:, 3:], full[:, 3:])
 
 
-def test_noise_modes(gen):
-    G = gen
+def test_noise_modes(G):
     ws = G.mapping(_z(2, G.z_dim))
     const = G.synthesis(ws, noise_mode="const")
     assert torch.equal(const, G.synthesis(ws, noise_mode="const"))
@@ -84,8 +75,7 @@ def test_noise_modes(gen):
     assert (r1 - r2).abs().max() > 1e-3
 
 
-def test_batch_equals_single_and_fused_equals_unfused(gen):
-    G = gen
+def test_batch_equals_single_and_fused_equals_unfused(G):
     ws = G.mapping(_z(3, G.z_dim, seed=1)) + 0.1 * torch.randn(3, G.num_ws, G.w_dim)
     batch = G.synthesis(ws, fused_modconv=False)
     fused = G.synthesis(ws, fused_modconv=True)
@@ -109,8 +99,7 @@ def test_gradients_reach_ws_and_noise_buffers():
     assert all(p.grad is None for p in G.parameters())  # weights stay frozen
 
 
-def test_explicit_per_sample_noise(gen):
-    G = gen
+def test_explicit_per_sample_noise(G):
     ws = G.mapping(_z(3, G.z_dim, seed=2))
     layers = G.synthesis.noise_layers()
     assert [name for name, _ in layers][:3] == ["b4.conv1", "b8.conv0", "b8.conv1"]
@@ -135,13 +124,13 @@ def test_explicit_per_sample_noise(gen):
         G.synthesis(ws, noise=[n[:1] for n in own])
 
 
-def test_mapped_w_stats_match_a_direct_computation(gen):
-    mean, spread = mapped_w_stats(gen, num_samples=500, seed=7, batch=128)
-    z = torch.from_numpy(np.random.RandomState(7).randn(500, gen.z_dim).astype(np.float32))
-    w = gen.mapping(z)[:, 0].double()
+def test_mapped_w_stats_match_a_direct_computation(G):
+    mean, spread = mapped_w_stats(G, num_samples=500, seed=7, batch=128)
+    z = torch.from_numpy(np.random.RandomState(7).randn(500, G.z_dim).astype(np.float32))
+    w = G.mapping(z)[:, 0].double()
     torch.testing.assert_close(mean, w.mean(0).float(), rtol=0, atol=1e-5)
     assert spread == pytest.approx(float((w - w.mean(0)).square().sum(1).mean().sqrt()), rel=1e-6)
-    torch.testing.assert_close(mean_w(gen, num_samples=500, seed=7), mean, rtol=0, atol=0)
+    torch.testing.assert_close(mean_w(G, num_samples=500, seed=7), mean, rtol=0, atol=0)
 
 
 def test_update_w_avg_tracks_the_batch_mean():

@@ -7,7 +7,6 @@ weights and `NAME_ref.npz` holds what NVIDIA's code computes from them; see thei
 from __future__ import annotations
 
 import json
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -16,27 +15,16 @@ import torch
 
 from models import load_generator
 from models.checkpoints import convert_checkpoint
+from tests.support.generators import assert_mapping_matches, reference_case
+from tests.support.generators import max_abs as _max_abs
 
 FIXTURES = ["sg2_tiny64", "sg2_tiny256"]
 TOLERANCE = 1e-4  # max abs, float32; the measured error is ~1e-5 (docs/generator.md)
 
 
-@cache
-def _load(path: str):
-    return load_generator(path)
-
-
 @pytest.fixture(params=FIXTURES)
-def fixture(request, stylegan_fixture_dir: Path):
-    name = request.param
-    ref = dict(np.load(stylegan_fixture_dir / f"{name}_ref.npz"))
-    facts = json.loads((stylegan_fixture_dir / f"{name}.json").read_text())
-    return name, _load(str(stylegan_fixture_dir / f"{name}.pkl")), ref, facts
-
-
-def _max_abs(a: torch.Tensor, b: np.ndarray) -> float:
-    assert tuple(a.shape) == b.shape
-    return float(np.abs(a.detach().numpy() - b).max())
+def fixture(request, stylegan_fixture_dir: Path, fixture_generator):
+    return reference_case(stylegan_fixture_dir, request.param, fixture_generator)
 
 
 def test_loaded_config_matches_fixture_facts(fixture):
@@ -55,11 +43,8 @@ def test_loaded_config_matches_fixture_facts(fixture):
 
 
 def test_mapping_matches_reference(fixture):
-    name, G, ref, _ = fixture
-    z = torch.from_numpy(ref["z"])
-    with torch.no_grad():
-        assert _max_abs(G.mapping(z, truncation_psi=1.0), ref["ws_psi1"]) <= TOLERANCE
-        assert _max_abs(G.mapping(z, truncation_psi=0.7), ref["ws_psi07"]) <= TOLERANCE
+    _, G, ref, _ = fixture
+    assert_mapping_matches(G, ref, TOLERANCE)
 
 
 @pytest.mark.parametrize("fused", [None, True])  # default (activation scaling for batch > 1), fused

@@ -30,13 +30,8 @@ def encoder() -> IdentityEncoder:
 
 
 @pytest.fixture(scope="module")
-def astronaut() -> torch.Tensor:
-    return torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255
-
-
-@pytest.fixture(scope="module")
-def dlib_refs(faces_fixture_dir):
-    points = torch.from_numpy(np.load(faces_fixture_dir / "astronaut_dlib68.npy")).float()[None]
+def dlib_refs(faces_fixture_dir, astronaut_points):
+    points = torch.tensor(astronaut_points, dtype=torch.float32)[None]
     chip = torch.from_numpy(np.load(faces_fixture_dir / "astronaut_dlib_chip150.npy")).permute(2, 0, 1)[None]
     descriptor = np.load(faces_fixture_dir / "astronaut_dlib_descriptor128.npy")
     descriptor = torch.from_numpy(descriptor).float()[None]
@@ -56,11 +51,11 @@ def test_dlib_chip_gives_dlibs_descriptor(encoder, dlib_refs):
     torch.testing.assert_close(ours[0, :6], expected, atol=5e-4, rtol=0)
 
 
-def test_alignment_from_dlib_points_reproduces_dlibs_chip(encoder, astronaut, dlib_refs):
+def test_alignment_from_dlib_points_reproduces_dlibs_chip(encoder, astronaut_image, dlib_refs):
     points, chip, descriptor = dlib_refs
     with torch.no_grad():
-        ours = encoder.align(astronaut, points)
-        desc = encoder.from_landmarks(astronaut, points)
+        ours = encoder.align(astronaut_image, points)
+        desc = encoder.from_landmarks(astronaut_image, points)
     diff = (ours - chip).abs() * 255
     cos = identity_similarity(desc, descriptor).item()
     print(f"chip vs dlib's: mean {diff.mean():.3f} max {diff.max():.3f} (0..255); "
@@ -69,23 +64,23 @@ def test_alignment_from_dlib_points_reproduces_dlibs_chip(encoder, astronaut, dl
     assert cos > 0.999  # measured 0.99965
 
 
-def test_same_person_close_other_images_far(encoder, astronaut, dlib_refs):
+def test_same_person_close_other_images_far(encoder, astronaut_image, dlib_refs):
     points = dlib_refs[0]
     mirrored_points = points[:, MIRROR_68].clone()
-    mirrored_points[..., 0] = astronaut.shape[-1] - 1 - mirrored_points[..., 0]
+    mirrored_points[..., 0] = astronaut_image.shape[-1] - 1 - mirrored_points[..., 0]
     cat = torch.from_numpy(data.chelsea()).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
-        desc = encoder.from_landmarks(astronaut, points)
-        mirrored = encoder.from_landmarks(astronaut.flip(-1), mirrored_points)
+        desc = encoder.from_landmarks(astronaut_image, points)
+        mirrored = encoder.from_landmarks(astronaut_image.flip(-1), mirrored_points)
         other = encoder.from_landmarks(cat, points)
     assert (desc - mirrored).norm() < 0.4  # measured 0.20
     assert (desc - other).norm() > 0.6  # measured 0.72
     assert identity_similarity(desc, mirrored) > identity_similarity(desc, other)
 
 
-def test_gradients_reach_image_and_points(encoder, astronaut, dlib_refs):
+def test_gradients_reach_image_and_points(encoder, astronaut_image, dlib_refs):
     points = dlib_refs[0].clone().requires_grad_(True)
-    image = astronaut.clone().requires_grad_(True)
+    image = astronaut_image.clone().requires_grad_(True)
     desc = encoder.from_landmarks(image, points)
     target = dlib_refs[2]
     loss = 1 - identity_similarity(desc, target).sum()

@@ -16,7 +16,6 @@ import torch
 from models.inversion import InversionConfig, InversionStep, inversion_provenance, invert
 from models.losses import IdentityLoss, delta_regularization
 from storage.errors import WeightsMissingError
-from tests.tiny import tiny_generator
 
 FAST = InversionConfig(perceptual="uncalibrated-alex", lambda_id=0.0)
 # Batch vs single frames, latents after 30 steps (values about +-3): measured 5e-6 max |diff| with one
@@ -25,11 +24,6 @@ FAST = InversionConfig(perceptual="uncalibrated-alex", lambda_id=0.0)
 BATCH_ATOL = 1e-3
 
 
-
-
-@pytest.fixture(scope="module")
-def G():  # noqa: N802 (the generator's usual name)
-    return tiny_generator()
 
 
 @pytest.fixture(scope="module")

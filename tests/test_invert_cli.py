@@ -19,7 +19,7 @@ from storage.latents import LatentCache, fixed_batches
 from tests import invert_data
 from tests.helpers import REPO_ROOT, assert_user_error, kill_cli_when
 from tests.invert_data import BATCH, CLI_SETTINGS, FRAMES, latents_by_video
-from tests.test_prepare_flow import chunk_mtimes
+from tests.support.cache_files import chunk_mtimes
 
 TOTAL = sum(n for _, n in FRAMES.values())
 STARTED = re.compile(r"inverting frames (\d+)-(\d+) of (\S+) \(")
@@ -27,8 +27,8 @@ FINISHED = re.compile(r"frames (\d+)-(\d+) of (\S+): \d+ done")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, prefect_harness) -> invert_data.Dataset:
-    return invert_data.dataset(tmp_path_factory)
+def data(invert_dataset) -> invert_data.Dataset:
+    return invert_dataset
 
 
 def test_errors_before_any_work(data, tmp_path, cli):
@@ -169,14 +169,20 @@ def test_two_jobs_on_the_same_inputs_split_the_work(data, tmp_path, prefect_api_
 
     steps = 30  # long enough that both commands are up before either could finish alone
     settings = {**SETTINGS, "steps": steps}
+    # Two of the three clips (4 fixed batches: 8 + 7 frames at 4 a batch): enough to split, a third
+    # less work than all three.
+    clips = tmp_path / "two-clips"
+    clips.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (clips / name).symlink_to(data.videos / name)
     single = data.fresh_cache(tmp_path / "single")
-    invert_dataset(str(data.videos), str(single), str(data.weights), **settings)
+    invert_dataset(str(clips), str(single), str(data.weights), **settings)
 
     cache = data.fresh_cache(tmp_path / "cache")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **prefect_api_env}
     cli_settings = [*CLI_SETTINGS]
     cli_settings[cli_settings.index("--steps") + 1] = str(steps)
-    command = [sys.executable, "-m", "flows.cli", "invert", str(data.videos), "--cache", str(cache),
+    command = [sys.executable, "-m", "flows.cli", "invert", str(clips), "--cache", str(cache),
                "--weights", str(data.weights), *cli_settings, "--quiet"]
     procs = [subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
@@ -190,8 +196,9 @@ def test_two_jobs_on_the_same_inputs_split_the_work(data, tmp_path, prefect_api_
                 proc.kill()
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     inverted = [int(re.search(r"^inverted (\d+) frames? in this run", o, re.M)[1]) for o in outputs]
-    total = sum(n for _, n in FRAMES.values())
+    total = FRAMES["a.mp4"][1] + FRAMES["b.mp4"][1]
     assert all(0 < n < total for n in inverted), (inverted, outputs)
     assert total <= sum(inverted) <= total + BATCH, inverted
+    assert sorted(latents_by_video(single)) == ["a.mp4", "b.mp4"]
     for name, latents in latents_by_video(single).items():
         np.testing.assert_array_equal(latents_by_video(cache)[name], latents)

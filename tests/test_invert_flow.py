@@ -21,7 +21,7 @@ from storage.latents import SEED_RULE, LatentCache, fixed_batches, frame_seed
 from storage.manifests import collect_videos
 from tests import invert_data
 from tests.invert_data import BATCH, FRAMES, SETTINGS, STEPS, latents_by_video
-from tests.test_prepare_flow import chunk_mtimes
+from tests.support.cache_files import chunk_mtimes
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -29,8 +29,8 @@ TOTAL = sum(n for _, n in FRAMES.values())
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, prefect_harness) -> invert_data.Dataset:
-    return invert_data.dataset(tmp_path_factory)
+def data(invert_dataset) -> invert_data.Dataset:
+    return invert_dataset
 
 
 def latent_chunks(cache) -> dict[str, int]:

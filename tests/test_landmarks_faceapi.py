@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from skimage import data
 
 from models.detection import box_from_landmarks
 from models.face_shape import MIRROR_68
@@ -25,13 +24,8 @@ def backend() -> FaceApiLandmarks:
 
 
 @pytest.fixture(scope="module")
-def astronaut() -> torch.Tensor:
-    return torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255
-
-
-@pytest.fixture(scope="module")
-def dlib68(faces_fixture_dir) -> torch.Tensor:
-    return torch.from_numpy(np.load(faces_fixture_dir / "astronaut_dlib68.npy")).float()
+def dlib68(astronaut_points) -> torch.Tensor:
+    return torch.tensor(astronaut_points, dtype=torch.float32)
 
 
 def dlib_box(points: torch.Tensor) -> torch.Tensor:
@@ -40,9 +34,9 @@ def dlib_box(points: torch.Tensor) -> torch.Tensor:
     return torch.tensor([[box.x0, box.y0, box.x1, box.y1]], dtype=torch.float32)
 
 
-def test_astronaut_within_a_few_pixels_of_dlib(backend, astronaut, dlib68):
+def test_astronaut_within_a_few_pixels_of_dlib(backend, astronaut_image, dlib68):
     with torch.no_grad():
-        result = backend(astronaut, dlib_box(dlib68))
+        result = backend(astronaut_image, dlib_box(dlib68))
     assert result.points.shape == (1, 68, 2) and result.heatmaps is None
     err = (result.points[0] - dlib68).norm(dim=1)
     print(f"face-api vs dlib on astronaut: mean {err.mean():.2f} px, max {err.max():.2f} px")
@@ -56,24 +50,24 @@ def test_astronaut_within_a_few_pixels_of_dlib(backend, astronaut, dlib68):
     torch.testing.assert_close(result.points[0, :3], expected, atol=0.02, rtol=0)
 
 
-def test_astronaut_with_the_haar_detectors_box(backend, astronaut, dlib68):
+def test_astronaut_with_the_haar_detectors_box(backend, astronaut_image, dlib68):
     # the offline pipeline end to end: models/detection's Haar box, then face-api's landmarks
     from models.detection import make_detector
 
-    frame = (astronaut[0].permute(1, 2, 0) * 255).round().byte().numpy()
+    frame = (astronaut_image[0].permute(1, 2, 0) * 255).round().byte().numpy()
     (face,) = make_detector("haar").detect(frame)
     with torch.no_grad():
-        points = backend(astronaut, torch.tensor([[face.x0, face.y0, face.x1, face.y1]])).points
+        points = backend(astronaut_image, torch.tensor([[face.x0, face.y0, face.x1, face.y1]])).points
     err = (points[0] - dlib68).norm(dim=1)
     print(f"face-api (Haar box) vs dlib on astronaut: mean {err.mean():.2f} px, max {err.max():.2f} px")
     assert err.mean() < 3.5 and err.max() < 8.0  # measured 2.42 / 5.71
 
 
-def test_predict_frame_drives_the_face_tracker(backend, astronaut, dlib68):
+def test_predict_frame_drives_the_face_tracker(backend, astronaut_image, dlib68):
     # backend.predict_frame is the tracker's landmarks_fn: detect on frame 0, track on a moved frame 1
     from models.detection import FaceFlag, FaceTracker, make_detector
 
-    frame = (astronaut[0].permute(1, 2, 0) * 255).round().byte().numpy()
+    frame = (astronaut_image[0].permute(1, 2, 0) * 255).round().byte().numpy()
     moved = np.roll(frame, (6, -4), axis=(0, 1))  # the face 6 px down, 4 px left
     results = list(FaceTracker(make_detector("haar"), backend.predict_frame).track([frame, moved]))
     assert [r.flag for r in results] == [FaceFlag.DETECTED, FaceFlag.TRACKED]
@@ -83,8 +77,8 @@ def test_predict_frame_drives_the_face_tracker(backend, astronaut, dlib68):
         assert err.mean() < 3.5, err.mean()
 
 
-def test_gradients_reach_the_image_inside_the_crop_only(backend, astronaut, dlib68):
-    image = astronaut.clone().requires_grad_(True)
+def test_gradients_reach_the_image_inside_the_crop_only(backend, astronaut_image, dlib68):
+    image = astronaut_image.clone().requires_grad_(True)
     box = dlib_box(dlib68)
     result = backend(image, box)
     result.points[..., 1].sum().backward()
@@ -98,19 +92,19 @@ def test_gradients_reach_the_image_inside_the_crop_only(backend, astronaut, dlib
     assert outside.abs().sum() == 0
 
 
-def test_whole_image_is_the_crop_when_no_box(backend, astronaut):
+def test_whole_image_is_the_crop_when_no_box(backend, astronaut_image):
     # Cutting the crop out of the image and giving no box is the same as giving the box of those
     # pixels (112 px: no resampling, so no border effects either).
     x0, y0, side = 170, 75, 112
     box = torch.tensor([[x0, y0, x0 + side, y0 + side]], dtype=torch.float32) - 0.5
     with torch.no_grad():
-        full = backend(astronaut, box).points
-        cut = backend(astronaut[..., y0:y0 + side, x0:x0 + side]).points
+        full = backend(astronaut_image, box).points
+        cut = backend(astronaut_image[..., y0:y0 + side, x0:x0 + side]).points
     torch.testing.assert_close(cut + torch.tensor([x0, y0]), full, atol=1e-3, rtol=0)
 
 
-def test_batch_matches_single_images(backend, astronaut, dlib68):
-    images = torch.cat([astronaut, astronaut.flip(-1)])
+def test_batch_matches_single_images(backend, astronaut_image, dlib68):
+    images = torch.cat([astronaut_image, astronaut_image.flip(-1)])
     box = dlib_box(dlib68)
     boxes = torch.cat([box, torch.tensor([[512 - box[0, 2], box[0, 1], 512 - box[0, 0], box[0, 3]]])])
     with torch.no_grad():

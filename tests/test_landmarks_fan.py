@@ -26,6 +26,7 @@ from models.landmarks.fan import (
     heatmap_soft_argmax,
 )
 from storage.errors import CheckpointError, WeightsMissingError
+from tests.support.landmarks import random_fan, save_state_dict
 
 FAN = pytest.importorskip("face_alignment.models").FAN
 fa_utils = pytest.importorskip("face_alignment.utils")
@@ -47,22 +48,6 @@ def hub(tmp_path, monkeypatch) -> Path:
     checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     return checkpoints
-
-
-def random_fan(num_modules: int, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    net = FAN(num_modules).eval()
-    with torch.no_grad():  # non-trivial batch-norm statistics, as a trained net has
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return net
-
-
-def save_state_dict(net: torch.nn.Module, path: Path) -> None:
-    # face-alignment's 2DFAN4-11f355bf06.pth.tar is a plain state dict in torch's old (pre-zip) format
-    torch.save(net.state_dict(), path, _use_new_zipfile_serialization=False)
 
 
 @pytest.fixture(scope="module")

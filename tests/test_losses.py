@@ -57,12 +57,11 @@ def identity() -> IdentityLoss:
 
 
 @pytest.fixture(scope="module")
-def astronaut_crop(faces_fixture_dir) -> tuple[torch.Tensor, torch.Tensor]:
+def astronaut_crop(astronaut_image, astronaut_points) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-image's astronaut, FFHQ-aligned to 128 px from dlib's landmarks (shared fixture), in
     [-1, 1], with its landmarks in crop pixels."""
-    points = np.load(faces_fixture_dir / "astronaut_dlib68.npy").astype(np.float64)
+    points, image = astronaut_points, astronaut_image
     quad = ffhq_quad(points)
-    image = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255
     crop = align_torch(image, frame_from_crop_matrix(quad, 128), 128) * 2 - 1
     m = crop_from_frame_matrix(quad, 128)
     crop_points = torch.from_numpy(points @ m[:2, :2].T + m[:2, 2]).float()[None]

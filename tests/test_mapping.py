@@ -33,11 +33,6 @@ TINY_OPTIONS = {"coords": {}, "raster": {"size": 16, "channels": 8}}
 
 
 @pytest.fixture(scope="module")
-def G():  # noqa: N802 (the generator is G everywhere in the project)
-    return tiny_generator()  # 32 px, num_ws 8, w_dim 64
-
-
-@pytest.fixture(scope="module")
 def task(G):
     return SyntheticMappingTask(G.num_ws, G.w_dim, generator=G, seed=0)
 

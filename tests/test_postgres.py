@@ -24,7 +24,7 @@ from storage.cache import Workspace
 from storage.latents import LatentCache
 from tests.helpers import run_cli
 from tests.prefect_server import free_port, prefect_server, start, stop
-from tests.reliability.inputs import CLIP_FRAMES, inputs
+from tests.reliability.inputs import CLIP_FRAMES
 
 BINARIES = ("initdb", "postgres")
 
@@ -99,8 +99,8 @@ def _group_exists(name: str) -> bool:
     return True
 
 
-def test_prefect_server_on_postgres_runs_a_job(tmp_path_factory, prefect_harness, tmp_path):
-    data = inputs(tmp_path_factory)
+def test_prefect_server_on_postgres_runs_a_job(reliability_inputs, prefect_harness, tmp_path):
+    data = reliability_inputs
     cache = data.copy_prepared(tmp_path / "cache")
     with postgres_cluster(tmp_path) as url, prefect_server(
             tmp_path, {"PREFECT_API_DATABASE_CONNECTION_URL": url, "OMP_NUM_THREADS": "1"}) as env:

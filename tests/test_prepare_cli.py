@@ -1,5 +1,5 @@
-"""`facereenact prepare` as a user runs it: one-line errors for bad input, a second run that does
-nothing, and a run killed with SIGKILL that resumes to the same arrays as an uninterrupted one."""
+"""`facereenact prepare` as a user runs it: one-line errors for bad input, and a run killed with SIGKILL
+that resumes to the same arrays as an uninterrupted one, after which a third run does nothing."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from storage.images import save_image
 from storage.video import ffmpeg_exe
 from tests.clips import write_test_clip
 from tests.helpers import REPO_ROOT, assert_user_error
-from tests.test_prepare_flow import chunk_mtimes
+from tests.support.cache_files import chunk_mtimes
 
 FRAMES = 30
 
@@ -99,21 +99,10 @@ def test_no_face_through_the_cli(tmp_path, cli, prefect_harness):
     assert_nothing_done(cache)
 
 
-def test_second_run_does_no_work(tmp_path, run_cli, prefect_api_env, clip, prepared):
-    import shutil
-
-    cache = shutil.copytree(prepared, tmp_path / "cache")
-    chunks = chunk_mtimes(cache)
-    assert len(chunks) > 2 * FRAMES
-    second = run_cli("prepare", clip, "--cache", cache, "--resolution", "64", "--quiet", env=prefect_api_env,
-                     check=True)
-    assert second.stdout.strip().splitlines() == [f"prepared 1 video ({FRAMES} frames): 0 of {FRAMES} frames "
-                                                  f"tracked and 0 cropped in this run; cache {cache}"]
-    assert second.stderr.strip() == ""  # --quiet, and Prefect's own lines are off
-    assert chunk_mtimes(cache) == chunks
-
-
-def test_killed_run_resumes_to_the_same_arrays(tmp_path, run_cli, prefect_api_env, clip, prepared):
+def test_killed_run_resumes_to_the_same_arrays_and_a_third_run_does_no_work(
+        tmp_path, run_cli, prefect_api_env, clip, prepared):
+    """SIGKILL mid-prepare, then the same command: only what was left is computed and the arrays are
+    the uninterrupted run's; the same command once more does no work (no chunk written, one line)."""
     args = ["prepare", str(clip), "--resolution", "64"]
     reference = prepared  # uninterrupted, in this process
 
@@ -146,3 +135,13 @@ def test_killed_run_resumes_to_the_same_arrays(tmp_path, run_cli, prefect_api_en
         for name in table.fields:
             np.testing.assert_array_equal(table.read(name), ref_tables[location].read(name),
                                           err_msg=f"{location}/{name}")
+
+    # The cache is complete now: the same command again does nothing, says so in one line, and with
+    # --quiet prints nothing else (Prefect's own lines are off).
+    chunks = chunk_mtimes(killed)
+    assert len(chunks) > 2 * FRAMES
+    again = run_cli(*args, "--cache", killed, "--quiet", env=prefect_api_env, check=True)
+    assert again.stdout.strip().splitlines() == [f"prepared 1 video ({FRAMES} frames): 0 of {FRAMES} frames "
+                                                 f"tracked and 0 cropped in this run; cache {killed}"]
+    assert again.stderr.strip() == ""
+    assert chunk_mtimes(killed) == chunks

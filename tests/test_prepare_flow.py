@@ -19,6 +19,7 @@ from storage.images import save_image
 from storage.provenance import sha256_file
 from storage.video import VideoWriter
 from tests.clips import BLANK_GREY, photo, write_test_clip
+from tests.support.cache_files import chunk_mtimes
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -46,12 +47,6 @@ def arrays(cache: Path, key: str) -> dict[str, np.ndarray]:
         for name in table.fields:
             out[f"{stage}.{name}"] = table.read(name)
     return out
-
-
-def chunk_mtimes(cache: Path) -> dict[str, int]:
-    """Modification times of every chunk file (the per-frame data and status) of a local cache."""
-    return {str(p): p.stat().st_mtime_ns for p in (cache / "media").rglob("*")
-            if p.is_file() and "/c/" in str(p)}
 
 
 def test_video_end_to_end(clip, tmp_path):

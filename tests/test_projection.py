@@ -26,7 +26,6 @@ from models.projection import (
     rescale_points,
     retarget_landmarks,
 )
-from tests.tiny import tiny_generator
 
 
 @pytest.fixture(autouse=True)
@@ -36,11 +35,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def G():  # noqa: N802 (the generator's usual name)
-    return tiny_generator()
 
 
 @pytest.fixture(scope="module")

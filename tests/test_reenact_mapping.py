@@ -21,7 +21,7 @@ from storage.reenact import ReenactCache
 from storage.video import probe
 from tests import reenact_data
 from tests.helpers import assert_user_error
-from tests.mapping_cache import build_cache
+from tests.mapping_cache import train_checkpoint
 from tests.reenact_data import reenact_dirs, table_chunks
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -31,19 +31,6 @@ OPTIONS = {"invert_steps": 3, "perceptual": "uncalibrated-alex"}
 REFINE = 8
 MAPPING_CLI_OPTIONS = ["--invert-steps", "3", "--perceptual", "uncalibrated-alex", "--device", "cpu",
                        "--quiet"]
-
-
-def train_checkpoint(root, name: str, steps: int, generator: dict | None) -> str:
-    """A mapping checkpoint trained by the train-mapping flow on tests/mapping_cache.py's synthetic
-    latents (W+ 8 x 64, 32 px crops: the tiny generator's), recorded as made for `generator`."""
-    from flows.train_mapping import train_mapping
-
-    cache = build_cache(root / f"{name}-latents", videos=3, frames=16, **({"generator": generator}
-                                                                            if generator else {}))
-    out = root / f"{name}.pt"
-    train_mapping(str(cache), str(out), steps=steps, checkpoint_every=steps,
-                  settings={"batch_size": 8, "held_out": 0.0}, device="cpu")
-    return str(out)
 
 
 @pytest.fixture(scope="module")

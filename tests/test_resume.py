@@ -13,15 +13,15 @@ from flows import cli
 from storage.cache import Workspace
 from storage.latents import LatentCache
 from tests.helpers import assert_user_error
-from tests.reliability.inputs import CLIP_FRAMES, inputs
-from tests.test_prepare_flow import chunk_mtimes
+from tests.reliability.inputs import CLIP_FRAMES
+from tests.support.cache_files import chunk_mtimes
 
 SETTINGS = {"steps": 1, "batch_size": 2, "perceptual": "uncalibrated-alex", "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, prefect_harness):
-    return inputs(tmp_path_factory)
+def data(reliability_inputs, prefect_harness):
+    return reliability_inputs
 
 
 def run(capsys, *argv):

@@ -56,8 +56,8 @@ def s3(s3_server, monkeypatch, request):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, prefect_harness) -> invert_data.Dataset:
-    return invert_data.dataset(tmp_path_factory)
+def data(invert_dataset) -> invert_data.Dataset:
+    return invert_dataset
 
 
 def latent_writes(server: S3Server, bucket: str, prefix: str) -> dict[tuple[str, str, int], int]:
@@ -121,7 +121,7 @@ def test_invert_and_status_on_s3(data, s3, prefect_api_env, run_cli, cli, tmp_pa
     assert not any("mapping" in k for k in s3.keys(s3.bucket))
 
 
-def test_killed_invert_on_s3_resumes_bitwise(data, s3, prefect_api_env, run_cli, tmp_path):
+def test_killed_invert_on_s3_resumes_bitwise(data, s3, prefect_api_env, cli, tmp_path):
     """SIGKILL at a random point of a 3-clip `invert` on s3, then the same command: the latents are the
     uninterrupted run's bit for bit, no chunk of a frame done at the kill is written again, and only
     frames in flight at the kill (not done then) are written by both runs."""
@@ -143,7 +143,8 @@ def test_killed_invert_on_s3_resumes_bitwise(data, s3, prefect_api_env, run_cli,
     done_at_kill = {(m, i) for (m, a, i) in at_kill if a == "status"}
     assert 0 < len(done_at_kill) < TOTAL, f"kill (seed {seed}) came too late: {len(done_at_kill)} done"
 
-    resumed = run_cli(*args, env={**prefect_api_env, **s3.env()})
+    # The same command again, in this process (the killed run was a process; one start-up fewer).
+    resumed = cli(*args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = latent_writes(s3, s3.bucket, f"{prefix}/")
     # Every chunk of a frame done at the kill: written once, by the first run.

@@ -10,32 +10,9 @@ from models.detection import FaceFlag
 from models.face_shape import MEAN_SHAPE_68
 from models.smoothing import SmoothingConfig, one_euro, savgol, smooth_landmarks, smooth_quads
 from storage.errors import NoFaceError
+from tests.support.motion import head_motion, jitter, lag_frames
 
 DEFAULTS = [SmoothingConfig(method="one_euro"), SmoothingConfig(method="savgol")]
-
-
-def head_motion(fps: float, T: int = 240, noise: float = 1.0, seed: int = 0):
-    """68 points of a face ~150 px wide (FFHQ |x| = 149 px) moving like a head: a 0.5 Hz sway of 15 px
-    plus 0.5 px/frame drift in x, a 0.3 Hz nod of 8 px in y. Returns (true, noisy) (T, 68, 2)."""
-    t = np.arange(T) / fps
-    offset = np.stack(
-        [15 * np.sin(2 * np.pi * 0.5 * t) + 0.5 * np.arange(T), 8 * np.sin(2 * np.pi * 0.3 * t + 1)], axis=-1
-    )
-    true = MEAN_SHAPE_68 * 60 + 256 + offset[:, None, :]
-    noisy = true + np.random.default_rng(seed).normal(0.0, noise, true.shape)
-    return true, noisy
-
-
-def jitter(x: np.ndarray) -> float:
-    """Mean absolute second difference over time."""
-    return float(np.abs(np.diff(x, n=2, axis=0)).mean())
-
-
-def lag_frames(smoothed: np.ndarray, true: np.ndarray, max_shift: int = 5) -> int:
-    """The integer shift k that best aligns smoothed[t + k] with true[t] (k > 0: smoothed trails)."""
-    T, m = len(true), max_shift
-    err = {k: np.abs(smoothed[m + k : T - m + k] - true[m : T - m]).mean() for k in range(-m, m + 1)}
-    return min(err, key=err.get)
 
 
 @pytest.mark.parametrize("fps", [25.0, 30.0])

@@ -18,7 +18,8 @@ from storage.latents import LatentCache
 from storage.reenact import ReenactCache
 from tests import reenact_data
 from tests.helpers import assert_user_error
-from tests.test_reenact_mapping import train_checkpoint
+from tests.mapping_cache import train_checkpoint
+from tests.support.manifests import yaml_manifest
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 FRAMES = 3
@@ -143,8 +144,6 @@ def test_generate_evaluate_and_demo_cli(sg3, projected, cli, tmp_path, sg3_pickl
 
 
 def test_batch_cli(sg3, cli, tmp_path):
-    from tests.test_batch import yaml_manifest
-
     root, weights, clip = sg3
     shutil.copy(clip, tmp_path / "drive.mp4")
     shutil.copy(root / "face.jpg", tmp_path / "face.jpg")

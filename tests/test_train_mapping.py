@@ -190,7 +190,7 @@ def _checkpoint_step(path) -> int | None:
         return None
 
 
-def test_cli_resumes_after_sigkill_to_the_uninterrupted_weights(cache, tmp_path, prefect_api_env):
+def test_cli_resumes_after_sigkill_to_the_uninterrupted_weights(cache, tmp_path, prefect_api_env, cli):
     steps, every = 240, 20
     reference = tmp_path / "reference.pt"
     train_to(reference, plan_training(str(cache), SMALL), steps, every, log=lambda _: None)
@@ -214,7 +214,8 @@ def test_cli_resumes_after_sigkill_to_the_uninterrupted_weights(cache, tmp_path,
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
     assert killed_at is not None and 0 < killed_at < steps, killed_at
 
-    resumed = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    # The same command again, in this process (the killed run was a process; one start-up fewer).
+    resumed = cli(*args[3:])
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from step {killed_at}" in resumed.stdout, resumed.stdout
     a, b = read_mapping_checkpoint(reference), read_mapping_checkpoint(out)
@@ -225,11 +226,11 @@ def test_cli_resumes_after_sigkill_to_the_uninterrupted_weights(cache, tmp_path,
     assert loss_plot_path(out).exists()
 
 
-def test_reads_what_the_dataset_inversion_wrote(tmp_path_factory, tmp_path, prefect_harness):
+def test_reads_what_the_dataset_inversion_wrote(invert_dataset, tmp_path):
     """The real `invert_dataset` output (tests/invert_data.py): latents linked to their crops tables."""
     from tests import invert_data
 
-    data = invert_data.dataset(tmp_path_factory)
+    data = invert_dataset
     plan = plan_training(str(data.reference), {"held_out": 0.34, **SMALL})
     assert plan.split == "video" and len(plan.data.videos) == len(invert_data.FRAMES)
     ws = Workspace(data.reference)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from models.alignment import AlignTransform, align, paste_back  # noqa: E402
 from models.detection import make_detector  # noqa: E402
 from models.smoothing import SmoothingConfig, smooth_landmarks  # noqa: E402
-from tests.test_smoothing import head_motion, jitter, lag_frames  # noqa: E402
+from tests.support.motion import head_motion, jitter, lag_frames  # noqa: E402
 
 FACES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "faces"
 

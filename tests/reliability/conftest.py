@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.reliability.inputs import Inputs, inputs
+from tests.reliability.inputs import Inputs
 
 
 @pytest.fixture(scope="session")
-def data(tmp_path_factory, prefect_harness) -> Inputs:
-    return inputs(tmp_path_factory)
+def data(reliability_inputs, prefect_harness) -> Inputs:
+    return reliability_inputs

@@ -1,8 +1,9 @@
 """Bad inputs for the reliability suite, and the good ones they are made from.
 
-`Inputs` is made once per test session: a short clip with a face (4 frames, 128 px), the astronaut
-photo, a tiny generator saved as a native checkpoint (32 px), and a cache where the clip is
-prepared at 32 px (landmarks + crops), which cache cases copy and damage.
+`Inputs` is made once per test session (the `reliability_inputs` fixture of tests/conftest.py): a
+short clip with a face (4 frames, 128 px), the astronaut photo, a tiny generator saved as a native
+checkpoint (32 px), and a cache where the clip is prepared at 32 px (landmarks + crops), which cache
+cases copy and damage.
 """
 
 from __future__ import annotations
@@ -32,27 +33,16 @@ class Inputs:
         return dst
 
 
-_INPUTS: Inputs | None = None
-
-
-def inputs(tmp_path_factory) -> Inputs:
-    global _INPUTS
-    if _INPUTS is None:
-        _INPUTS = _make(tmp_path_factory.mktemp("reliability"))
-    return _INPUTS
-
-
-def _make(root: Path) -> Inputs:
+def make(root: Path) -> Inputs:
     from flows.prepare import prepare_video
-    from models.checkpoints import save_native
     from storage.images import save_image
     from tests.clips import photo, write_test_clip
-    from tests.tiny import tiny_generator
+    from tests.reenact_data import tiny_weights
 
     clip = root / "clip.mp4"
     write_test_clip(clip, "mouth", frames=CLIP_FRAMES, size=128)
     face = save_image(root / "face.png", photo())
-    weights = save_native(tiny_generator(), root / "tiny-G.safetensors")
+    weights = tiny_weights(root)
     prepared = root / "prepared"
     prepare_video(str(clip), str(prepared), resolution=32, device="cpu")
     return Inputs(root, clip, face, weights, prepared)

@@ -21,6 +21,7 @@ import zarr
 from storage.cache import Workspace
 from tests.helpers import assert_user_error
 from tests.reliability.inputs import Inputs, audio_only, png_header_only
+from tests.support.folders import readonly_folder
 
 INVERT = ["--steps", "1", "--batch-size", "2", "--perceptual", "uncalibrated-alex", "--device", "cpu",
           "--quiet"]
@@ -40,27 +41,33 @@ def _jsonl(path: Path, *rows: dict | str) -> Path:
     return path
 
 
+def _bad_file(case: str, name: str, content: Callable[[Inputs], bytes], *problem: str) -> Callable:
+    """A case: `prepare` of the file `name` holding `content(inputs)`; one line naming it and `problem`."""
+    def make(t: Path, d: Inputs):
+        (t / name).write_bytes(content(d))
+        return _prepare(t / name, t / "cache"), [name, *problem], 2
+
+    make.__name__ = case
+    return make
+
+
+def _head(path: Path, fraction: float) -> bytes:
+    whole = path.read_bytes()
+    return whole[:int(len(whole) * fraction)]
+
+
+def _tail(path: Path, fraction: float) -> bytes:
+    whole = path.read_bytes()
+    return whole[int(len(whole) * (1 - fraction)):]
+
+
 # ------------------------------------------------------------------------------------------ videos
-def video_corrupt(t: Path, d: Inputs):
-    (t / "corrupt.mp4").write_bytes(os.urandom(4096))
-    return _prepare(t / "corrupt.mp4", t / "cache"), ["corrupt.mp4", "not a readable video"], 2
-
-
-def video_empty(t: Path, d: Inputs):
-    (t / "empty.mp4").write_bytes(b"")
-    return _prepare(t / "empty.mp4", t / "cache"), ["empty.mp4", "empty file (0 bytes)"], 2
-
-
-def video_truncated(t: Path, d: Inputs):
-    whole = d.clip.read_bytes()
-    (t / "cut.mp4").write_bytes(whole[:len(whole) // 2])  # moov atom (the index) is at the end: gone
-    return _prepare(t / "cut.mp4", t / "cache"), ["cut.mp4", "no frames"], 2
-
-
-def video_header_cut(t: Path, d: Inputs):
-    whole = d.clip.read_bytes()
-    (t / "headless.mp4").write_bytes(whole[len(whole) // 3:])
-    return _prepare(t / "headless.mp4", t / "cache"), ["headless.mp4", "not a readable video"], 2
+video_corrupt = _bad_file("video_corrupt", "corrupt.mp4", lambda d: os.urandom(4096), "not a readable video")
+video_empty = _bad_file("video_empty", "empty.mp4", lambda d: b"", "empty file (0 bytes)")
+# the first half: the moov atom (the index) is at the end, gone
+video_truncated = _bad_file("video_truncated", "cut.mp4", lambda d: _head(d.clip, 0.5), "no frames")
+video_header_cut = _bad_file("video_header_cut", "headless.mp4", lambda d: _tail(d.clip, 2 / 3),
+                             "not a readable video")
 
 
 def video_audio_only(t: Path, d: Inputs):
@@ -75,20 +82,10 @@ def video_huge_dimensions(t: Path, d: Inputs):
 
 
 # ------------------------------------------------------------------------------------------ images
-def image_not_an_image(t: Path, d: Inputs):
-    (t / "notes.png").write_text("not an image at all")
-    return _prepare(t / "notes.png", t / "cache"), ["notes.png", "not a readable image"], 2
-
-
-def image_empty(t: Path, d: Inputs):
-    (t / "empty.jpg").write_bytes(b"")
-    return _prepare(t / "empty.jpg", t / "cache"), ["empty.jpg", "empty file (0 bytes)"], 2
-
-
-def image_truncated(t: Path, d: Inputs):
-    whole = d.face.read_bytes()
-    (t / "cut.png").write_bytes(whole[:len(whole) // 2])
-    return _prepare(t / "cut.png", t / "cache"), ["cut.png", "truncated"], 2
+image_not_an_image = _bad_file("image_not_an_image", "notes.png", lambda d: b"not an image at all",
+                               "not a readable image")
+image_empty = _bad_file("image_empty", "empty.jpg", lambda d: b"", "empty file (0 bytes)")
+image_truncated = _bad_file("image_truncated", "cut.png", lambda d: _head(d.face, 0.5), "truncated")
 
 
 def image_decompression_bomb(t: Path, d: Inputs):
@@ -178,28 +175,6 @@ def _run(d: Inputs, source: Path, driving: Path, output: Path, cache: Path) -> l
     return ["run", "--source", source, "--driving", driving, "-o", output, "--cache", cache, "--weights",
             d.weights, "--steps-first", "1", "--steps-next", "1", "--invert-steps", "1", "--perceptual",
             "uncalibrated-alex", "--device", "cpu", "--quiet"]
-
-
-def _writable(folder: Path) -> bool:
-    try:
-        (folder / ".probe").touch()
-    except OSError:
-        return False
-    (folder / ".probe").unlink()
-    return True
-
-
-def readonly_folder(t: Path) -> Path:
-    """A folder no file can be made in: mode 0o555, or /sys when running as root (root ignores
-    permission bits; sysfs refuses new files to everyone)."""
-    folder = t / "readonly"
-    folder.mkdir()
-    folder.chmod(0o555)
-    if _writable(folder):
-        folder = Path("/sys")
-        if _writable(folder):
-            pytest.skip("no read-only folder here (running as root, and /sys accepts files)")
-    return folder
 
 
 def batch_output_traversal(t: Path, d: Inputs):

@@ -26,6 +26,7 @@ import pytest
 from tests.helpers import REPO_ROOT, assert_user_error
 from tests.reliability import hostile
 from tests.reliability.inputs import Inputs
+from tests.support.folders import readonly_folder
 
 # Any of these in a refusal would invite the user to undo it.
 UNSAFE_ADVICE = ("add_safe_globals", "safe_globals", "allowlist", "weights_only=false", "allow_pickle",
@@ -324,8 +325,6 @@ def test_full_disk_is_one_line_for_every_output(data, tmp_path):
 
 def test_unwritable_folders_are_one_line(data, cli, tmp_path):
     """Output, demo and weights-cache folders that cannot be written: one line, exit 2."""
-    from tests.reliability.test_bad_inputs import readonly_folder
-
     folder = readonly_folder(tmp_path)
     assert_user_error(cli(*_generate(data.weights, folder / "out")), str(folder), code=2)
     assert_user_error(cli("demo", "--out", folder / "demo"), str(folder), code=2)

@@ -45,16 +45,26 @@ def run_output_is_the_driving_video(t: Path, d: Inputs):
     return _run(t, d, clip), ["clip.mp4", "output is the driving video"], [clip]
 
 
-def run_output_is_a_symlink_to_the_driving_video(t: Path, d: Inputs):
-    clip, _, _ = _inputs(t, d)
-    (t / "out.mp4").symlink_to(clip)
-    return _run(t, d, t / "out.mp4"), ["out.mp4", "same file as", "driving video"], [clip]
+def _linked_output(case: str, link: str, name: str, which: int, *problem: str) -> Callable:
+    """A case: `run` whose output `name` (or its preview, or sidecar) is made a `link` ("symlink" or
+    "hardlink") of input `which` (0 the driving clip, 1 the source photo, 2 the weights)."""
+    def make(t: Path, d: Inputs):
+        target = _inputs(t, d)[which]
+        if link == "symlink":
+            (t / name).symlink_to(target)
+        else:
+            os.link(target, t / name)
+        return _run(t, d, t / "out.mp4"), [name, *problem], [target]
+
+    make.__name__ = case
+    return make
 
 
-def run_output_is_a_hard_link_of_the_driving_video(t: Path, d: Inputs):
-    clip, _, _ = _inputs(t, d)
-    os.link(clip, t / "out.mp4")
-    return _run(t, d, t / "out.mp4"), ["out.mp4", "same file as", "driving video"], [clip]
+run_output_is_a_symlink_to_the_driving_video = _linked_output(
+    "run_output_is_a_symlink_to_the_driving_video", "symlink", "out.mp4", 0, "same file as", "driving video")
+run_output_is_a_hard_link_of_the_driving_video = _linked_output(
+    "run_output_is_a_hard_link_of_the_driving_video", "hardlink", "out.mp4", 0, "same file as",
+    "driving video")
 
 
 def run_output_through_a_linked_folder(t: Path, d: Inputs):
@@ -63,16 +73,10 @@ def run_output_through_a_linked_folder(t: Path, d: Inputs):
     return _run(t, d, t / "elsewhere" / "clip.mp4"), ["same file as", "driving video"], [clip]
 
 
-def run_preview_is_a_hard_link_of_the_source(t: Path, d: Inputs):
-    _, face, _ = _inputs(t, d)
-    os.link(face, t / "out.preview.png")
-    return _run(t, d, t / "out.mp4"), ["out.preview.png", "preview", "source"], [face]
-
-
-def run_sidecar_is_a_symlink_to_the_weights(t: Path, d: Inputs):
-    _, _, weights = _inputs(t, d)
-    (t / "out.mp4.json").symlink_to(weights)
-    return _run(t, d, t / "out.mp4"), ["out.mp4.json", "sidecar", "weights"], [weights]
+run_preview_is_a_hard_link_of_the_source = _linked_output(
+    "run_preview_is_a_hard_link_of_the_source", "hardlink", "out.preview.png", 1, "preview", "source")
+run_sidecar_is_a_symlink_to_the_weights = _linked_output(
+    "run_sidecar_is_a_symlink_to_the_weights", "symlink", "out.mp4.json", 2, "sidecar", "weights")
 
 
 def demo_video_is_a_symlink_to_the_bundled_photo(t: Path, d: Inputs):
