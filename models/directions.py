@@ -13,7 +13,7 @@ takes it from DECA's 3D face model, which cannot be had offline here):
 
 - Head pose: a weak-perspective (scaled orthographic) rigid fit of `MEAN_FACE_3D`, a 68-point 3D face,
   to the points. The affine 2 x 3 projection is the least-squares solution (a fixed 68 x 3 matrix
-  times the centred points); its two rows are made orthonormal (Gram-Schmidt), the third row of R is
+  times the centred points); its two rows are made orthonormal ((M M^T)^-1/2 M), the third row of R is
   their cross product and the Euler angles are read from R = Rz(roll) Ry(yaw) Rx(pitch). Closed form,
   differentiable. Axes: x right, y down (image), z into the image (right-handed); positive yaw moves
   the nose tip to the image left, positive pitch moves it down, positive roll turns the face
@@ -34,6 +34,8 @@ takes it from DECA's 3D face model, which cannot be had offline here):
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,8 +53,10 @@ __all__ = [
     "DirectionMatrix",
     "PoseVector",
     "euler_from_rotation",
+    "check_directions_for",
     "fit_rigid",
     "inner_distances",
+    "read_directions_checkpoint",
     "reenactment_loss",
     "rotation_from_euler",
 ]
@@ -64,7 +68,8 @@ NUM_POINTS = 68
 # 2.7 wide): our estimate from facial anthropometry (eye corners at 0, the nose tip 0.45 in front,
 # lips about 0.2 in front, the jaw contour curving back to 0.8 at the ears). Data, hand-set.
 _DEPTH = np.array(
-    [0.80, 0.70, 0.60, 0.50, 0.40, 0.30, 0.18, 0.06, 0.00, 0.06, 0.18, 0.30, 0.40, 0.50, 0.60, 0.70, 0.80]  # jaw
+    [0.80, 0.70, 0.60, 0.50, 0.40, 0.30, 0.18, 0.06, 0.00,  # jaw, right to chin
+     0.06, 0.18, 0.30, 0.40, 0.50, 0.60, 0.70, 0.80]  # jaw, chin to left
     + [0.20, 0.05, -0.05, -0.08, -0.08, -0.08, -0.08, -0.05, 0.05, 0.20]  # brows
     + [-0.05, -0.15, -0.28, -0.45]  # nose bridge
     + [-0.12, -0.20, -0.27, -0.20, -0.12]  # nose lower
@@ -140,14 +145,20 @@ def fit_rigid(points: torch.Tensor, model: torch.Tensor, solver: torch.Tensor | 
     w = torch.as_tensor(FIT_WEIGHTS / FIT_WEIGHTS.sum(), dtype=points.dtype, device=points.device)
     centre = (w[:, None] * points).sum(dim=1, keepdim=True)
     m = (points - centre).transpose(1, 2) @ solver                     # (N, 2, 3)
-    n1 = torch.linalg.vector_norm(m[:, 0], dim=-1, keepdim=True).clamp_min(1e-9)
-    r1 = m[:, 0] / n1
-    u2 = m[:, 1] - (r1 * m[:, 1]).sum(-1, keepdim=True) * r1
-    n2 = torch.linalg.vector_norm(m[:, 1], dim=-1, keepdim=True).clamp_min(1e-9)
-    r2 = u2 / torch.linalg.vector_norm(u2, dim=-1, keepdim=True).clamp_min(1e-9)
+    # the nearest pair of orthonormal rows: Q = (M M^T)^(-1/2) M (symmetric orthonormalisation, so a
+    # rotation of the points in the image plane rotates Q the same way and changes roll only; Gram-
+    # Schmidt would favour the first row). 2 x 2 square root in closed form: sqrt(S) = (S + sqrt(det S)
+    # I) / sqrt(tr S + 2 sqrt(det S)).
+    gram = m @ m.transpose(1, 2)                                       # (N, 2, 2), S = M M^T
+    root_det = torch.sqrt(torch.linalg.det(gram).clamp_min(1e-12))
+    eye = torch.eye(2, dtype=m.dtype, device=m.device)
+    root = (gram + root_det[:, None, None] * eye) / torch.sqrt(
+        gram.diagonal(dim1=1, dim2=2).sum(-1) + 2 * root_det).clamp_min(1e-9)[:, None, None]
+    q = torch.linalg.inv(root) @ m
+    r1, r2 = q[:, 0], q[:, 1]
     r3 = torch.linalg.cross(r1, r2, dim=-1)
     R = torch.stack([r1, r2, r3], dim=1)
-    scale = ((n1 + n2) / 2).squeeze(-1)
+    scale = root.diagonal(dim1=1, dim2=2).sum(-1) / 2                  # mean singular value of M
     model_centre = (w[:, None] * model).sum(dim=0)
     translation = centre.squeeze(1) - scale[:, None] * (model_centre @ R.transpose(1, 2))[:, :2]
     return R, scale, translation
@@ -166,7 +177,8 @@ class PoseVector(nn.Module):
                  high: torch.Tensor, a: float = 1.0, percentile: float = 0.5, samples: int = 0) -> None:
         super().__init__()
         m = expression_basis.shape[0]
-        if tuple(expression_basis.shape) != (m, NUM_POINTS * 2) or tuple(expression_mean.shape) != (NUM_POINTS * 2,):
+        width = NUM_POINTS * 2
+        if tuple(expression_basis.shape) != (m, width) or tuple(expression_mean.shape) != (width,):
             raise ValueError(f"expression basis must be (m, 136) and its mean (136,), got "
                              f"{tuple(expression_basis.shape)} and {tuple(expression_mean.shape)}")
         if tuple(low.shape) != (3 + m,) or tuple(high.shape) != (3 + m,):
@@ -194,7 +206,8 @@ class PoseVector(nn.Module):
 
     # -- measuring --------------------------------------------------------------------------------
 
-    def normalise(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def normalise(self, points: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(frontal 3-D shape (N, 68, 3) in model units, R, scale, translation): each point lifted
         with the fitted model's depth, rotated back to frontal and unscaled."""
         points = _check_points(points)
@@ -288,10 +301,12 @@ class PoseVector(nn.Module):
                 "expression": "PCA coefficients of pose-normalised landmarks",
                 "expression_dims": self.expression_dims, "a": self.a, "percentile": self.percentile,
                 "fitted_on": self.samples,
-                "low": [round(float(v), 6) for v in self.low], "high": [round(float(v), 6) for v in self.high]}
+                "low": [round(float(v), 6) for v in self.low],
+                "high": [round(float(v), 6) for v in self.high]}
 
     def extra_repr(self) -> str:
-        return f"dims={self.dims}, expression_dims={self.expression_dims}, a={self.a:g}, fitted_on={self.samples}"
+        return (f"dims={self.dims}, expression_dims={self.expression_dims}, a={self.a:g}, "
+                f"fitted_on={self.samples}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -350,10 +365,91 @@ def reenactment_loss(points: torch.Tensor, target: torch.Tensor, scale: torch.Te
     per model unit, from the source's fit) so they do not depend on the image size; `total` = sum."""
     s = scale.reshape(-1, 1)
     shape = (points - target).abs().sum(-1).mean(-1) / s[:, 0]
-    eye = (inner_distances(points, EYE_PAIRS) - inner_distances(target, EYE_PAIRS)).abs().mean(-1) / s[:, 0]
-    mouth = (inner_distances(points, MOUTH_PAIRS) - inner_distances(target, MOUTH_PAIRS)).abs().mean(-1) / s[:, 0]
+    eye = (inner_distances(points, EYE_PAIRS) - inner_distances(target, EYE_PAIRS)).abs().mean(-1)
+    mouth = (inner_distances(points, MOUTH_PAIRS) - inner_distances(target, MOUTH_PAIRS)).abs().mean(-1)
+    eye, mouth = eye / s[:, 0], mouth / s[:, 0]
     return {"shape": shape, "eye": eye, "mouth": mouth, "total": shape + eye + mouth}
 
 
 def degrees(radians: torch.Tensor | float) -> torch.Tensor | float:
     return radians * (180.0 / math.pi)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints (written by stages/train_directions.py; read here so the reenact mode needs no trainer)
+
+CHECKPOINT_FORMAT = "facereenact.directions"
+CHECKPOINT_VERSION = 1
+_REQUIRED = {"model_config": dict, "model": dict, "pose": dict, "optimizer": dict, "step": int, "rng": dict,
+             "train_config": dict, "history": dict, "provenance": dict}
+
+
+def read_directions_checkpoint(path: str | os.PathLike[str]
+                               ) -> tuple[dict[str, Any], DirectionMatrix, PoseVector]:
+    """(checkpoint dict, A, p) of a directions file, read with torch.load(weights_only=True) and checked
+    (format, fields, shapes, finite values); anything else is a one-line CheckpointError."""
+    from models.checkpoints import load_torch_weights_only
+    from storage.errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("directions file not found", path=path)
+    if path.stat().st_size == 0:
+        raise CheckpointError("empty file (0 bytes)", path=path)
+    ckpt = load_torch_weights_only(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"not a directions file (format {found!r}, expected {CHECKPOINT_FORMAT!r})",
+                              path=path)
+    if ckpt.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"directions file version {ckpt.get('format_version')!r} is not supported "
+                              f"(this build reads {CHECKPOINT_VERSION})", path=path)
+    for key, kind in _REQUIRED.items():
+        if not isinstance(ckpt.get(key), kind):
+            raise CheckpointError(f"directions file lacks {key!r} (or it is not a {kind.__name__})",
+                                  path=path)
+    try:
+        pose = PoseVector.from_state(ckpt["pose"])
+        A = DirectionMatrix(**ckpt["model_config"])
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"unusable directions settings ({err})", path=path) from None
+    weight = ckpt["model"].get("weight")
+    if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != tuple(A.weight.shape):
+        raise CheckpointError(f"direction matrix must be {tuple(A.weight.shape)}, got "
+                              f"{None if weight is None else tuple(weight.shape)}", path=path)
+    if A.d_in != pose.dims:
+        raise CheckpointError(f"direction matrix takes {A.d_in} pose elements, its pose vector has "
+                              f"{pose.dims}", path=path)
+    tensors = [weight] + [v for v in pose.state().values() if isinstance(v, torch.Tensor)]
+    if not all(bool(torch.isfinite(v).all()) for v in tensors):
+        raise CheckpointError("directions file contains NaN or infinite values", path=path)
+    A.load_state_dict({"weight": weight})
+    return ckpt, A, pose
+
+
+def check_directions_for(ckpt: dict[str, Any], generator: dict[str, Any], landmarks: dict[str, Any],
+                         path: str | os.PathLike[str], weights_name: str = "the generator") -> None:
+    """Refuse (CheckpointError, one line) directions made for another generator (weights sha256 or W+
+    shape) or another landmark backend (name or weights): their p and A mean nothing here."""
+    from storage.errors import CheckpointError
+
+    made = ckpt["provenance"]
+    want = (made.get("generator") or {}).get("weights_sha256")
+    have = generator.get("weights_sha256")
+    if want and have and want != have:
+        raise CheckpointError(f"directions were trained for the generator with weights sha256 "
+                              f"{want[:16]}..., not for {weights_name} (sha256 {have[:16]}...)", path=path)
+    config = ckpt["model_config"]
+    if (config.get("num_ws"), config.get("w_dim")) != (generator.get("num_ws"), generator.get("w_dim")):
+        raise CheckpointError(f"directions are for W+ ({config.get('num_ws')}, {config.get('w_dim')}), "
+                              f"{weights_name} has ({generator.get('num_ws')}, {generator.get('w_dim')})",
+                              path=path)
+    recorded = made.get("landmarks") or {}
+    for field in ("backend", "weights_sha256"):
+        if recorded.get(field) != landmarks.get(field):
+            made_with, used = recorded.get("backend"), landmarks.get("backend")
+            raise CheckpointError(
+                f"directions were made with landmark backend {made_with!r} (weights "
+                f"{str(recorded.get('weights_sha256'))[:12]}...), this run uses {used!r} (weights "
+                f"{str(landmarks.get('weights_sha256'))[:12]}...); use --landmarks {made_with} or train "
+                "directions for it", path=path)

@@ -25,7 +25,8 @@ def posed_points(angles: torch.Tensor, scale: float = 40.0, noise: float = 0.0, 
     """Orthographic projections of the 3-D face (or `shape`, (N, 68, 3)) at known angles."""
     g = torch.Generator().manual_seed(seed)
     model = torch.tensor(MEAN_FACE_3D, dtype=torch.float32) if shape is None else shape
-    pts = scale * (model @ rotation_from_euler(angles).transpose(1, 2))[..., :2] + torch.tensor([100.0, 120.0])
+    pts = scale * (model @ rotation_from_euler(angles).transpose(1, 2))[..., :2]
+    pts = pts + torch.tensor([100.0, 120.0])
     return pts + noise * scale * torch.randn(pts.shape, generator=g)
 
 
