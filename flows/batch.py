@@ -39,9 +39,9 @@ __all__ = ["JOB_KEYWORDS", "PATH_OPTIONS", "batch_id", "format_batch_summary", "
 # (projection: ProjectionConfig fields such as steps_first, steps_next, perceptual) or `invert_steps`.
 JOB_KEYWORDS = {"variant": str, "layout": str, "paste_back": bool, "subframes": bool, "detector": str,
                 "face_index": int, "source_face_index": int}
-# Options that name a file (mode "mapping": its trained network): resolved against the manifest's
-# folder like source and driving, never climbing out of it.
-PATH_OPTIONS = ("mapping",)
+# Options that name a file (mode "mapping": its trained network; "directions": its directions file):
+# resolved against the manifest's folder like source and driving, never climbing out of it.
+PATH_OPTIONS = ("mapping", "directions")
 # Set by the batch (or by the job's own fields) for every job, never by a job's options.
 BATCH_KEYWORDS = {"source": "the job's field", "driving": "the job's field", "output": "the job's field",
                   "mode": "the job's field", "cache": "the batch", "weights": "the batch",

@@ -36,6 +36,7 @@ from storage.render import LAYOUTS
 from tasks import resources
 from tasks.invert import invert_batches, open_latents, settings_of
 from tasks.reenact import map_driving, project_driving, render_output, report_run
+from tasks.reenact_directions import check_directions_model, directions_settings, run_directions
 
 __all__ = ["REENACTORS", "check_not_inputs", "output_files", "reenact"]
 
@@ -47,12 +48,13 @@ DEFAULT_INVERT_STEPS = 1000
 class Mode(NamedTuple):
     """One way of making the latents: `check(variant, options)` refuses bad settings before any work
     (InputError); `run(cache, weights, source, driving, variant, options, device, landmarks, progress)`
-    fills a reenact table (storage/reenact.py) and returns its task summary; `check_model(G, options)`,
-    when given, refuses models that do not fit the generator, also before any work."""
+    fills a reenact table (storage/reenact.py) and returns its task summary; `check_model(G, options,
+    landmarks)`, when given, refuses models that do not fit the generator (or the landmark backend),
+    also before any work."""
 
     check: Callable[[str, dict[str, Any]], Any]
     run: Callable[..., dict[str, Any]]
-    check_model: Callable[[Any, dict[str, Any]], Any] | None = None
+    check_model: Callable[[Any, dict[str, Any], str], Any] | None = None
 
 
 def _project(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
@@ -71,7 +73,7 @@ def _map(cache: str, weights: str, source: dict[str, Any], driving: dict[str, An
                        progress=progress)
 
 
-def _check_mapping_model(G, options: dict[str, Any]) -> None:
+def _check_mapping_model(G, options: dict[str, Any], landmarks: str = "faceapi") -> None:
     load_mapping(mapping_settings("identity", options).checkpoint, G)
 
 
@@ -79,6 +81,7 @@ def _check_mapping_model(G, options: dict[str, Any]) -> None:
 REENACTORS: dict[str, Mode] = {
     "projection": Mode(lambda variant, options: projection_config(variant, **options), _project),
     "mapping": Mode(mapping_settings, _map, _check_mapping_model),
+    "directions": Mode(directions_settings, run_directions, check_directions_model),  # Bounareli et al.
 }
 
 
@@ -165,7 +168,7 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str, mo
     REENACTORS[mode].check(variant, dict(options))  # bad settings: fail before any work
     G = resources.generator(weights, device)  # missing or broken weights: fail before any work
     if REENACTORS[mode].check_model is not None:  # e.g. a mapping network made for another generator
-        REENACTORS[mode].check_model(G, dict(options))
+        REENACTORS[mode].check_model(G, dict(options), landmarks)
     weights_path = str(G.source_path or weights)
     resolution = G.img_resolution
 

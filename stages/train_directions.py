@@ -271,9 +271,11 @@ class DirectionsTrainer:
                 self.plot(loss_plot_path(out))
             if should_stop is not None and should_stop():
                 break
-        if out is not None and self.step_count == start:  # nothing to do: make sure the file is there
-            self.save(out)
-            self.plot(loss_plot_path(out))
+        if out is not None and self.step_count == start:  # nothing to do: the file stays as it is
+            if not Path(out).exists():
+                self.save(out)
+            if not loss_plot_path(out).exists():
+                self.plot(loss_plot_path(out))
         return {"trained_now": self.step_count - start, "steps": self.step_count,
                 "seconds": time.perf_counter() - began}
 

@@ -26,7 +26,7 @@ from storage.limits import MAX_STEPS
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 MANIFEST_SUFFIXES = frozenset({".csv", ".jsonl", ".ndjson"})
 BATCH_SUFFIXES = frozenset({".yaml", ".yml", ".jsonl", ".ndjson", ".json"})
-REENACT_MODES = ("projection", "mapping")
+REENACT_MODES = ("projection", "mapping", "directions")
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest is a list of paths; anything bigger is a mistake
 
 

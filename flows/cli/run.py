@@ -29,7 +29,7 @@ from flows.cli.options import add_device_option, add_quiet_option, add_verbose_o
 
 DEFAULT_WEIGHTS = "ffhq-1024"
 OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
-MODES = ("projection", "mapping")  # flows.reenact.REENACTORS' keys (tests/test_cli.py checks)
+MODES = ("projection", "mapping", "directions")  # flows.reenact.REENACTORS' keys (tests/test_cli.py checks)
 RANDOM_FLAG = "--allow-random-weights"
 
 EXAMPLES = """examples:
@@ -54,6 +54,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "generator pass per frame; Choe's thesis)")
     parser.add_argument("--mapping", metavar="PATH",
                         help="--mode mapping: the network's checkpoint (facereenact train-mapping --out)")
+    parser.add_argument("--directions", metavar="PATH",
+                        help="--mode directions: the file of facereenact train-directions (Δw = A Δp, "
+                             "Bounareli et al.)")
     parser.add_argument("--refine-steps", type=int, metavar="K",
                         help="--mode mapping: K projection steps per frame starting at the network's "
                              "output (default 0: none)")
@@ -103,6 +106,8 @@ def run_options(args: argparse.Namespace) -> dict:
         options["mapping"] = args.mapping
     if args.refine_steps is not None:
         options["refine_steps"] = args.refine_steps
+    if args.directions is not None:
+        options["directions"] = args.directions
     return options
 
 
@@ -144,6 +149,8 @@ def preflight(args: argparse.Namespace, options: dict) -> dict:
         raise InputError(f"--invert-steps must be >= 0, got {options['invert_steps']}")
     if args.mode != "mapping" and ("mapping" in options or "refine_steps" in options):
         raise InputError("--mapping and --refine-steps are settings of --mode mapping")
+    if (args.mode == "directions") != ("directions" in options):
+        raise InputError("--mode directions needs --directions PATH (and --directions needs that mode)")
     source = existing_file(args.source, "source image")
     driving = existing_file(args.driving, "driving video")
     writable_output(args.output, OUTPUT_SUFFIXES)
@@ -154,6 +161,12 @@ def preflight(args: argparse.Namespace, options: dict) -> dict:
             from storage.errors import CheckpointError
 
             raise CheckpointError("mapping-network checkpoint not found", path=mapping)
+    if "directions" in options:
+        mapping = Path(options["directions"]).expanduser()  # the mode's model file, as --mapping's
+        if not mapping.is_file():
+            from storage.errors import CheckpointError
+
+            raise CheckpointError("directions file not found", path=mapping)
     media = {"source": open_medium(source), "driving": open_medium(driving)}
     if media["source"].kind != "image":
         raise InputError("the source must be a still image (a photo of the face)", path=args.source)
@@ -238,7 +251,7 @@ def request_key(args: argparse.Namespace, options: dict, plan: dict) -> str | No
         "settings": {"mode": args.mode, "variant": args.variant, "layout": args.layout,
                      "paste_back": args.paste_back, "subframes": args.subframes, "landmarks": args.landmarks,
                      **faces_of(args),
-                     "options": {k: v for k, v in options.items() if k != "mapping"},
+                     "options": {k: v for k, v in options.items() if k not in ("mapping", "directions")},
                      "random_weights": plan["random_weights"]},
         "code": code_version(),
     }
@@ -332,7 +345,7 @@ def check_inputs(source: str, driving: str, output: str, mode: str, variant: str
 
     G = resources.generator(weights, device)  # missing / unsafe weights, no GPU: fail now
     if REENACTORS[mode].check_model is not None:  # a mapping network made for another generator: now
-        REENACTORS[mode].check_model(G, {k: v for k, v in options.items() if k != "invert_steps"})
+        REENACTORS[mode].check_model(G, {k: v for k, v in options.items() if k != "invert_steps"}, landmarks)
     _, backbone, calibrated = PERCEPTUAL_CHOICES[options["perceptual"]]
     if calibrated:
         try:
