@@ -139,3 +139,20 @@ def test_reenactment_loss_terms() -> None:
     assert bool((terms["mouth"] > 0).all()) and bool((terms["shape"] > 0).all())
     assert torch.allclose(terms["total"], terms["shape"] + terms["eye"] + terms["mouth"])
     assert torch.allclose(reenactment_loss(points, points, torch.ones(4))["total"], torch.zeros(4))
+
+
+def test_image_rotation_changes_roll_only() -> None:
+    # a face that is not the model (noise, per-point shape change) at some yaw and pitch, rotated in the
+    # image plane: the symmetric orthonormalisation keeps yaw and pitch (Gram-Schmidt did not)
+    g = torch.Generator().manual_seed(7)
+    model = torch.tensor(MEAN_FACE_3D, dtype=torch.float32)
+    shape = model + 0.08 * torch.randn(1, 68, 3, generator=g)
+    angles = torch.tensor([[0.3, -0.2, 0.0]])
+    points = posed_points(angles, shape=shape)[0] - torch.tensor([100.0, 120.0])
+    turns = torch.linspace(-0.6, 0.6, 9)
+    rot = torch.stack([torch.stack([turns.cos(), -turns.sin()], -1),
+                       torch.stack([turns.sin(), turns.cos()], -1)], 1)
+    R, _, _ = fit_rigid(points @ rot.transpose(1, 2), model)
+    measured = euler_from_rotation(R)
+    assert (measured[:, :2] - measured[4, :2]).abs().max() < 1e-4
+    assert torch.allclose(measured[:, 2] - measured[4, 2], turns, atol=1e-4)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -77,12 +78,18 @@ def test_run_directions_resumes_after_sigkill(inputs, directions, tmp_path, pref
     cache, out = tmp_path / "cache", tmp_path / "out.mp4"
     args = ["run", "--source", reenact_data.source(), "--driving", clip, "--weights", weights,
             "--directions", directions, *RUN, "-o", out, "--cache", cache]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **prefect_api_env}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **prefect_api_env, "FACEREENACT_LEASE_SECONDS": "1.5"}
     # killed once its reenact table exists: during the directions pass or the render
     kill_cli_when(args, env, lambda: bool(reenact_dirs(cache)), delay=0.05, log=tmp_path / "kill.log")
     assert not out.exists()
-    done = cli(*args)
+    # the recorded job is stale once its lease lapsed; `facereenact resume JOB` finishes it
+    time.sleep(1.6)
+    (job,) = json.loads(cli("status", cache, "--json", check=True).stdout)["jobs"]
+    assert (job["kind"], job["state"]) == ("reenact", "stale"), job
+    done = cli("resume", job["job"], "--cache", cache)
     assert done.returncode == 0, done.stderr[-3000:]
+    (job,) = json.loads(cli("status", cache, "--json", check=True).stdout)["jobs"]
+    assert job["state"] == "finished" and job["pending"] == 0, job
     assert probe(out).frame_count == FRAMES
     record = json.loads(out.with_name(out.name + ".json").read_text())
     assert record["provenance"]["mode"] == "directions"
