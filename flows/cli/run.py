@@ -50,8 +50,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_cache_option(parser)
     parser.add_argument("--mode", choices=MODES, default="projection",
                         help="how the latents are made: projection (default; optimised per frame to match "
-                             "the driving landmarks) or mapping (a trained landmark-to-latent network, one "
-                             "generator pass per frame; Choe's thesis)")
+                             "the driving landmarks), mapping (a trained landmark-to-latent network, one "
+                             "generator pass per frame; Choe's thesis) or directions (Δw = A Δp, "
+                             "Bounareli et al.; facereenact train-directions)")
     parser.add_argument("--mapping", metavar="PATH",
                         help="--mode mapping: the network's checkpoint (facereenact train-mapping --out)")
     parser.add_argument("--directions", metavar="PATH",
