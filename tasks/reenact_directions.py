@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from prefect import get_run_logger
 from prefect.cache_policies import NO_CACHE
 
 from stages.reenact_directions import (
@@ -36,8 +37,6 @@ def direct_driving(cache: str, weights: str, source: dict[str, Any], driving: di
                    settings: dict[str, Any], device: str = "auto", landmarks: str = "faceapi",
                    progress: bool = False) -> dict[str, Any]:
     """Directions-mode latents of every driving frame not done yet: w_i = w_src + A (p_i - p_0)."""
-    from tasks.reenact import _table_summary
-
     ws = Workspace(cache)
     G = resources.generator(weights, device)
     options = directions_settings(variant, settings)
@@ -63,7 +62,14 @@ def direct_driving(cache: str, weights: str, source: dict[str, Any], driving: di
         claim.release()
         if bar is not None:
             bar.close()
-    return _table_summary(table, done, "moved")
+    counts = table.counts()
+    get_run_logger().info(f"directions: {done['computed']} of {table.num_frames} frame(s) in "
+                          f"{done['seconds']:.2f} s (from frame {done['start']}); "
+                          f"{counts.get('done', 0)} done, {counts.get('failed', 0)} failed in all")
+    return {"table": table.location, "key": table.key, "frames": table.num_frames, **counts,
+            "resumed_from": done["start"], "computed": done["computed"],
+            "failed_now": {str(k): v for k, v in done["failed"].items()},
+            "seconds": round(done["seconds"], 3)}
 
 
 def run_directions(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
