@@ -118,11 +118,16 @@ class DirectionsTrainer:
         self.inverted = (None if inverted is None or len(inverted) == 0
                          else inverted.to(self.device, torch.float32))
         self.inverted_provenance = inverted_provenance
-        self.identity = (identity if identity is not None else IdentityLoss()).to(self.device)
-        self.perceptual = (perceptual if perceptual is not None
-                           else PerceptualLoss.from_choice(config.perceptual)).to(self.device)
+        # a loss net is built only when its term counts (a weight of 0 needs no LPIPS weights on disk)
+        if identity is None and config.lambda_id > 0:
+            identity = IdentityLoss()
+        if perceptual is None and config.lambda_per > 0:
+            perceptual = PerceptualLoss.from_choice(config.perceptual)
+        self.identity = None if identity is None else identity.to(self.device)
+        self.perceptual = None if perceptual is None else perceptual.to(self.device)
         for net in (G, backend, self.identity, self.perceptual):
-            net.requires_grad_(False)
+            if net is not None:
+                net.requires_grad_(False)
         self.rng = torch.Generator().manual_seed(config.seed + 1)
         self.step_count = 0
         self.history: dict[str, list[float]] = {name: [] for name in HISTORY_FIELDS}
@@ -292,7 +297,8 @@ class DirectionsTrainer:
             "pose_vector": self.pose.definition(),
             "losses": {"lambda_r": c.lambda_r, "lambda_id": c.lambda_id, "lambda_per": c.lambda_per,
                        "reenactment": "shape + eye + mouth inner distances on 2-D landmarks",
-                       "identity": self.identity.provenance(), "perceptual": self.perceptual.provenance()},
+                       "identity": None if self.identity is None else self.identity.provenance(),
+                       "perceptual": None if self.perceptual is None else self.perceptual.provenance()},
             "steps": self.step_count,
             "inverted": None if self.inverted_provenance is None else {
                 "key": provenance_key(self.inverted_provenance), "latents": int(len(self.inverted)),
@@ -430,6 +436,8 @@ def inverted_latents(cache: str, G) -> tuple[torch.Tensor, dict[str, Any]]:
     from storage.cache import Workspace
     from storage.latents import LatentCache
 
+    if "://" not in str(cache) and not Path(cache).expanduser().is_dir():  # a Workspace would create it
+        raise InputError("cache not found (run facereenact invert first, or leave out --cache)", path=cache)
     want = G.weights_sha256()
     rows, keys, other = [], [], 0
     for table in LatentCache.all(Workspace(cache)):

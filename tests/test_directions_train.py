@@ -99,3 +99,36 @@ def test_checkpoint_resumes_to_the_same_weights(tmp_path, backend) -> None:
     with pytest.raises(CheckpointError, match="another-genera"):
         train_to(part, other, backend, config, steps=6)
     assert part.read_bytes() == before
+
+
+def test_mixed_training_with_an_invert_cache(tmp_path, backend) -> None:
+    from stages.train_directions import inverted_latents
+    from storage.errors import InputError
+    from tests.mapping_cache import build_cache
+    from tests.tiny import tiny_generator
+
+    G = tiny_generator()
+    cache = build_cache(tmp_path / "cache", videos=2, frames=6, generator=G.fingerprint())
+    latents, made = inverted_latents(str(cache), G)
+    assert latents.shape == (12, G.num_ws, G.w_dim) and len(made["latent_tables"]) == 2
+    config = DirectionsConfig(layers=4, expression_dims=2, fit_samples=6, batch_size=4, lambda_id=0.0,
+                              lambda_per=0.0, inverted_fraction=1.0, learning_rate=1e-2)
+    out = tmp_path / "d.pt"
+    result = train_to(out, G, backend, config, steps=1, cache=str(cache), log=lambda _: None)
+    assert result["inverted_latents"] == 12
+    ckpt, _, pose = read_directions_checkpoint(out)
+    assert pose.samples == 6 + 12  # p fitted on the generated images and the inverted latents
+    assert ckpt["provenance"]["inverted"]["latents"] == 12
+    # every source of a step is an inverted latent with inverted_fraction 1
+    trainer = DirectionsTrainer.resume(out, G, backend, config, latents, made)
+    drawn = trainer.sample_latents(5)
+    assert all(bool((latents == row.cpu()).all(dim=(1, 2)).any()) for row in drawn)
+    # the same file without the cache: other latents, refused; a cache of another generator: refused
+    with pytest.raises(CheckpointError, match="other inverted latents"):
+        train_to(out, G, backend, config, steps=2, log=lambda _: None)
+    other = build_cache(tmp_path / "other", videos=1, frames=4)
+    with pytest.raises(InputError, match="no inverted latents of this generator"):
+        inverted_latents(str(other), G)
+    with pytest.raises(InputError, match="cache not found"):
+        inverted_latents(str(tmp_path / "missing"), G)
+    assert not (tmp_path / "missing").exists()

@@ -79,10 +79,14 @@ def quality_table(steps: int, pairs: int, device: str) -> None:
     backend = load_landmark_backend("faceapi", device=device)
     base = dict(layers=2, expression_dims=4, fit_samples=64, batch_size=4, learning_rate=3e-2,
                 perceptual="uncalibrated-alex", truncation_psi=1.0)
+    from models.losses import IdentityLoss
+
+    identity = IdentityLoss()  # measures identity similarity in both runs (it trains only with lambda_id 1)
     rows = []
     for name, lambda_id in (("A trained, lambda_id = 1", 1.0), ("A trained, lambda_id = 0", 0.0)):
         G = WarpFaceGenerator().to(device)
-        trainer = DirectionsTrainer.start(G, backend, DirectionsConfig(**base, lambda_id=lambda_id))
+        trainer = DirectionsTrainer.start(G, backend, DirectionsConfig(**base, lambda_id=lambda_id),
+                                          identity=identity)
         if not rows:
             saved = trainer.A.weight.detach().clone()
             rows.append(("A = 0 (source unmoved)", quality(trainer, pairs), float("nan")))
