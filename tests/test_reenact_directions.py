@@ -152,3 +152,18 @@ def test_batch_manifest_job(inputs, directions, tmp_path):
                                      "options": {"directions": directions.name, "steps": 3}}]))
     with pytest.raises(InputError, match="unknown option"):
         load_jobs(manifest)
+
+
+def test_train_directions_refuses_before_prefect(inputs, tmp_path, cli):
+    root, weights, _ = inputs
+    out = tmp_path / "d.pt"
+    assert_user_error(cli("train-directions", "--weights", tmp_path / "none.pt", "--out", out, *TRAIN),
+                      "none.pt", "not found")
+    assert_user_error(cli("train-directions", "--weights", weights, "--out", out, *TRAIN[:-4]),
+                      "lpips-vgg16", "uncalibrated")  # the default calibrated LPIPS, not on disk here
+    assert_user_error(cli("train-directions", "--weights", weights, "--out", out, "--cache", tmp_path / "c",
+                          *TRAIN), "cache not found")
+    nowhere = tmp_path / "no" / "d.pt"
+    assert_user_error(cli("train-directions", "--weights", weights, "--out", nowhere, *TRAIN),
+                      "folder does not exist")
+    assert not out.exists() and not (tmp_path / "c").exists()

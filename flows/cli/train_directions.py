@@ -70,13 +70,26 @@ def run(args: argparse.Namespace) -> int:
                 if getattr(args, option) is not None}
     from tasks.train_directions import directions_config
 
-    directions_config(settings)  # bad settings: fail before Prefect starts
+    config = directions_config(settings)  # bad settings: fail before Prefect starts
     out = Path(args.out).expanduser()
     if not out.parent.is_dir():
         raise InputError(f"{out}: its folder does not exist")
     weights = Path(args.weights).expanduser()
     if weights.exists() and out.exists() and out.resolve() == weights.resolve():
         raise InputError(f"{out}: --out is the generator's weights file; choose another path")
+    from flows.cli.preflight import Missing, backbone_file, generator_file, landmark_files
+
+    missing = Missing()  # every weight the run needs, before Prefect starts (torch-free checks)
+    generator_file(args.weights, missing)
+    if config.lambda_per > 0:
+        backbone_file(config.perceptual, missing)
+    landmark_files(args.landmarks, missing)
+    if missing.names:
+        raise missing.error("; or --perceptual uncalibrated (LPIPS with a random backbone)"
+                            if any(n.startswith("lpips") for n in missing.names) else "")
+    if args.cache and "://" not in args.cache and not Path(args.cache).expanduser().is_dir():
+        raise InputError("cache not found (run facereenact invert first, or leave out --cache)",
+                         path=args.cache)
 
     from flows.cli.common import quiet_prefect
 
