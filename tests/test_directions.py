@@ -119,10 +119,10 @@ def test_pose_vector_refuses_bad_input() -> None:
 def test_direction_matrix_shapes() -> None:
     A = DirectionMatrix(d_in=11, num_ws=14, w_dim=64, layers=8)
     assert "d_in=11, d_out=512" in repr(A)
-    dw = A(torch.randn(3, 11))
+    dw = A(torch.randn(3, 11)).detach()
     assert dw.shape == (3, 14, 64) and float(dw.abs().sum()) == 0.0    # starts at zero motion
     A = DirectionMatrix(d_in=11, num_ws=14, w_dim=64, layers=8, init_std=0.1)
-    dw = A(torch.randn(3, 11))
+    dw = A(torch.randn(3, 11)).detach()
     assert float(dw[:, :8].abs().sum()) > 0 and float(dw[:, 8:].abs().sum()) == 0
     with pytest.raises(ValueError, match=r"\(N, 11\)"):
         A(torch.randn(3, 10))
