@@ -285,6 +285,8 @@ class ReenactRequest(_Request):
             _integer(self.settings["invert_steps"], "invert_steps")
         if self.mode != "mapping" and set(MAPPING_ONLY) & set(self.settings):
             raise InputError("--mapping and --refine-steps are settings of --mode mapping")
+        if (self.mode == "directions") != ("directions" in self.settings):
+            raise InputError("--mode directions needs --directions PATH (and --directions needs that mode)")
 
     @classmethod
     def from_options(cls, source: str, driving: str, output: str, mode: str = "projection",
@@ -328,13 +330,14 @@ class ReenactRequest(_Request):
         except ValueError as err:
             raise InputError(f"bad source inversion settings: {err}") from None
 
-    def check_models(self, G: Any) -> None:
-        """The mode's models against the generator `G` (e.g. a mapping network made for another one)."""
+    def check_models(self, G: Any, landmarks: str = "faceapi") -> None:
+        """The mode's models against the generator `G` and the landmark backend (e.g. a mapping network
+        or directions file made for another one)."""
         from flows.reenact import REENACTORS
 
         check_model = REENACTORS[self.mode].check_model
         if check_model is not None:
-            check_model(G, self.mode_settings())
+            check_model(G, self.mode_settings(), landmarks)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -29,24 +29,26 @@ from flows.job_requests import DEFAULT_DETECTOR, ReenactRequest
 from flows.prepare import prepare_image, prepare_video
 from models.inversion import InversionConfig
 from models.reenact import load_mapping, mapping_settings, projection_config
+from stages.reenact_directions import directions_settings, load_directions
 from storage.cache import Workspace
 from storage.errors import InputError, JobFailedError
 from storage.latents import LatentCache
 from tasks import resources
 from tasks.invert import invert_batches, open_latents, settings_of
-from tasks.reenact import ReenactTable, map_driving, project_driving, render_output, report_run
+from tasks.reenact import ReenactTable, direct_driving, map_driving, project_driving, render_output, report_run
 
 __all__ = ["REENACTORS", "check_not_inputs", "output_files", "reenact"]
 
 class Mode(NamedTuple):
     """One way of making the latents: `check(variant, options)` refuses bad settings before any work
     (InputError); `run(cache, weights, source, driving, variant, options, device, landmarks, progress)`
-    fills a reenact table (storage/reenact.py) and returns its task summary; `check_model(G, options)`,
-    when given, refuses models that do not fit the generator, also before any work."""
+    fills a reenact table (storage/reenact.py) and returns its task summary; `check_model(G, options,
+    landmarks)`, when given, refuses models that do not fit the generator (or the landmark backend),
+    also before any work."""
 
     check: Callable[[str, dict[str, Any]], Any]
     run: Callable[..., ReenactTable]
-    check_model: Callable[[Any, dict[str, Any]], Any] | None = None
+    check_model: Callable[[Any, dict[str, Any], str], Any] | None = None
 
 
 def _project(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
@@ -65,14 +67,28 @@ def _map(cache: str, weights: str, source: dict[str, Any], driving: dict[str, An
                        progress=progress)
 
 
-def _check_mapping_model(G, options: dict[str, Any]) -> None:
+def _check_mapping_model(G, options: dict[str, Any], landmarks: str = "faceapi") -> None:
     load_mapping(mapping_settings("identity", options).checkpoint, G)
+
+
+def _direct(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
+            options: dict[str, Any], device: str, landmarks: str, progress: bool) -> ReenactTable:
+    """mode="directions": learned latent directions (Bounareli et al. 2022), w = w_src + A (p - p_0);
+    options `directions` (file from train-directions), `directions_batch`."""
+    return direct_driving(cache, weights, source, driving, variant, options, device=device,
+                          landmarks=landmarks, progress=progress)
+
+
+def _check_directions_model(G, options: dict[str, Any], landmarks: str = "faceapi") -> None:
+    backend = resources.landmark_backend(landmarks, str(G.w_avg.device))
+    load_directions(directions_settings("identity", options).path, G, backend.provenance())
 
 
 # mode -> how it checks its settings and fills the reenact table: the one place a new mode is added.
 REENACTORS: dict[str, Mode] = {
     "projection": Mode(lambda variant, options: projection_config(variant, **options), _project),
     "mapping": Mode(mapping_settings, _map, _check_mapping_model),
+    "directions": Mode(directions_settings, _direct, _check_directions_model),  # Bounareli et al.
 }
 
 
@@ -149,7 +165,7 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str,
     check_not_inputs(source, driving, output, weights, preview, options.get("mapping"))  # never overwrite one
     request.check_settings()  # bad settings: fail before any work
     G = resources.generator(weights, device)  # missing or broken weights: fail before any work
-    request.check_models(G)  # e.g. a mapping network made for another generator
+    request.check_models(G, landmarks)  # e.g. a mapping network made for another generator
     weights_path = str(G.source_path or weights)
     resolution = G.img_resolution
 

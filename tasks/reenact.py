@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from stages import reenact as stage
+from stages import reenact_directions
 from stages.progress import FrameBar
 from stages.reenact import ReenactTable
 from storage.cache import STATUS_NAMES, Workspace
@@ -21,7 +22,7 @@ from tasks import resources
 from tasks.conventions import TRANSIENT_IO, artifact_key, run_name
 from tasks.gpu import gpu_task
 
-__all__ = ["ReenactTable", "map_driving", "project_driving", "render_output", "report_run"]
+__all__ = ["ReenactTable", "direct_driving", "map_driving", "project_driving", "render_output", "report_run"]
 
 
 @gpu_task(name="project", cache_policy=NO_CACHE, task_run_name=run_name("project", "driving"), **TRANSIENT_IO)
@@ -47,11 +48,21 @@ def map_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[
                  landmarks, progress)
 
 
+@gpu_task(name="direct", cache_policy=NO_CACHE, task_run_name=run_name("direct", "driving"), **TRANSIENT_IO)
+def direct_driving(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
+                   settings: dict[str, Any], device: str = "auto", landmarks: str = "faceapi",
+                   progress: bool = False) -> ReenactTable:
+    """Directions-mode latents (Bounareli et al. 2022) of every driving frame not done yet:
+    w_i = w_src + A (p_i - p_0), latents only; the render makes the one generator pass per frame."""
+    return _fill(reenact_directions.direct_driving, "directed", cache, weights, source, driving, variant,
+                 settings, device, landmarks, progress)
+
+
 def _fill(fill: Callable[..., ReenactTable], what: str, cache: str, weights: str, source: dict[str, Any],
           driving: dict[str, Any], variant: str, settings: dict[str, Any], device: str, landmarks: str,
           progress: bool) -> ReenactTable:
     """One mode's stage function with the workspace, the generator and the landmark net opened."""
-    with FrameBar({"projected": "projecting", "mapped": "mapping"}[what], progress) as bar:
+    with FrameBar({"projected": "projecting", "mapped": "mapping", "directed": "directions"}[what], progress) as bar:
         done = fill(Workspace(cache), resources.generator(weights, device),
                     resources.landmark_backend(landmarks, device), source, driving, variant, settings, bar)
     get_run_logger().info(done.line(what))

@@ -57,10 +57,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_cache_option(parser)
     parser.add_argument("--mode", choices=MODES, default=ReenactRequest.mode,
                         help="how the latents are made: projection (default; optimised per frame to match "
-                             "the driving landmarks) or mapping (a trained landmark-to-latent network, one "
-                             "generator pass per frame; Choe's thesis)")
+                             "the driving landmarks), mapping (a trained landmark-to-latent network, one "
+                             "generator pass per frame; Choe's thesis) or directions (Δw = A Δp, "
+                             "Bounareli et al.; facereenact train-directions)")
     parser.add_argument("--mapping", metavar="PATH",
                         help="--mode mapping: the network's checkpoint (facereenact train-mapping --out)")
+    parser.add_argument("--directions", metavar="PATH",
+                        help="--mode directions: the file of facereenact train-directions (Δw = A Δp, "
+                             "Bounareli et al.)")
     parser.add_argument("--refine-steps", type=int, metavar="K",
                         help="--mode mapping: K projection steps per frame starting at the network's "
                              "output (default 0: none)")
@@ -109,6 +113,8 @@ def run_options(args: argparse.Namespace) -> dict:
         options["mapping"] = args.mapping
     if args.refine_steps is not None:
         options["refine_steps"] = args.refine_steps
+    if args.directions is not None:
+        options["directions"] = args.directions
     return options
 
 
@@ -162,6 +168,12 @@ def preflight(args: argparse.Namespace, options: dict) -> dict:
             from storage.errors import CheckpointError
 
             raise CheckpointError("mapping-network checkpoint not found", path=mapping)
+    if "directions" in options:
+        mapping = Path(options["directions"]).expanduser()  # the mode's model file, as --mapping's
+        if not mapping.is_file():
+            from storage.errors import CheckpointError
+
+            raise CheckpointError("directions file not found", path=mapping)
     media = {"source": open_medium(source), "driving": open_medium(driving)}
     if media["source"].kind != "image":
         raise InputError("the source must be a still image (a photo of the face)", path=args.source)
@@ -246,7 +258,7 @@ def request_key(args: argparse.Namespace, options: dict, plan: dict) -> str | No
         "settings": {"mode": args.mode, "variant": args.variant, "layout": args.layout,
                      "paste_back": args.paste_back, "subframes": args.subframes, "landmarks": args.landmarks,
                      **faces_of(args),
-                     "options": {k: v for k, v in options.items() if k != "mapping"},
+                     "options": {k: v for k, v in options.items() if k not in ("mapping", "directions")},
                      "random_weights": plan["random_weights"]},
         "code": code_version(),
     }
@@ -331,7 +343,7 @@ def check_inputs(request: ReenactRequest, weights: str, device: str, landmarks: 
     from tasks import resources
 
     G = resources.generator(weights, device)  # missing / unsafe weights, no GPU: fail now
-    request.check_models(G)  # a mapping network made for another generator: now
+    request.check_models(G, landmarks)  # a mapping network made for another generator: now
     _, backbone, calibrated = PERCEPTUAL_CHOICES[request.perceptual]
     if calibrated:
         try:

@@ -22,8 +22,23 @@ def _mapping(root: Path, weights: Path) -> list[str]:
     return ["--mapping", checkpoint, "--refine-steps", "6"]
 
 
+def _directions(root: Path, weights: Path) -> list[str]:
+    from models import load_generator
+    from models.landmarks import load_landmark_backend
+    from stages.train_directions import DirectionsConfig, train_to
+
+    out = root / "directions.pt"
+    if not out.exists():  # one step: the file, not its quality (tests/test_directions_train.py)
+        config = DirectionsConfig(fit_samples=12, batch_size=2, expression_dims=2, lambda_id=0.0,
+                                  perceptual="uncalibrated-alex", delta_scale=0.2)
+        train_to(out, load_generator(str(weights)), load_landmark_backend("faceapi"), config, steps=1,
+                 log=lambda line: None)
+    return ["--directions", str(out)]
+
+
 MODE_ARGS: dict[str, Callable[[Path, Path], list[str]]] = {
     # enough steps that a frame takes a noticeable time (a kill lands mid-run), still seconds in all
     "projection": lambda root, weights: ["--steps-first", "6", "--steps-next", "6"],
     "mapping": _mapping,
+    "directions": _directions,
 }
