@@ -35,7 +35,14 @@ from storage.errors import InputError, JobFailedError
 from storage.latents import LatentCache
 from tasks import resources
 from tasks.invert import invert_batches, open_latents, settings_of
-from tasks.reenact import ReenactTable, direct_driving, map_driving, project_driving, render_output, report_run
+from tasks.reenact import (
+    ReenactTable,
+    direct_driving,
+    map_driving,
+    project_driving,
+    render_output,
+    report_run,
+)
 
 __all__ = ["REENACTORS", "check_not_inputs", "output_files", "reenact"]
 

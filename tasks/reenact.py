@@ -62,7 +62,8 @@ def _fill(fill: Callable[..., ReenactTable], what: str, cache: str, weights: str
           driving: dict[str, Any], variant: str, settings: dict[str, Any], device: str, landmarks: str,
           progress: bool) -> ReenactTable:
     """One mode's stage function with the workspace, the generator and the landmark net opened."""
-    with FrameBar({"projected": "projecting", "mapped": "mapping", "directed": "directions"}[what], progress) as bar:
+    bars = {"projected": "projecting", "mapped": "mapping", "directed": "directions"}
+    with FrameBar(bars[what], progress) as bar:
         done = fill(Workspace(cache), resources.generator(weights, device),
                     resources.landmark_backend(landmarks, device), source, driving, variant, settings, bar)
     get_run_logger().info(done.line(what))
