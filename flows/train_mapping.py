@@ -1,4 +1,4 @@
-"""The mapping-network training flow (seed 003, section 3.3): latents of the dataset inversion -> Δw net.
+"""The mapping-network training flow (Choe 2023, section 3.3): latents of the dataset inversion -> Δw net.
 
     cache (filled by `facereenact invert`)
       --inspect-training-data--> usable frames per video (latents + crops done, face detected), one

@@ -1,6 +1,6 @@
-"""Optimisation-based GAN inversion into W+ (seed 003, section 3.2, with NVIDIA's projector's schedule).
+"""Optimisation-based GAN inversion into W+ (Choe 2023, section 3.2, with NVIDIA's projector's schedule).
 
-    config = InversionConfig()                               # seed 003's weights, 1000 steps
+    config = InversionConfig()                               # Choe 2023's weights, 1000 steps
     result = invert(G, targets, config, seeds=frame_ids)     # targets (N, 3, R, R) in [-1, 1]
     result.latents        # (N, num_ws, w_dim)  W+ latents
     result.losses         # {"total": (N,), "mse": (N,), "lpips": (N,), "id": (N,), "dreg": (N,), ...}
@@ -64,8 +64,8 @@ def reconstruction_loss(losses: dict[str, torch.Tensor], config: InversionConfig
 class InversionConfig:
     """Settings of one inversion; `provenance()` is what a cached latent records."""
 
-    steps: int = 1000                   # Adam steps (seed 003 and NVIDIA's projector: 1000)
-    # loss weights: seed 003, eq. 3.5
+    steps: int = 1000                   # Adam steps (Choe 2023 and NVIDIA's projector: 1000)
+    # loss weights: Choe 2023, eq. 3.5
     lambda_mse: float = 0.1             # pixel MSE, images in [-1, 1]
     lambda_lpips: float = 1.5           # LPIPS
     lambda_id: float = 0.05             # 1 - cosine of identity descriptors

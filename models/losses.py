@@ -41,8 +41,8 @@ from storage.errors import CheckpointError, WeightsMissingError
 
 # choice -> (lpips net name, storage.weights registry name of the backbone, calibrated)
 PERCEPTUAL_CHOICES: dict[str, tuple[str, str, bool]] = {
-    "lpips-vgg": ("vgg", "lpips-vgg16", True),           # seed 003's baseline; NVIDIA's projector uses VGG-16
-    "lpips-alex": ("alex", "lpips-alexnet", True),       # seed 003's full method, LPIPS's own default
+    "lpips-vgg": ("vgg", "lpips-vgg16", True),  # Choe 2023's baseline; NVIDIA's projector uses VGG-16
+    "lpips-alex": ("alex", "lpips-alexnet", True),       # Choe 2023's full method, LPIPS's own default
     "uncalibrated": ("vgg", "lpips-vgg16", False),       # opt-in: random-init VGG-16 backbone
     "uncalibrated-alex": ("alex", "lpips-alexnet", False),
 }
@@ -208,7 +208,7 @@ class IdentityLoss(nn.Module):
 
     The chips are dlib-aligned from landmarks: the target's crop landmarks when given (use them for
     both images: the reconstruction is meant to sit where the target's face is), else
-    `ffhq_mean_landmarks(R)` (the crops are FFHQ-aligned). ArcFace, seed 003's choice, is not
+    `ffhq_mean_landmarks(R)` (the crops are FFHQ-aligned). ArcFace, Choe 2023's choice, is not
     available offline; this net is a port of dlib's ResNet (see models/identity.py).
     """
 
@@ -248,7 +248,7 @@ class IdentityLoss(nn.Module):
 
 
 def delta_regularization(ws: torch.Tensor) -> torch.Tensor:
-    """Seed 003's delta-regularisation (its eq. 3.4, after e4e): with W+ written as (w_0, w_0 + d_1,
+    """Choe 2023's delta-regularisation (its eq. 3.4, after e4e): with W+ written as (w_0, w_0 + d_1,
     ..., w_0 + d_{L-1}), the sum of |d_i|^2 over the layers i >= 1. (N, L, C) -> (N,)."""
     if ws.ndim != 3:
         raise ValueError(f"delta_regularization: ws must be (N, num_ws, w_dim), got {tuple(ws.shape)}")
@@ -288,7 +288,7 @@ def normalize_noise_(noise: Sequence[torch.Tensor]) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Landmarks (for projection: generated image's landmarks against the driving frame's)
 
-# Seed 000/001's code defaults (lukasuz/stylegan2-landmark-projection, --landmark_weights)
+# Uzolas 2021's code defaults (lukasuz/stylegan2-landmark-projection, --landmark_weights)
 DEFAULT_GROUP_WEIGHTS: dict[str, float] = {
     "jaw": 0.05, "brow_left": 1.0, "brow_right": 1.0, "nose_bridge": 0.1, "nose_lower": 1.0,
     "eye_left": 1.0, "eye_right": 1.0, "mouth_outer": 5.0, "mouth_inner": 5.0,
@@ -323,8 +323,8 @@ def landmark_coordinate_loss(points: torch.Tensor, target: torch.Tensor,
 
 def landmark_heatmap_loss(heatmaps: torch.Tensor, target: torch.Tensor,
                           weights: dict[str, float] | torch.Tensor | None = None) -> torch.Tensor:
-    """Seed 000/001's heatmap loss, per sample: the L2 norm of the point-weighted heatmap difference,
-    sqrt(sum over points p and pixels of (w_p (H_p - T_p))^2) (the seed code; its write-up prints a
+    """Uzolas 2021's heatmap loss, per sample: the L2 norm of the point-weighted heatmap difference,
+    sqrt(sum over points p and pixels of (w_p (H_p - T_p))^2) (the Uzolas code; its write-up prints a
     sum of absolute values). (N, 68, h, w) x 2 -> (N,). For FAN's heatmaps."""
     if heatmaps.shape != target.shape or heatmaps.ndim != 4 or heatmaps.shape[1] != NUM_LANDMARKS:
         raise ValueError(f"heatmaps must both be (N, 68, h, w), got {tuple(heatmaps.shape)} and "

@@ -1,7 +1,7 @@
-"""Landmark projection reenactment (seeds 000/001): per driving frame, a W+ latent whose rendering has
+"""Landmark projection reenactment (Uzolas 2021): per driving frame, a W+ latent whose rendering has
 the source's look and the driving frame's landmarks.
 
-    config = ProjectionConfig()                                   # seed code's weights, our schedule
+    config = ProjectionConfig()                                   # Uzolas code's weights, our schedule
     projector = Projector(G, config, look=source_crop,            # (R, R, 3) uint8 or (1, 3, R, R) [-1, 1]
                           source_landmarks=source_crop_landmarks, # (68, 2) crop pixels
                           init_latent=w_src, init_noise=noise_src)  # the source's inversion (or None: w_avg)
@@ -18,9 +18,9 @@ Objective for driving frame i (docs/projection.md has the sources):
   + lambda_fidelity * |w_i - w_avg|
   + noise_regularize_weight * noise_regularization(noise maps)     (frame 0 only)
 
-|.| is `latent_norm`: the seed code's sum over W+ coordinates of sqrt(d^2 + 1e-6) ("charbonnier", a
+|.| is `latent_norm`: the Uzolas code's sum over W+ coordinates of sqrt(d^2 + 1e-6) ("charbonnier", a
 smooth L1) or the write-up's Euclidean norm ("l2"). L_landmark works on landmark coordinates (any
-differentiable backend; the faceapi default) or on FAN's heatmaps (the seed's form). Targets are the
+differentiable backend; the faceapi default) or on FAN's heatmaps (Uzolas 2021's form). Targets are the
 driving frames' landmarks or, with `relative_landmarks`, the driving motion retargeted onto the source
 face: target_i = source + (driving_i - driving_0).
 
@@ -69,11 +69,11 @@ from models.stylegan2 import Generator
 
 LANDMARK_FORMS = ("coordinates", "heatmaps")
 LATENT_NORMS = ("charbonnier", "l2")
-CHARBONNIER_EPS = 1e-6  # the seed code's sqrt(d^2 + 1e-6)
+CHARBONNIER_EPS = 1e-6  # the Uzolas code's sqrt(d^2 + 1e-6)
 # Coordinate loss unit: 1/64 of the crop side, the pixel of FAN's 64 x 64 heatmaps, so that one
 # `lambda_landmark` means about the same in both forms and at every resolution.
 COORDINATE_UNITS_PER_CROP = 64
-# Seed code's group weights, in IBUG_GROUPS order: jaw, brows L/R, nose bridge, lower nose, eyes L/R,
+# The Uzolas code's group weights, in IBUG_GROUPS order: jaw, brows L/R, nose bridge, lower nose, eyes L/R,
 # outer lip, inner lip (lukasuz/stylegan2-landmark-projection, --landmark_weights).
 SEED_GROUP_WEIGHTS = (0.05, 1.0, 1.0, 0.1, 1.0, 1.0, 1.0, 5.0, 5.0)
 STATE_FORMAT = 1
@@ -84,33 +84,33 @@ TERMS = ("lpips", "landmark", "smooth", "fidelity", "noise_reg")
 class ProjectionConfig:
     """Settings of a projection run; `provenance()` is what a cached result records.
 
-    The defaults are the seed code's loss weights and step counts (as caps) with our speed-ups on:
+    The defaults are the Uzolas code's loss weights and step counts (as caps) with our speed-ups on:
     a lower learning rate and no latent noise on warm-started frames, early stopping on the landmark
     term, LPIPS on every other step of later frames (docs/projection.md has the measurements).
-    `ProjectionConfig.published()` is the seed's schedule exactly; `identity_free()` the variant
+    `ProjectionConfig.published()` is Uzolas 2021's schedule exactly; `identity_free()` the variant
     without the look term.
     """
 
-    # objective: the seed code's defaults (lpips 1.0, landmark 0.1, fidelity 0.05, smoothness 0.05)
+    # objective: the Uzolas code's defaults (lpips 1.0, landmark 0.1, fidelity 0.05, smoothness 0.05)
     lambda_lpips: float = 1.0           # LPIPS to the look (source) image; 0 = identity-free variant
     lambda_landmark: float = 0.1        # landmark loss to the frame's target
     lambda_smooth: float = 0.05         # |w_i - w_{i-1}|
-    lambda_fidelity: float = 0.05       # |w_i - w_avg| (the seed code applies it in both variants)
-    latent_norm: str = "charbonnier"    # "charbonnier": sum sqrt(d^2 + 1e-6) (seed code); "l2": |d|_2
+    lambda_fidelity: float = 0.05       # |w_i - w_avg| (the Uzolas code applies it in both variants)
+    latent_norm: str = "charbonnier"    # "charbonnier": sum sqrt(d^2 + 1e-6) (Uzolas code); "l2": |d|_2
     group_weights: tuple[float, ...] = SEED_GROUP_WEIGHTS  # per IBUG_GROUPS group, in its order
     landmark_form: str = "coordinates"  # "coordinates" (any differentiable backend) | "heatmaps" (FAN)
     landmark_backend: str = "faceapi"   # models.landmarks backend name (when the Projector loads it)
     relative_landmarks: bool = True     # target_i = source + (driving_i - driving_0) (coordinates only)
     perceptual: str = "lpips-vgg"       # models.losses.PERCEPTUAL_CHOICES key ("uncalibrated": opt-in)
     noise_regularize_weight: float = 1e5  # noise-map regulariser on frame 0 (NVIDIA's projector)
-    optimize_noise: bool = True         # optimise noise maps on frame 0, then freeze (seed 000)
+    optimize_noise: bool = True         # optimise noise maps on frame 0, then freeze (Uzolas 2021)
     # schedule: frame 0, then the later frames (NVIDIA's projector's lr and w-noise ramps per frame)
-    steps_first: int = 300              # Adam steps on frame 0 (seed 000)
-    steps_next: int = 50                # at most this many steps on each later frame (seed 000)
-    learning_rate: float = 0.1          # frame 0's peak lr (seed code)
-    learning_rate_next: float = 0.01    # later frames' peak lr (seed code: 0.1; warm starts want less)
+    steps_first: int = 300              # Adam steps on frame 0 (Uzolas 2021)
+    steps_next: int = 50                # at most this many steps on each later frame (Uzolas 2021)
+    learning_rate: float = 0.1          # frame 0's peak lr (Uzolas code)
+    learning_rate_next: float = 0.01    # later frames' peak lr (Uzolas code: 0.1; warm starts want less)
     initial_noise_factor: float = 0.05  # frame 0's w-noise std at step 0, in units of the spread of w
-    initial_noise_factor_next: float = 0.0  # later frames' (seed code: 0.05)
+    initial_noise_factor_next: float = 0.0  # later frames' (Uzolas code: 0.05)
     lr_rampup: float = 0.05
     lr_rampdown: float = 0.25
     noise_ramp_length: float = 0.75
@@ -163,7 +163,7 @@ class ProjectionConfig:
 
     @classmethod
     def published(cls, **changes) -> ProjectionConfig:
-        """Seed 000/001's schedule exactly: 300 then 50 steps, one frame at a time, every later frame
+        """Uzolas 2021's schedule exactly: 300 then 50 steps, one frame at a time, every later frame
         with the same lr (0.1) and w-noise ramps as the first, no early stopping."""
         base = dict(learning_rate_next=0.1, initial_noise_factor_next=0.05, batch_frames=1,
                     early_stop_patience=0, lpips_every=1)
@@ -171,7 +171,7 @@ class ProjectionConfig:
 
     @classmethod
     def identity_free(cls, **changes) -> ProjectionConfig:
-        """Seed 000's second variant: no look term (LPIPS dropped), the fidelity term to w_avg kept;
+        """Uzolas 2021's second variant: no look term (LPIPS dropped), the fidelity term to w_avg kept;
         absolute targets (there is no source face to retarget onto)."""
         return cls(**{"lambda_lpips": 0.0, "relative_landmarks": False, **changes})
 
@@ -246,7 +246,7 @@ def retarget_landmarks(driving: torch.Tensor, driving_reference: torch.Tensor, s
 
 
 def interpolate_subframes(ws: torch.Tensor, repeat_last: bool = False) -> torch.Tensor:
-    """Seed 000's sub-frames: between consecutive latents their midpoint, (w_i + w_{i+1}) / 2.
+    """Uzolas 2021's sub-frames: between consecutive latents their midpoint, (w_i + w_{i+1}) / 2.
     (T, ...) -> (2T - 1, ...): w_0, m_01, w_1, m_12, ..., w_{T-1}; `repeat_last` appends w_{T-1}
     once more so that a clip at twice the frame rate keeps its duration (2T rows)."""
     if ws.shape[0] < 1:
@@ -260,7 +260,7 @@ def interpolate_subframes(ws: torch.Tensor, repeat_last: bool = False) -> torch.
 
 
 def latent_distance(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    """(N, num_ws, w_dim) differences -> (N,): the seed code's sum of sqrt(d^2 + 1e-6) over all W+
+    """(N, num_ws, w_dim) differences -> (N,): the Uzolas code's sum of sqrt(d^2 + 1e-6) over all W+
     coordinates ("charbonnier"), or the Euclidean norm over them ("l2")."""
     if norm == "charbonnier":
         return torch.sqrt(delta.square() + CHARBONNIER_EPS).sum(dim=(1, 2))

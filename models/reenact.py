@@ -45,7 +45,7 @@ class SourceFace:
 
 
 def projection_config(variant: str = "identity", **options: Any) -> ProjectionConfig:
-    """The ProjectionConfig of a variant ("identity": keep the source's look; "free": seed 000's
+    """The ProjectionConfig of a variant ("identity": keep the source's look; "free": Uzolas 2021's
     identity-free variant) with `options` (ProjectionConfig fields) over its defaults. Unknown or
     bad options are an InputError naming them."""
     if variant not in VARIANTS:
@@ -101,7 +101,7 @@ def synthesize(G: Generator, latents: torch.Tensor, noise: list[np.ndarray] | No
 
 
 # ---------------------------------------------------------------------------------------------------
-# Mapping mode (seed 003): w_i = w_src + Δw(source landmarks, driving landmarks_i), one generator pass
+# Mapping mode (Choe 2023): w_i = w_src + Δw(source landmarks, driving landmarks_i), one generator pass
 # per frame; optionally K projection steps per frame starting there (the Projector, one code path).
 
 MAPPING_BATCH = 8  # frames per mapping + generator pass
@@ -189,7 +189,7 @@ def mapping_inputs(source_landmarks: np.ndarray, driving_points: np.ndarray, rel
     """The driving landmarks the network sees, and the driving reference frame's landmarks. Relative
     (variant "identity"): source + (driving_i - reference), the driving motion on the source's face,
     the reference being the first frame with landmarks (as projection's relative targets); absolute
-    (variant "free", seed 003's form): the driving landmarks as they are."""
+    (variant "free", Choe 2023's form): the driving landmarks as they are."""
     points = np.asarray(driving_points, np.float32)
     finite = np.flatnonzero(np.isfinite(points).all(axis=(1, 2)))
     reference = points[finite[0]] if finite.size else None

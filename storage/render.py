@@ -5,7 +5,7 @@
     preview_grid(rows)                    # rows of panels stacked (first, middle, last frame)
 
 The reenact stage's layouts (docs/reenact.md): "result" is the generated frame alone; "side-by-side"
-is look | driving | result, as in the seed write-ups' videos. Panels are scaled with bicubic
+is look | driving | result, as in the videos of Uzolas 2021's posts. Panels are scaled with bicubic
 resampling when they grow by less than 2x and nearest-neighbour above that (a 32 px crop blown up
 for viewing stays crisp instead of smeared); scaling never changes the result panel.
 """

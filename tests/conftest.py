@@ -1,6 +1,6 @@
 """Shared test fixtures.
 
-- `shared_dir`: ../shared beside the repository root (the fixtures of DESIGN.md); tests that need it
+- `shared_dir`: ../shared beside the repository root (the design notes' fixtures); tests that need it
   skip with a clear reason when it is absent.
 - `run_cli`: runs `python -m flows.cli ...` in a subprocess, the way a user runs `facereenact`.
 - `cli`: the same command line through `flows.cli.main` in this process (no 2-4 s start-up); for

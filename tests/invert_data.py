@@ -19,7 +19,7 @@ import numpy as np
 FRAMES = {"a.mp4": ("all", 8), "b.mp4": ("mouth", 7), "c.mp4": ("rotate", 6)}
 STEPS, BATCH = 4, 4
 # The settings every test run uses: the uncalibrated AlexNet LPIPS (no weights in tests; its random
-# backbone builds in 0.4 s where VGG-16's takes 3-5 s here) with seed 003's loss weights.
+# backbone builds in 0.4 s where VGG-16's takes 3-5 s here) with Choe 2023's loss weights.
 SETTINGS: dict[str, Any] = {"steps": STEPS, "batch_size": BATCH, "perceptual": "uncalibrated-alex",
                             "device": "cpu"}
 CLI_SETTINGS = ["--steps", str(STEPS), "--batch-size", str(BATCH), "--perceptual", "uncalibrated-alex",

@@ -23,7 +23,7 @@ units where a typical motion is about 1, so every term matters. The landmarks de
 approximately (identity shape, source expression and re-alignment interact with it; detection noise),
 so a perfect mapping does not reach zero error: the held-out floor is part of what the tests see.
 
-Sources are near-neutral frames (motions at 20 % amplitude), as seed 003 picks "the frontal,
+Sources are near-neutral frames (motions at 20 % amplitude), as Choe 2023 picks "the frontal,
 closed-mouth image" per person; drivers use the full range.
 """
 

@@ -74,7 +74,7 @@ def test_identity_term_lowers_identity_distance(G, known):
     target = targets[:1]
     identity = IdentityLoss()
     distances = {}
-    for lam in (0.0, 0.05, 0.5):  # off, seed 003's weight, ten times that
+    for lam in (0.0, 0.05, 0.5):  # off, Choe 2023's weight, ten times that
         result = invert(G, target, FAST.replace(steps=20, lambda_id=lam), seeds=[5])
         with torch.no_grad():
             distances[lam] = float(identity(result.reconstructions, identity.embed(target)))
@@ -195,7 +195,7 @@ def test_bad_arguments_are_refused(G, known):
 
 
 def test_default_config_needs_the_lpips_backbone(G, known):
-    """The seed's configuration (calibrated VGG LPIPS) refuses with the one-line error when the
+    """Choe 2023's configuration (calibrated VGG LPIPS) refuses with the one-line error when the
     torchvision weights are absent (as in tests), instead of downloading them."""
     _, targets, _ = known
     with pytest.raises(WeightsMissingError, match="facereenact weights fetch lpips-vgg16"):
@@ -205,7 +205,7 @@ def test_default_config_needs_the_lpips_backbone(G, known):
 def test_schedule_follows_the_official_projector():
     c = InversionConfig()
     weights = (c.lambda_mse, c.lambda_lpips, c.lambda_id, c.lambda_dreg)
-    assert c.steps == 1000 and weights == (0.1, 1.5, 0.05, 0.002)  # seed 003
+    assert c.steps == 1000 and weights == (0.1, 1.5, 0.05, 0.002)  # Choe 2023
     assert c.learning_rate_at(0) == 0.0
     assert c.learning_rate_at(25) == pytest.approx(0.05)  # half way up the 5 % ramp
     assert c.learning_rate_at(50) == c.learning_rate_at(500) == pytest.approx(0.1)

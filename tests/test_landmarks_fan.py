@@ -135,7 +135,7 @@ def test_gradients_reach_the_image(hub, fan1):
     backend = load_landmark_backend("fan", flip_input=False)  # soft-argmax coordinates
     images = image(4).requires_grad_(True)
     result = backend(images, BOX)
-    # the points (soft-argmax of the heatmaps) and the heatmaps (seed 000's loss) carry gradients
+    # the points (soft-argmax of the heatmaps) and the heatmaps (Uzolas 2021's loss) carry gradients
     (grad,) = torch.autograd.grad(result.points.sum() + result.heatmaps[:, 30].mean(), images)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     x1 = int(result.crops[0, 2])

@@ -156,7 +156,7 @@ def test_latent_distance_forms():
     d[1, 0, 0] = 3.0
     d[1, 1, 1] = 4.0
     assert torch.allclose(latent_distance(d, "l2"), torch.tensor([0.0, 5.0]))
-    # the seed code's sum of sqrt(d^2 + 1e-6): 12 coordinates, 10 of them zero
+    # the Uzolas code's sum of sqrt(d^2 + 1e-6): 12 coordinates, 10 of them zero
     expected = torch.tensor([12 * 1e-3, 10 * 1e-3 + np.sqrt(9 + 1e-6) + np.sqrt(16 + 1e-6)])
     assert torch.allclose(latent_distance(d, "charbonnier"), expected.float())
 
@@ -191,7 +191,7 @@ def test_projection_lowers_landmark_error_to_known_targets(G, faceapi, lpips):
 
 def test_smoothness_term_lowers_jitter(G, faceapi):
     """Targets: one face's landmarks with 0.5 px of independent noise per frame. The landmark net is
-    so sensitive on random-generator images that the seed's 0.05 is lost in its gradients here; at
+    so sensitive on random-generator images that Uzolas's 0.05 is lost in its gradients here; at
     lambda_smooth 5 the latent jitter falls from 1.73 to 0.49 and the landmark jitter from 2.03 to
     0.70 px (seed 1; seeds 2, 3: 0.56x and 0.33x latent)."""
     g = torch.Generator().manual_seed(1)
@@ -352,7 +352,7 @@ def test_bad_calls_are_refused(G, faceapi, lpips):
 
 
 def test_heatmap_form_with_fan(G):
-    """The seed's form: FAN heatmaps of the driving crops (once per frame) against the render's.
+    """Uzolas 2021's form: FAN heatmaps of the driving crops (once per frame) against the render's.
     FAN's architecture with random weights (its real weights are not downloaded in tests)."""
     fan_models = pytest.importorskip("face_alignment.models")
     from models.landmarks.fan import FanLandmarks

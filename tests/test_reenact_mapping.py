@@ -1,4 +1,4 @@
-"""Mapping-mode reenactment (seed 003) through the reenact flow and `facereenact run`: a tiny mapping
+"""Mapping-mode reenactment (Choe 2023) through the reenact flow and `facereenact run`: a tiny mapping
 network trained in the test by the real train-mapping flow, the output and its metrics, the cached
 latents equal to w_src + Δw computed directly, a rerun that does no work, another checkpoint in
 another table, `refine_steps` (projection steps from the network's output) and one-line errors."""

@@ -1,4 +1,4 @@
-"""Landmark-to-latent mapping network (seed 003, section 3.3): landmark motion -> a W+ offset.
+"""Landmark-to-latent mapping network (Choe 2023, section 3.3): landmark motion -> a W+ offset.
 
 One module per concern; import the names from the module that defines them:
 

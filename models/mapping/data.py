@@ -50,7 +50,7 @@ class MappingClip:
 
     A frame is usable when `valid` says so (the caller's: done in both the crops and the latents
     table) and, always, when its landmarks and latent are finite. Pairs are (source, driving) frames
-    of this clip: source `source_index` (seed 003: one representative frontal, closed-mouth frame per
+    of this clip: source `source_index` (Choe 2023: one representative frontal, closed-mouth frame per
     person) or, when None, any usable frame.
     """
 

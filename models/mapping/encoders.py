@@ -7,7 +7,7 @@ crop coordinates, so one trained network serves any crop resolution.
 The network's input is the difference between the driving and the source landmark *representation*,
 behind one small interface (`LandmarkEncoder`: `represent(points)` and `encode(difference)`), with two
 implementations (`ENCODERS`):
-- "raster" (`RasterLandmarkEncoder`): seed 003's choice. Each of the 9 iBUG groups is drawn as an
+- "raster" (`RasterLandmarkEncoder`): Choe 2023's choice. Each of the 9 iBUG groups is drawn as an
   anti-aliased polyline (Gaussian pen, `LandmarkRasterizer`) into its own channel of a small image
   (64 x 64 by default); the source's image is subtracted from the driving one's and a CNN (conv pairs
   + 2x average pooling down to 4 x 4, then a fully connected layer) encodes it. The drawing is
@@ -169,7 +169,7 @@ class _ConvBlock(nn.Module):
 
 
 class RasterLandmarkEncoder(LandmarkEncoder):
-    """Seed 003's input: rasterised landmark images, their difference through a CNN."""
+    """Choe 2023's input: rasterised landmark images, their difference through a CNN."""
 
     kind = "raster"
     differentiable = True

@@ -1,4 +1,4 @@
-"""The landmark-to-latent mapping network (seed 003, section 3.3): landmark motion -> a W+ offset.
+"""The landmark-to-latent mapping network (Choe 2023, section 3.3): landmark motion -> a W+ offset.
 
     net = LandmarkMappingNetwork(num_ws=G.num_ws, w_dim=G.w_dim)          # "coords" (the default)
     delta = net(src_points, drv_points, crop_resolution)                 # (N, num_ws, w_dim)

@@ -37,14 +37,14 @@ __all__ = ["HISTORY_FIELDS", "MappingTrainConfig", "MappingTrainer", "plot_histo
 class MappingTrainConfig:
     """Settings of a training run; all of them go into the checkpoint."""
 
-    learning_rate: float = 1e-3         # Adam. Seed 003 used 2e-4 (over ~113k steps); on the synthetic
+    learning_rate: float = 1e-3         # Adam. Choe 2023 used 2e-4 (over ~113k steps); on the synthetic
                                         # task 1e-3 gets 26x below the baseline in 500 steps, 2e-4 9x
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8              # torch's default. Seed 003 used 1e-4: on the synthetic task that
+    adam_eps: float = 1e-8              # torch's default. Choe 2023 used 1e-4: on the synthetic task that
                                         # stalls the raster encoder at the baseline for 300+ steps (its
                                         # gradients are below 1e-4); docs/mapping.md
-    batch_size: int = 32                # pairs per step (seed 003)
-    lambda_mse: float = 10.0            # weight of the latent MSE (seed 003, eq. 3.7)
+    batch_size: int = 32                # pairs per step (Choe 2023)
+    lambda_mse: float = 10.0            # weight of the latent MSE (Choe 2023, eq. 3.7)
     lambda_image: float = 0.0           # weight of the image-space loss through G (off by default)
     image_loss: str = "mse"             # "mse", or a models.losses.PERCEPTUAL_CHOICES key (LPIPS)
     seed: int = 0                       # seed of the pair sampler
@@ -137,7 +137,7 @@ class MappingTrainer:
         c = self.config
         delta = self.model(batch.src_landmarks, batch.drv_landmarks, batch.crop_resolution)
         w = batch.w_src + delta
-        terms = {"mse": (w - batch.w_drv).square().mean(),                       # seed 003, eq. 3.6
+        terms = {"mse": (w - batch.w_drv).square().mean(),                       # Choe 2023, eq. 3.6
                  "baseline_mse": (batch.w_src - batch.w_drv).square().mean().detach()}
         total = c.lambda_mse * terms["mse"]
         if c.lambda_image > 0:

@@ -11,7 +11,7 @@ Random weights (speed does not depend on their values), official FFHQ channel co
 propagates a loss to ws (weights frozen), which is what inversion and projection do per step. Both
 modulated-conv strategies are timed side by side (fused = per-sample weights in one grouped conv;
 unfused = activation scaling around one shared conv), and the default picks fused for batch 1 only.
-NVIDIA's CPU numbers from DESIGN.md (their code, batch 1) are printed beside ours as a ratio; they come
+NVIDIA's CPU numbers from the design notes (their code, batch 1) are printed beside ours as a ratio; they come
 from another machine, so the ratio is indicative only.
 
 StyleGAN3 (`--sg3 sg3-t,sg3-r`, default both; `--sg3 ""` skips): models.stylegan3 at the official
@@ -44,7 +44,7 @@ CONFIGS = {
     "1024 config-f": dict(img_resolution=1024, channel_base=32768, channel_max=512),
 }
 DEFAULT_CONFIGS = "256 paper256,1024 config-f"
-NVIDIA_CPU = {256: (0.35, 1.1), 1024: (1.1, 3.6)}  # DESIGN.md: seconds, batch 1, (fwd, fwd+bwd)
+NVIDIA_CPU = {256: (0.35, 1.1), 1024: (1.1, 3.6)}  # design notes: seconds, batch 1, (fwd, fwd+bwd)
 
 
 def _time(fn, repeats: int) -> float:

@@ -2,7 +2,7 @@
 
     python tests/benchmarks/bench_invert.py [--threads 1] [--steps 3] [--configs tiny,256] [--device cpu]
 
-Each row runs `models.inversion.invert` on random targets with the seed-003 loss (MSE + LPIPS +
+Each row runs `models.inversion.invert` on random targets with Choe 2023's loss (MSE + LPIPS +
 identity + delta-reg + per-frame noise maps and their regulariser) and times the steps themselves
 (the gaps between step callbacks, median after the first step; setup and the final render excluded).
 "s/frame-step" is a step's time divided by the batch; "vs singles" is a batch-k step against k

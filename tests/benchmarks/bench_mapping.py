@@ -18,7 +18,7 @@ representations on the synthetic task, and reenactment frames per second, side b
    alone and the generator pass alone; and mapping mode's stage + render per output frame, as it was
    (two generator passes: the stage's, for the landmark metrics, and the render's) and as it is (one:
    the stage makes latents only, the render's pass is measured), with the speed-up.
-3. Mapping reenactment against projection reenactment (seeds 000/001, our defaults) on the same clip
+3. Mapping reenactment against projection reenactment (Uzolas 2021, our defaults) on the same clip
    and generator: frames per second, their ratio, and landmark NME to the targets; plus the mapping
    output refined by --refine-steps projection steps per frame (the hybrid of `--refine-steps K`).
 

@@ -1,4 +1,4 @@
-"""Projection speed and quality: the seed's published schedule against ours, side by side.
+"""Projection speed and quality: Uzolas 2021's published schedule against ours, side by side.
 
     python tests/benchmarks/bench_project.py [--configs tiny,256] [--frames 16] [--cases 3]
                                              [--ablation] [--relative] [--threads 1] [--device cpu]
@@ -10,7 +10,7 @@ targets are the driving landmarks retargeted onto the source (relative landmarks
 same for every row. Rows:
 
   published  ProjectionConfig.published(): frame 0 300 steps from w_avg, later frames 50 steps each
-             at lr 0.1 with the projector's w noise, one frame at a time (seed 000/001 as published)
+             at lr 0.1 with the projector's w noise, one frame at a time (Uzolas 2021 as published)
   ours       ProjectionConfig() defaults: frame 0 from the source's inversion, later frames at
              lr 0.01 without w noise, early stopping on the landmark term (frame 0 after 100 steps,
              later frames after 10), LPIPS on every other step of later frames
