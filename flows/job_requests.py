@@ -285,8 +285,8 @@ class ReenactRequest(_Request):
             _integer(self.settings["invert_steps"], "invert_steps")
         if self.mode != "mapping" and set(MAPPING_ONLY) & set(self.settings):
             raise InputError("--mapping and --refine-steps are settings of --mode mapping")
-        if (self.mode == "directions") != ("directions" in self.settings):
-            raise InputError("--mode directions needs --directions PATH (and --directions needs that mode)")
+        if self.mode != "directions" and "directions" in self.settings:  # the mode's own check asks for it
+            raise InputError("--directions is a setting of --mode directions")
 
     @classmethod
     def from_options(cls, source: str, driving: str, output: str, mode: str = "projection",
