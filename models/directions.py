@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from models.face_shape import MEAN_SHAPE_68
+from models.training_files import check_envelope
 
 __all__ = [
     "ANGLE_NAMES",
@@ -397,17 +398,7 @@ def read_directions_checkpoint(path: str | os.PathLike[str]
     if path.stat().st_size == 0:
         raise CheckpointError("empty file (0 bytes)", path=path)
     ckpt = load_torch_weights_only(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"not a directions file (format {found!r}, expected {CHECKPOINT_FORMAT!r})",
-                              path=path)
-    if ckpt.get("format_version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"directions file version {ckpt.get('format_version')!r} is not supported "
-                              f"(this build reads {CHECKPOINT_VERSION})", path=path)
-    for key, kind in _REQUIRED.items():
-        if not isinstance(ckpt.get(key), kind):
-            raise CheckpointError(f"directions file lacks {key!r} (or it is not a {kind.__name__})",
-                                  path=path)
+    check_envelope(ckpt, path, "directions file", CHECKPOINT_FORMAT, CHECKPOINT_VERSION, _REQUIRED)
     try:
         pose = PoseVector.from_state(ckpt["pose"])
         A = DirectionMatrix(**ckpt["model_config"])

@@ -44,6 +44,7 @@ from models.directions import (
     read_directions_checkpoint,
     reenactment_loss,
 )
+from models.training_files import restore_history, restore_optimizer, to_cpu
 from storage.errors import CheckpointError, InputError
 
 __all__ = ["HISTORY_FIELDS", "DirectionsConfig", "DirectionsTrainer", "attribute_response",
@@ -171,13 +172,9 @@ class DirectionsTrainer:
                                   path=path)
         trainer = cls(G, backend, pose, saved, inverted, inverted_provenance, identity, perceptual)
         trainer.A.load_state_dict(A.state_dict())
-        try:
-            trainer.optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as err:
-            raise CheckpointError(f"optimizer state does not fit ({err})", path=path) from None
+        restore_optimizer(trainer.optimizer, ckpt["optimizer"], path)
         trainer.step_count = int(ckpt["step"])
-        trainer.history = {n: [float(v) for v in ckpt["history"].get(n, torch.zeros(0)).tolist()]
-                           for n in HISTORY_FIELDS}
+        trainer.history = restore_history(ckpt["history"], HISTORY_FIELDS)
         trainer.rng.set_state(ckpt["rng"]["sampler"])
         return trainer
 
@@ -313,7 +310,7 @@ class DirectionsTrainer:
             "model_config": self.A.config,
             "model": {k: v.detach().cpu() for k, v in self.A.state_dict().items()},
             "pose": self.pose.state(),
-            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "optimizer": to_cpu(self.optimizer.state_dict()),
             "step": self.step_count,
             "rng": {"sampler": self.rng.get_state()},
             "train_config": dataclasses.asdict(self.config),
@@ -348,16 +345,6 @@ def plot_history(history: dict[str, list[float]], path: str | os.PathLike[str]) 
               if any(math.isfinite(v) and v > 0 for v in history[name])}
     return plot_curves([float(s) for s in history["step"]], curves, path, title="latent directions training",
                        xlabel="step", log_y=True)
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    return obj
 
 
 @torch.no_grad()

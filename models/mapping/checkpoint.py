@@ -19,6 +19,7 @@ import torch
 
 from models.mapping.network import LandmarkMappingNetwork
 from models.stylegan2 import Generator
+from models.training_files import check_envelope, to_cpu
 from storage.errors import CheckpointError
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "check_generator_fingerprint", "load_mapping_network",
@@ -48,7 +49,7 @@ def new_checkpoint(
         "format_version": CHECKPOINT_VERSION,
         "model_config": model.config,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": _to_cpu(optimizer_state),
+        "optimizer": to_cpu(optimizer_state),
         "step": step,
         "rng": rng,
         "train_config": train_config,
@@ -67,16 +68,6 @@ def write_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> Path
     with atomic_output(path) as tmp:
         tmp.write_bytes(buffer.getbuffer())
     return path
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    return obj
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -102,17 +93,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Landm
     if path.is_file() and path.stat().st_size == 0:
         raise CheckpointError("empty file (0 bytes)", path=path)
     ckpt = load_torch_weights_only(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"not a mapping-network checkpoint (format {found!r}, expected "
-                              f"{CHECKPOINT_FORMAT!r})", path=path)
-    if ckpt.get("format_version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"mapping checkpoint version {ckpt.get('format_version')!r} is not supported "
-                              f"(this build reads {CHECKPOINT_VERSION})", path=path)
-    for key, kind in _REQUIRED.items():
-        if not isinstance(ckpt.get(key), kind):
-            raise CheckpointError(f"mapping checkpoint lacks {key!r} (or it is not a {kind.__name__})",
-                                  path=path)
+    check_envelope(ckpt, path, "mapping-network checkpoint", CHECKPOINT_FORMAT, CHECKPOINT_VERSION, _REQUIRED)
     return ckpt, _model_from_checkpoint(ckpt, path)
 
 

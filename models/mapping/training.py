@@ -28,6 +28,7 @@ from models.mapping.checkpoint import (
 from models.mapping.data import MappingBatch, PairSampler
 from models.mapping.network import LandmarkMappingNetwork
 from models.stylegan2 import Generator
+from models.training_files import restore_history, restore_optimizer
 from storage.errors import CheckpointError
 
 __all__ = ["HISTORY_FIELDS", "MappingTrainConfig", "MappingTrainer", "plot_history"]
@@ -254,13 +255,9 @@ class MappingTrainer:
                                       "start a new checkpoint for them", path=path)
         check_generator_fingerprint(ckpt, generator, path)
         trainer = cls(model, config, sampler=None, generator=generator, provenance=recorded)
-        try:
-            trainer.optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as err:
-            raise CheckpointError(f"optimizer state does not fit the model ({err})", path=path) from None
+        restore_optimizer(trainer.optimizer, ckpt["optimizer"], path)
         trainer.step = int(ckpt["step"])
-        trainer.history = {name: [float(v) for v in ckpt["history"].get(name, torch.zeros(0)).tolist()]
-                           for name in HISTORY_FIELDS}
+        trainer.history = restore_history(ckpt["history"], HISTORY_FIELDS)
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
