@@ -60,8 +60,9 @@ from storage.provenance import code_version, provenance_key, sha256_file
 from storage.reenact import ReenactCache, read_sidecar, sidecar_path, write_sidecar
 from storage.render import LAYOUTS, preview_grid, side_by_side, to_uint8
 
-__all__ = ["FramesRun", "ReenactTable", "RenderedVideo", "map_driving", "map_frames", "mapping_metrics",
-           "project", "project_driving", "render", "render_output", "resume", "source_face"]
+__all__ = ["FramesRun", "ReenactTable", "RenderedVideo", "fill_latents", "map_driving", "map_frames",
+           "mapping_metrics", "project", "project_driving", "render", "render_output", "resume",
+           "source_face"]
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,25 @@ def map_frames(G: Generator, net, table: ReenactCache, source: SourceFace, drivi
         run = project(projector, table, points, flags, init_latents=init, status=status, progress=progress)
         return replace(run, seconds=time.perf_counter() - began)
 
+    def latents_of(frames: np.ndarray) -> np.ndarray:
+        return reenact_with_mapping(G, net, w_src, src, torch.from_numpy(inputs[frames]), len(frames),
+                                    crop_resolution=G.img_resolution).numpy()
+
+    return fill_latents(table, status, finite, flags, reference, batch_size, latents_of, progress, began)
+
+
+def fill_latents(table: ReenactCache, status: np.ndarray, finite: np.ndarray, flags: np.ndarray,
+                 reference: np.ndarray | None, batch_size: int,
+                 latents_of: Callable[[np.ndarray], np.ndarray], progress: FrameBar | None,
+                 began: float) -> FramesRun:
+    """The loop of the modes whose frames are independent and cost no generator pass here (mapping,
+    directions): the table's pending frames (`status`, read once) in batches of `batch_size`, each
+    batch's latents `latents_of(frames)` stored as soon as computed. Latents only: the render's
+    generator pass is the one pass per frame, and it measures the landmarks (render's on_images =
+    mapping_metrics), so points and NMEs are NaN until then. A frame without finite driving landmarks
+    (`finite` False) fails alone. The table gets an empty state first (G's constant noise and the
+    driving `reference`), which is what the render reads."""
+    T = table.num_frames
     todo = np.flatnonzero(status == PENDING)
     start = int(todo[0]) if todo.size else T
     if progress is not None:
@@ -245,13 +265,10 @@ def map_frames(G: Generator, net, table: ReenactCache, source: SourceFace, drivi
     for first in range(0, good.size, batch_size):
         frames = good[first:first + batch_size]
         t0 = time.perf_counter()
-        # latents only: the render's generator pass is the one pass per frame, and it measures the
-        # landmarks (render's on_images = mapping_metrics), so points and NMEs are NaN until then
-        ws = reenact_with_mapping(G, net, w_src, src, torch.from_numpy(inputs[frames]), len(frames),
-                                  crop_resolution=G.img_resolution)
+        ws = latents_of(frames)
         n = len(frames)
         nan = np.full(n, np.nan, np.float32)
-        table.write(frames, latents=ws.numpy(), loss=nan, points=np.full((n, 68, 2), np.nan, np.float32),
+        table.write(frames, latents=ws, loss=nan, points=np.full((n, 68, 2), np.nan, np.float32),
                     nme=nan, nme_target=nan, steps=np.zeros(n, np.int32),
                     seconds=np.full(n, (time.perf_counter() - t0) / n, np.float32),
                     interpolated=flags[frames])

@@ -25,8 +25,8 @@ import torch
 
 from models.directions import DirectionMatrix, PoseVector, check_directions_for, read_directions_checkpoint
 from stages.progress import FrameBar
-from stages.reenact import FramesRun, ReenactTable
-from storage.cache import PENDING, Workspace
+from stages.reenact import FramesRun, ReenactTable, fill_latents
+from storage.cache import Workspace
 from storage.errors import InputError
 from storage.latents import LatentCache
 from storage.leases import table_lease
@@ -36,7 +36,6 @@ __all__ = ["DIRECTIONS_BATCH", "DirectionsSettings", "direct_driving", "directio
            "directions_settings", "directions_to_cache", "load_directions"]
 
 DIRECTIONS_BATCH = 32  # frames per pass of p and A (latents only: cheap)
-NO_FACE = "driving landmarks are not finite (no face in this frame)"
 # Options the flow hands every mode that this one does not use: the source inversion's LPIPS, and the
 # projection schedule the random-weights preset fills in.
 _IGNORED = ("perceptual", "steps_first", "steps_next")
@@ -112,39 +111,17 @@ def directions_to_cache(A: DirectionMatrix, pose: PoseVector, table: ReenactCach
         raise ValueError("directions mode needs the source's latent (its inversion)")
     flags = np.zeros(T, np.uint8) if interpolated is None else np.asarray(interpolated, np.uint8)
     finite = np.isfinite(points).all(axis=(1, 2))
-    todo = np.flatnonzero(table.table.status() == PENDING)  # read once: what is done
-    start = int(todo[0]) if todo.size else T
-    if progress is not None:
-        progress.start(T - todo.size, T)
-    if todo.size == 0:
-        return FramesRun(start, 0, {}, time.perf_counter() - began)
     reference = points[np.flatnonzero(finite)[0]] if finite.any() else None
-    table.save_state(None, reference, table.key)  # before any frame is done: the render finds a state
-    failed: dict[int, str] = {}
-    for f in todo[~finite[todo]]:
-        table.fail(int(f), NO_FACE)
-        failed[int(f)] = NO_FACE
-    computed = len(failed)
-    good = todo[finite[todo]]
-    if good.size:
-        device = A.weight.device
-        p_ref = pose(torch.from_numpy(reference[None]).to(device))
-        w = w.to(device)
-    for first in range(0, good.size, batch_size):
-        frames = good[first:first + batch_size]
-        t0 = time.perf_counter()
+    device = A.weight.device
+    w = w.to(device)
+    p_ref = None if reference is None else pose(torch.from_numpy(reference[None]).to(device))
+
+    def latents_of(frames: np.ndarray) -> np.ndarray:
         dp = pose(torch.from_numpy(points[frames]).to(device)) - p_ref
-        ws = (w + A(dp)).cpu().numpy()
-        n = len(frames)
-        nan = np.full(n, np.nan, np.float32)
-        table.write(frames, latents=ws, loss=nan, points=np.full((n, 68, 2), np.nan, np.float32), nme=nan,
-                    nme_target=nan, steps=np.zeros(n, np.int32),
-                    seconds=np.full(n, (time.perf_counter() - t0) / n, np.float32),
-                    interpolated=flags[frames])
-        computed += n
-        if progress is not None:
-            progress.update(n)
-    return FramesRun(start, computed, failed, time.perf_counter() - began)
+        return (w + A(dp)).cpu().numpy()
+
+    status = table.table.status()  # read once: what is done
+    return fill_latents(table, status, finite, flags, reference, batch_size, latents_of, progress, began)
 
 
 def direct_driving(ws: Workspace, G, backend, source: dict[str, Any], driving: dict[str, Any], variant: str,
