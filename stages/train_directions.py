@@ -377,18 +377,25 @@ def fit_points(G, backend, config: DirectionsConfig, inverted: torch.Tensor | No
 
 
 @torch.no_grad()
-def evaluate_reenactment(trainer: DirectionsTrainer, pairs: int = 16, seed: int = 1234) -> dict[str, float]:
-    """Mean loss terms over a fixed set of `pairs` (source, Δp) pairs drawn with `seed` (the trainer's
-    sampling state is left as it was), beside the same terms with A = 0 (`baseline_*`: the source
-    unmoved)."""
+def held_out_pairs(trainer: DirectionsTrainer, pairs: int, seed: int = 1234
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """A fixed set of `pairs` (source latents, source side, Δp) drawn with `seed`; the trainer's
+    sampling state is left as it was."""
     state = trainer.rng.get_state()
     trainer.rng.manual_seed(seed)
     try:
         w_s = trainer.sample_latents(pairs)
         source = trainer.source_side(w_s)
-        dp = trainer.sample_deltas(source)
+        return w_s, source, trainer.sample_deltas(source)
     finally:
         trainer.rng.set_state(state)
+
+
+def evaluate_reenactment(trainer: DirectionsTrainer, pairs: int = 16, seed: int = 1234) -> dict[str, float]:
+    """Mean loss terms over a fixed set of `pairs` (source, Δp) pairs drawn with `seed` (the trainer's
+    sampling state is left as it was), beside the same terms with A = 0 (`baseline_*`: the source
+    unmoved)."""
+    w_s, source, dp = held_out_pairs(trainer, pairs, seed)
     terms = {k: float(v.mean()) for k, v in trainer.losses(w_s, dp, source).items()}
     saved = trainer.A.weight.detach().clone()
     trainer.A.weight.zero_()

@@ -38,7 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from models.identity import identity_similarity  # noqa: E402
 from models.landmarks import load_landmark_backend  # noqa: E402
 from models.stylegan2 import Generator  # noqa: E402
-from stages.train_directions import DirectionsConfig, DirectionsTrainer, landmarks_of  # noqa: E402
+from stages.train_directions import (  # noqa: E402
+    DirectionsConfig,
+    DirectionsTrainer,
+    held_out_pairs,
+    landmarks_of,
+)
 from tests.directions_data import WarpFaceGenerator, face_crop  # noqa: E402
 
 GENERATORS = {
@@ -55,14 +60,7 @@ def _sync(device: str) -> None:
 @torch.no_grad()
 def quality(trainer: DirectionsTrainer, pairs: int, seed: int = 1234) -> dict[str, float]:
     """Held-out quality numbers of the trainer's A (see the module docstring)."""
-    state = trainer.rng.get_state()
-    trainer.rng.manual_seed(seed)
-    try:
-        w_s = trainer.sample_latents(pairs)
-        source = trainer.source_side(w_s)
-        dp = trainer.sample_deltas(source)
-    finally:
-        trainer.rng.set_state(state)
+    w_s, source, dp = held_out_pairs(trainer, pairs, seed)
     pose, G = trainer.pose, trainer.G
     terms = trainer.losses(w_s, dp, source)
     images = G.synthesis(w_s + trainer.A(dp), noise_mode="const")
