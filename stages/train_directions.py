@@ -376,7 +376,6 @@ def fit_points(G, backend, config: DirectionsConfig, inverted: torch.Tensor | No
 # Measurements (tests, benchmark)
 
 
-@torch.no_grad()
 def held_out_pairs(trainer: DirectionsTrainer, pairs: int, seed: int = 1234
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """A fixed set of `pairs` (source latents, source side, Δp) drawn with `seed`; the trainer's
@@ -391,6 +390,7 @@ def held_out_pairs(trainer: DirectionsTrainer, pairs: int, seed: int = 1234
         trainer.rng.set_state(state)
 
 
+@torch.no_grad()
 def evaluate_reenactment(trainer: DirectionsTrainer, pairs: int = 16, seed: int = 1234) -> dict[str, float]:
     """Mean loss terms over a fixed set of `pairs` (source, Δp) pairs drawn with `seed` (the trainer's
     sampling state is left as it was), beside the same terms with A = 0 (`baseline_*`: the source
