@@ -36,7 +36,7 @@ from storage.video import probe
 from tests import reenact_data
 from tests.helpers import REPO_ROOT, assert_user_error, kill_cli_when
 from tests.reenact_data import reenact_dirs, table_chunks
-from tests.support.modes import MODE_ARGS
+from tests.support.modes import MODE_ARGS, TOO_FAST_TO_KILL_MID_TABLE
 
 MODES = list(REENACTORS)
 FRAMES = 8
@@ -138,6 +138,8 @@ def done_frames(cache: Path) -> int:
 
 
 def test_killed_run_resumes_to_the_uninterrupted_latents(mode, tmp_path, cli, prefect_api_env):
+    if mode.name in TOO_FAST_TO_KILL_MID_TABLE:
+        pytest.skip(f"{mode.name}: a short clip's table is filled within one poll (tests/support/modes.py)")
     reference_latents = mode.table(mode.cache).read("latents")
     reference_status = json.loads(cli("status", mode.cache, "--json", check=True).stdout)
     reference_jobs = {j["job"] for j in reference_status["jobs"]}

@@ -42,3 +42,9 @@ MODE_ARGS: dict[str, Callable[[Path, Path], list[str]]] = {
     "mapping": _mapping,
     "directions": _directions,
 }
+
+# Modes whose latents cost no generator pass (a batch of frames is one small matrix product): a whole
+# short clip is done within one poll of the kill test, so a kill cannot land between two frames of the
+# table. Their kill and resume are tested in their own module (directions:
+# tests/test_reenact_directions.py, a kill at a random point of the whole run).
+TOO_FAST_TO_KILL_MID_TABLE = {"directions"}
