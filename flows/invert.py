@@ -32,6 +32,7 @@ from flows.prepare import prepare_video
 from flows.runners import gpu_annotation
 from models.detection import DEFAULT_DETECTOR
 from models.inversion import InversionConfig
+from stages.encoder_init import encoder_config
 from storage.cache import Workspace
 from storage.errors import FacereenactError, InputError, JobFailedError
 from storage.leases import JobLease
@@ -55,7 +56,7 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, ba
                    loss_weights: dict[str, float] | None = None, seed: int = 303,
                    max_loss: float | None = None, device: str = "auto", landmarks: str = "faceapi",
                    face_index: int = 0, gpu_resources: bool = False, progress: bool = False,
-                   detector: str = DEFAULT_DETECTOR
+                   detector: str = DEFAULT_DETECTOR, encoder: str | None = None
                    ) -> dict[str, Any]:
     """Invert every frame of the videos of `dataset` (folder, glob, CSV or JSONL manifest) into W+.
 
@@ -63,6 +64,8 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, ba
     `perceptual`, `loss_weights` ({"lambda_mse": ..., ...}) and `seed` (the base of every frame's
     seed) are InversionConfig settings; `max_loss` fails frames whose final total loss is above it
     (a quality gate, not part of the provenance: loosen it and `retry_failed` to redo those frames).
+    `encoder`: an encoder checkpoint (facereenact train-encoder): each frame starts from its
+    prediction and `steps` refine it (stages/encoder_init.py; its sha256 is in the cache key).
     Returns the job's summary; raises JobFailedError (with `.summary`) when frames or videos failed.
     """
     logger = get_run_logger()
@@ -76,6 +79,7 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, ba
     except (TypeError, ValueError) as err:
         raise InputError(f"bad inversion settings: {err}") from None
     G = resources.generator(weights, device)  # missing or broken weights: fail before any work
+    config = encoder_config(config, encoder, G)  # a bad or foreign encoder file: fail now too
     weights_path = str(G.source_path or weights)
     settings = settings_of(config)
     ws = Workspace(cache)
@@ -86,7 +90,7 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, ba
                        "perceptual": perceptual, "loss_weights": loss_weights or {}, "seed": seed,
                        "max_loss": max_loss, "retry_failed": retry_failed, "device": device,
                        "landmarks": landmarks, "face_index": face_index, "detector": detector,
-                       "videos": len(videos)}}
+                       "videos": len(videos), "encoder": encoder}}
     tables: list[str] = []
 
     def note(state: str, **extra: Any) -> None:

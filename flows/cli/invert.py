@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from flows.cli.common import add_cache_option, quiet_prefect, require_at_least
+from flows.cli.encoder_options import add_encoder_options, encoder_steps
 from flows.cli.faces import add_detector_option
 from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option
 
@@ -25,7 +26,8 @@ LOSS_WEIGHTS = ("lambda_mse", "lambda_lpips", "lambda_id", "lambda_dreg")
 EXAMPLES = """examples:
   facereenact invert clips/ --cache cache/                 # every video under clips/
   facereenact invert 'clips/*.mp4' --cache cache/ --steps 300 --runner dask:2
-  facereenact invert manifest.csv --cache cache/ --retry-failed --max-loss 0.8"""
+  facereenact invert manifest.csv --cache cache/ --retry-failed --max-loss 0.8
+  facereenact invert clips/ --cache cache/ --init encoder --encoder encoder.pt --steps 50"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +37,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS, metavar="NAME|PATH",
                         help=f"generator checkpoint or registered name (default {DEFAULT_WEIGHTS}); its "
                              "resolution is the crops' resolution")
-    parser.add_argument("--steps", type=int, default=1000, help="optimisation steps per frame (default 1000)")
+    parser.add_argument("--steps", type=int, metavar="K",
+                        help="optimisation steps per frame (default 1000; with --init encoder: refinement "
+                             "steps after the prediction, default 100, 0 = the prediction as it is)")
+    add_encoder_options(parser)
     parser.add_argument("--batch-size", type=int, default=4, metavar="B",
                         help="frames per batch, fixed by frame index: [k*B, (k+1)*B) (default 4)")
     parser.add_argument("--batches-per-task", type=int, default=4, metavar="K",
@@ -76,7 +81,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from storage.errors import InputError, JobFailedError, WeightsMissingError
 
-    require_at_least(args, steps=1, batch_size=1, batches_per_task=1)
+    args.steps = encoder_steps(args)  # --init/--encoder checked, the default steps of the start
+    require_at_least(args, steps=0 if args.encoder else 1, batch_size=1, batches_per_task=1)
     if args.face_index < 0:
         raise InputError(f"--face-index must be 0 or more, got {args.face_index}")
     if args.max_loss is not None and not args.max_loss >= 0:
@@ -89,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     require_weights(args.weights, PERCEPTUAL[args.perceptual], args.landmarks)  # all missing, one line
 
     from models.inversion import InversionConfig, inversion_losses
+    from stages.encoder_init import encoder_config
     from tasks import resources
     try:
         config = InversionConfig(steps=args.steps, perceptual=PERCEPTUAL[args.perceptual], seed=args.seed,
@@ -100,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--resolution {args.resolution} does not match the generator's "
                          f"{G.img_resolution} px (the generator's resolution is the crops')",
                          path=args.weights)
+    config = encoder_config(config, args.encoder, G)  # a bad or foreign encoder: one line, before Prefect
     try:
         inversion_losses(config, G.w_avg.device)
     except WeightsMissingError as err:
@@ -118,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
                        retry_failed=args.retry_failed, perceptual=config.perceptual,
                        loss_weights=loss_weights, seed=args.seed, max_loss=args.max_loss, device=args.device,
                        landmarks=args.landmarks, face_index=args.face_index, detector=args.detector,
-                       gpu_resources=args.gpu_resources, progress=not args.quiet)
+                       gpu_resources=args.gpu_resources, progress=not args.quiet, encoder=args.encoder)
     except JobFailedError as err:
         summary = getattr(err, "summary", None)
         if summary is not None:
