@@ -162,12 +162,13 @@ def test_encoder_start_beats_w_avg_after_the_same_steps(G, trained):
     out, _ = trained
     data = EncoderData(G, {"mixing": 0.5, "cache_fraction": 0.0})
     targets, _ = data.generated(4, torch.Generator().manual_seed(777))  # held out: not a training seed
-    base = InversionConfig(steps=10, perceptual="uncalibrated-alex", lambda_id=0.0)
+    base = InversionConfig(steps=40, perceptual="uncalibrated-alex", lambda_id=0.0)
     results = {}
     for name, config in (("w_avg", base), ("encoder", encoder_config(base, out, G))):
         init = encoder_start(G, targets, config)
         result = invert(G, targets, config, init=init, seeds=[0, 1, 2, 3])
         results[name] = float(reconstruction_loss(result.losses, config).mean())
-    # Measured: encoder 0.10, w_avg 0.15 after 10 steps.
-    print(results)
-    assert results["encoder"] < results["w_avg"], results
+    # Measured (mean of the 4 frames' MSE + LPIPS terms): after 0 steps encoder 0.35, w_avg 0.55;
+    # after 40 steps 0.043 and 0.058, every frame lower (at 5-20 steps one of the four is not: this
+    # 120-step encoder is weak). The test asks for 10 % lower.
+    assert results["encoder"] * 1.1 < results["w_avg"], results
