@@ -29,6 +29,7 @@ from flows.prepare import prepare_image, prepare_video
 from models.detection import DEFAULT_DETECTOR, DETECTORS
 from models.inversion import InversionConfig
 from models.reenact import VARIANTS, load_mapping, mapping_settings, projection_config
+from stages.encoder_init import EncoderInversionConfig, encoder_config
 from storage.cache import Workspace
 from storage.errors import InputError, JobFailedError
 from storage.latents import LatentCache
@@ -40,7 +41,7 @@ from tasks.reenact import map_driving, project_driving, render_output, report_ru
 __all__ = ["REENACTORS", "check_not_inputs", "output_files", "reenact"]
 
 # Options of `reenact(**options)` that are not the mode's: the source inversion's and the preview's.
-SOURCE_INVERSION_OPTIONS = {"invert_steps": "steps"}
+SOURCE_INVERSION_OPTIONS = {"invert_steps": "steps", "invert_encoder": "encoder"}
 DEFAULT_INVERT_STEPS = 1000
 
 
@@ -103,12 +104,14 @@ def check_not_inputs(source: str | Path, driving: str | Path, output: str | Path
 
 
 def invert_source(prepared: dict[str, Any], cache: str, weights: str, steps: int, perceptual: str,
-                  device: str) -> dict[str, Any]:
-    """The source's W+ inversion through the dataset inversion's tasks (one frame, cached)."""
+                  device: str, encoder: str | None = None) -> dict[str, Any]:
+    """The source's W+ inversion through the dataset inversion's tasks (one frame, cached); from the
+    prediction of `encoder` (an encoder checkpoint) when given."""
     try:
         config = InversionConfig(steps=steps, perceptual=perceptual)
     except ValueError as err:
         raise InputError(f"bad source inversion settings: {err}") from None
+    config = encoder_config(config, encoder, resources.generator(weights, device))
     settings = settings_of(config)
     plan = open_latents(prepared, cache, weights, settings, batch_size=1, device=device)
     if plan["todo"]:
@@ -140,7 +143,8 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str, mo
                several: 0 = the largest (default), 1 = the next, ...
     options:   the mode's settings (projection: ProjectionConfig fields, e.g. steps_first=300,
                steps_next=50, perceptual="lpips-vgg"), `invert_steps` (the source inversion's steps,
-               default 1000; it uses the same `perceptual`), `preview` (PNG path; default
+               default 1000; it uses the same `perceptual`), `invert_encoder` (an encoder checkpoint:
+               the source inversion refines its prediction, default 100 steps), `preview` (PNG path; default
                OUTPUT.preview.png)
     Returns the run's summary: output, frames, fps, seconds, metric means, tables used.
     """
@@ -158,7 +162,9 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str, mo
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise InputError(f"the {name} must be an integer >= 0, got {index!r}")
     options = dict(options)
-    invert_steps = int(options.pop("invert_steps", DEFAULT_INVERT_STEPS))
+    invert_encoder = options.pop("invert_encoder", None)
+    invert_steps = int(options.pop("invert_steps", EncoderInversionConfig.steps if invert_encoder
+                                   else DEFAULT_INVERT_STEPS))
     preview = options.pop("preview", None) or str(Path(output).with_suffix(".preview.png"))
     check_not_inputs(source, driving, output, weights, preview, options.get("mapping"))  # never overwrite one
     perceptual = options.get("perceptual", "lpips-vgg")
@@ -173,7 +179,8 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str, mo
             "detector": detector}
     driving_prepared = prepare_video(driving, cache, face_index=face_index, **prep)
     source_prepared = prepare_image(source, cache, face_index=source_face_index, **prep)
-    source_face = invert_source(source_prepared, cache, weights_path, invert_steps, perceptual, device)
+    source_face = invert_source(source_prepared, cache, weights_path, invert_steps, perceptual, device,
+                                invert_encoder)
     driving_info = {"key": driving_prepared["key"], "path": driving_prepared["path"],
                     "fps": driving_prepared["fps"], "crops": driving_prepared["crops"]["table"]}
     projected = REENACTORS[mode].run(cache, weights_path, source_face, driving_info, variant, options, device,

@@ -121,3 +121,20 @@ def test_a_bad_or_foreign_encoder_is_refused_before_any_work(data, tmp_path, cli
     proc = cli(*args, "--encoder", foreign)
     assert_user_error(proc, "--encoder is used with --init encoder only", code=2)
     assert not cache.exists()
+
+
+def test_run_inverts_the_source_from_the_encoder(data, encoder, tmp_path, cli):
+    from tests import reenact_data
+
+    clip = reenact_data.driving_clip(tmp_path / "drive.mp4", frames=3)
+    cache, out = tmp_path / "cache", tmp_path / "out.mp4"
+    args = ["run", "--source", reenact_data.source(), "--driving", clip, "--weights", data.weights,
+            "-o", out, "--cache", cache, *reenact_data.CLI_OPTIONS]
+    proc = cli(*args, "--init", "encoder", "--encoder", tmp_path / "absent.pt")
+    assert_user_error(proc, "no such encoder file", code=3)
+    assert not out.exists()
+    proc = cli(*args, "--init", "encoder", "--encoder", encoder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (source_latents,) = [t for t in LatentCache.all(Workspace(cache)) if t.num_frames == 1]
+    assert source_latents.provenance["init"]["encoder_sha256"] == sha256_file(encoder)
+    assert source_latents.provenance["settings"]["steps"] == 3 and source_latents.is_complete()

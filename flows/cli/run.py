@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from flows.cli.common import add_cache_option, quiet_prefect
+from flows.cli.encoder_options import add_encoder_options, encoder_steps
 from flows.cli.faces import add_detector_option, face_index
 from flows.cli.invert import PERCEPTUAL
 from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option
@@ -77,7 +78,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps-next", type=int, metavar="N",
                         help="at most N steps on each later frame (default 50)")
     parser.add_argument("--invert-steps", type=int, metavar="N",
-                        help="steps of the source's W+ inversion (default 1000)")
+                        help="steps of the source's W+ inversion (default 1000; 100 with --init encoder)")
+    add_encoder_options(parser)
     parser.add_argument("--perceptual", choices=sorted(PERCEPTUAL), default="lpips",
                         help="LPIPS backbone: lpips (VGG-16, default), lpips-alex; 'uncalibrated' runs "
                              "without the backbone weights (random backbone; recorded in provenance)")
@@ -103,6 +105,9 @@ def run_options(args: argparse.Namespace) -> dict:
         options["mapping"] = args.mapping
     if args.refine_steps is not None:
         options["refine_steps"] = args.refine_steps
+    encoder_steps(args, steps_attr="invert_steps")  # --init encoder and --encoder go together
+    if args.encoder:
+        options["invert_encoder"] = args.encoder
     return options
 
 
@@ -312,7 +317,7 @@ def check_inputs(source: str, driving: str, output: str, mode: str, variant: str
     from storage.atomic import check_writable
 
     check_writable(output)  # a read-only or impossible output folder: fail now, not after the work
-    from flows.reenact import REENACTORS, check_not_inputs
+    from flows.reenact import REENACTORS, SOURCE_INVERSION_OPTIONS, check_not_inputs
 
     check_not_inputs(source, driving, output, weights, mapping=options.get("mapping"))
 
@@ -327,12 +332,17 @@ def check_inputs(source: str, driving: str, output: str, mode: str, variant: str
         raise InputError("the driving input must be a video", path=driving)
     for warning in medium.warnings:
         print(f"facereenact: warning: {medium.path}: {warning}", file=sys.stderr)
-    REENACTORS[mode].check(variant, {k: v for k, v in options.items() if k != "invert_steps"})
+    REENACTORS[mode].check(variant, {k: v for k, v in options.items() if k not in SOURCE_INVERSION_OPTIONS})
     from tasks import resources
 
     G = resources.generator(weights, device)  # missing / unsafe weights, no GPU: fail now
     if REENACTORS[mode].check_model is not None:  # a mapping network made for another generator: now
-        REENACTORS[mode].check_model(G, {k: v for k, v in options.items() if k != "invert_steps"})
+        REENACTORS[mode].check_model(G, {k: v for k, v in options.items()
+                                         if k not in SOURCE_INVERSION_OPTIONS})
+    from models.inversion import InversionConfig
+    from stages.encoder_init import encoder_config
+
+    encoder_config(InversionConfig(), options.get("invert_encoder"), G)  # a bad or foreign encoder: now
     _, backbone, calibrated = PERCEPTUAL_CHOICES[options["perceptual"]]
     if calibrated:
         try:
