@@ -64,6 +64,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
                                     # e4e: 2000 at FFHQ scale)
     "mixing": 0.5,                  # probability of a style-mixed (W+) sample
     "cache_fraction": 0.5,          # share of each batch from cached real frames (when a cache is given)
+    "grad_clip": 1.0,               # clip the gradient's global L2 norm to this (0: off); without it
+                                    # training diverged at lr 2e-3 once offsets switched on
     "seed": 0,                      # sampling seed
     "eval_samples": 32,             # held-out generator samples scored at each checkpoint
     "model": {},                    # InversionEncoder options (channels, max_channels, fpn_channels, ...)
@@ -89,7 +91,8 @@ def settings_with_defaults(settings: Mapping[str, Any] | None) -> dict[str, Any]
                          f"{s['perceptual']!r}")
     if int(s["batch_size"]) < 1 or int(s["eval_samples"]) < 1 or int(s["progressive_every"]) < 0:
         raise InputError("batch_size and eval_samples must be >= 1, progressive_every >= 0")
-    for name in ("learning_rate", "lambda_latent", "lambda_pixel", "lambda_lpips", "lambda_dreg"):
+    for name in ("learning_rate", "lambda_latent", "lambda_pixel", "lambda_lpips", "lambda_dreg",
+                 "grad_clip"):
         if not (math.isfinite(float(s[name])) and float(s[name]) >= 0):
             raise InputError(f"{name} must be a finite number >= 0, got {s[name]}")
     for name in ("mixing", "cache_fraction"):
@@ -284,8 +287,8 @@ def check_encoder_checkpoint(out: str | Path, provenance: Mapping[str, Any], ste
     recorded = {k: v for k, v in ckpt["provenance"].items() if k != "code_version"}
     diffs = _differences(provenance, recorded)
     if diffs:
-        raise CheckpointError(f"holds an encoder training run with another {', '.join(diffs)}; pass another "
-                              "--out, or delete the file to start over", path=out)
+        raise CheckpointError(f"holds an encoder training run that differs in {', '.join(diffs)}; pass "
+                              "another --out, or delete the file to start over", path=out)
     if int(ckpt["step"]) > steps:
         raise CheckpointError(f"holds {int(ckpt['step'])} steps, more than --steps {steps}; pass --steps "
                               f">= {int(ckpt['step'])} to continue it, or another --out", path=out)
@@ -373,6 +376,8 @@ def train_encoder_to(G: Generator, out: str | Path, steps: int, settings: Mappin
             terms = loss(E, images, latents)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].mean().backward()
+            if float(s["grad_clip"]) > 0:
+                torch.nn.utils.clip_grad_norm_(E.parameters(), float(s["grad_clip"]))
             optimizer.step()
             step += 1
             history["step"].append(float(step))

@@ -97,7 +97,7 @@ def test_resume_continues_bitwise(G, tmp_path):
     assert whole["eval_after"] == resumed["eval_after"]
     # Other settings or too few steps: refused, never continued or overwritten.
     before = (tmp_path / "split.pt").read_bytes()
-    with pytest.raises(CheckpointError, match="another settings"):
+    with pytest.raises(CheckpointError, match="differs in settings"):
         train_encoder_to(G, tmp_path / "split.pt", 8, {**settings, "learning_rate": 1e-4}, device="cpu")
     with pytest.raises(CheckpointError, match="more than --steps 4"):
         train_encoder_to(G, tmp_path / "split.pt", 4, settings, device="cpu")

@@ -52,13 +52,13 @@ def test_train_encoder_command_trains_resumes_and_refuses(data, tmp_path, cli):
     before = out.read_bytes()
     # Other settings, or another generator, for the same --out: one line, before any work.
     proc = cli(*args, "--steps", "6", "--learning-rate", "0.01")
-    assert_user_error(proc, str(out), "another settings", code=3)
+    assert_user_error(proc, str(out), "differs in settings", code=3)
     from models.checkpoints import save_native
     from tests.tiny import tiny_generator
 
     other = save_native(tiny_generator(seed=7), tmp_path / "other-G.safetensors")
     proc = cli("train-encoder", "--weights", other, *args[3:], "--steps", "6")
-    assert_user_error(proc, str(out), "another generator", code=3)
+    assert_user_error(proc, str(out), "differs in generator", code=3)
     assert out.read_bytes() == before
     # With a cache: the frames `invert` made with this generator join the samples.
     proc = cli(*args[:4], tmp_path / "cached.pt", *args[5:], "--steps", "1", "--cache", data.reference,
