@@ -298,7 +298,8 @@ def check_encoder_checkpoint(out: str | Path, provenance: Mapping[str, Any], ste
 def _plot(history: Mapping[str, list[float]], path: Path) -> Path:
     from storage.plots import plot_curves
 
-    curves = {f"train {k}": history[k] for k in ("total", "latent", "pixel", "lpips") if history.get(k)}
+    curves = {f"train {k}": history[k] for k in ("total", "latent", "pixel", "lpips")
+              if any(math.isfinite(v) for v in history.get(k, []))}
     steps = [float(s) for s in history["step"]]
     if not steps:  # nothing trained yet: an empty plot would say nothing
         return path
