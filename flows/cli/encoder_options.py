@@ -7,33 +7,32 @@ import argparse
 INIT_CHOICES = ("w_avg", "encoder")
 
 
-def add_encoder_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
-    """--{prefix}init and --{prefix}encoder (prefix "source-" for run's source inversion)."""
-    parser.add_argument(f"--{prefix}init", choices=INIT_CHOICES, default="w_avg",
+def add_encoder_options(parser: argparse.ArgumentParser) -> None:
+    """--init and --encoder."""
+    parser.add_argument("--init", choices=INIT_CHOICES, default="w_avg",
                         help="start of each inversion: the generator's mean w (default), or the prediction "
-                             "of a trained encoder (facereenact train-encoder; needs --"
-                             f"{prefix}encoder), refined by the steps")
-    parser.add_argument(f"--{prefix}encoder", metavar="PATH",
+                             "of a trained encoder (facereenact train-encoder; needs --encoder), refined by "
+                             "the steps")
+    parser.add_argument("--encoder", metavar="PATH",
                         help="encoder checkpoint for --init encoder (its sha256 is part of the cache key)")
 
 
-def encoder_steps(args: argparse.Namespace, prefix: str = "", steps_attr: str = "steps") -> int:
-    """The steps to run (the start's default when not given); a one-line InputError when --init and
-    --encoder do not go together. Sets args.encoder to None unless --init encoder."""
+def check_encoder_options(args: argparse.Namespace) -> None:
+    """A one-line InputError when --init and --encoder do not go together; args.encoder becomes None
+    unless --init encoder. Imports nothing heavy (errors come before torch loads)."""
     from storage.errors import InputError
 
-    attr = prefix.replace("-", "_")
-    init, encoder = getattr(args, f"{attr}init"), getattr(args, f"{attr}encoder")
-    if init == "encoder" and not encoder:
-        raise InputError(f"--{prefix}init encoder needs --{prefix}encoder PATH (facereenact train-encoder "
-                         "--out PATH makes one)")
-    if init != "encoder" and encoder:
-        raise InputError(f"--{prefix}encoder is used with --{prefix}init encoder only")
-    setattr(args, f"{attr}encoder", encoder if init == "encoder" else None)
-    steps = getattr(args, steps_attr)
-    if steps is not None:
-        return steps
+    if args.init == "encoder" and not args.encoder:
+        raise InputError("--init encoder needs --encoder PATH (facereenact train-encoder --out PATH makes "
+                         "one)")
+    if args.init != "encoder" and args.encoder:
+        raise InputError("--encoder is used with --init encoder only")
+    args.encoder = args.encoder if args.init == "encoder" else None
+
+
+def default_steps(args: argparse.Namespace) -> int:
+    """The steps of the chosen start when none were given (loads torch)."""
     from models.inversion import InversionConfig
     from stages.encoder_init import EncoderInversionConfig
 
-    return (EncoderInversionConfig if init == "encoder" else InversionConfig).steps
+    return (EncoderInversionConfig if args.encoder else InversionConfig).steps

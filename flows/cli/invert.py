@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from flows.cli.common import add_cache_option, quiet_prefect, require_at_least
-from flows.cli.encoder_options import add_encoder_options, encoder_steps
+from flows.cli.encoder_options import add_encoder_options, check_encoder_options, default_steps
 from flows.cli.faces import add_detector_option
 from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option
 
@@ -81,8 +81,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from storage.errors import InputError, JobFailedError, WeightsMissingError
 
-    args.steps = encoder_steps(args)  # --init/--encoder checked, the default steps of the start
-    require_at_least(args, steps=0 if args.encoder else 1, batch_size=1, batches_per_task=1)
+    check_encoder_options(args)
+    require_at_least(args, batch_size=1, batches_per_task=1,
+                     **({} if args.steps is None else {"steps": 0 if args.encoder else 1}))
     if args.face_index < 0:
         raise InputError(f"--face-index must be 0 or more, got {args.face_index}")
     if args.max_loss is not None and not args.max_loss >= 0:
@@ -94,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     collect_videos(args.dataset)  # no videos, a bad manifest: fail now, before torch loads
     require_weights(args.weights, PERCEPTUAL[args.perceptual], args.landmarks)  # all missing, one line
 
+    args.steps = default_steps(args) if args.steps is None else args.steps
     from models.inversion import InversionConfig, inversion_losses
     from stages.encoder_init import encoder_config
     from tasks import resources

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from flows.cli.common import add_cache_option, quiet_prefect
-from flows.cli.encoder_options import add_encoder_options, encoder_steps
+from flows.cli.encoder_options import add_encoder_options, check_encoder_options
 from flows.cli.faces import add_detector_option, face_index
 from flows.cli.invert import PERCEPTUAL
 from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option
@@ -105,7 +105,7 @@ def run_options(args: argparse.Namespace) -> dict:
         options["mapping"] = args.mapping
     if args.refine_steps is not None:
         options["refine_steps"] = args.refine_steps
-    encoder_steps(args, steps_attr="invert_steps")  # --init encoder and --encoder go together
+    check_encoder_options(args)  # --init encoder and --encoder go together
     if args.encoder:
         options["invert_encoder"] = args.encoder
     return options
