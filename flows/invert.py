@@ -90,7 +90,7 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = 1000, ba
                        "perceptual": perceptual, "loss_weights": loss_weights or {}, "seed": seed,
                        "max_loss": max_loss, "retry_failed": retry_failed, "device": device,
                        "landmarks": landmarks, "face_index": face_index, "detector": detector,
-                       "videos": len(videos), "encoder": encoder}}
+                       "videos": len(videos), "encoder": getattr(config, "encoder_path", None)}}
     tables: list[str] = []
 
     def note(state: str, **extra: Any) -> None:

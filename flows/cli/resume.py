@@ -88,7 +88,7 @@ def _resume_invert(args: argparse.Namespace, job: str, record: dict) -> int:
                    "loss_weights": a.get("loss_weights") or {}, "seed": a["seed"],
                    "max_loss": a.get("max_loss"),
                    "device": a.get("device", "auto"), "landmarks": a.get("landmarks", "faceapi"),
-                   "face_index": a.get("face_index", 0),
+                   "face_index": a.get("face_index", 0), "encoder": a.get("encoder"),
                    "detector": a.get("detector", "haar")}  # jobs recorded before --detector used haar
         dataset, weights = record["dataset"], a["weights"]
     except KeyError as err:
