@@ -79,6 +79,13 @@ def test_invert_init_encoder_caches_under_the_encoders_provenance(data, encoder,
         assert table.provenance["init"] == {"kind": "encoder", "encoder_sha256": sha}
         assert table.provenance["settings"]["steps"] == 2
         assert table.provenance["settings"]["initial_noise_factor"] == 0.0
+    # `resume JOB` runs the same job (the encoder is in its record): nothing new, no w_avg tables.
+    import json
+
+    (job,) = json.loads(cli("status", cache, "--json", check=True).stdout)["jobs"]
+    resumed = cli("resume", job["job"], "--cache", cache)
+    assert resumed.returncode == 0 and "inputs changed" not in resumed.stdout, resumed.stderr[-2000:]
+    assert len(list(LatentCache.all(ws))) == len(FRAMES)
     # The stored latents are the encoder's prediction refined by 2 steps (not a w_avg start): with 0
     # steps they are the prediction itself.
     zero = data.fresh_cache(tmp_path / "zero")
