@@ -21,8 +21,8 @@ SMALL_MODEL = {"channels": 8, "max_channels": 16, "fpn_channels": 8}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, prefect_harness) -> invert_data.Dataset:
-    return invert_data.dataset(tmp_path_factory)
+def data(invert_dataset) -> invert_data.Dataset:
+    return invert_dataset
 
 
 def _train(weights: Path, out: Path, steps: int = 2) -> Path:
