@@ -40,8 +40,8 @@ from typing import Any
 from storage.errors import InputError
 from storage.limits import MAX_STEPS
 
-__all__ = ["DEFAULT_WEIGHTS", "ENCODER_INVERSION", "INIT_CHOICES", "INVERSION", "MAPPING_TRAINING", "MODES",
-           "PROJECTION", "REQUEST_FORMAT",
+__all__ = ["DEFAULT_WEIGHTS", "ENCODER_INVERSION", "ENCODER_TRAINING", "INIT_CHOICES", "INVERSION",
+           "MAPPING_TRAINING", "MODES", "PROJECTION", "REQUEST_FORMAT",
            "check_mode",
            "InvertRequest", "ReenactRequest", "TrainMappingRequest", "check_numbers", "config_defaults",
            "inversion_steps", "start_encoder"]
@@ -124,6 +124,7 @@ INVERSION = ("models.inversion", "InversionConfig")
 ENCODER_INVERSION = ("stages.encoder_init", "EncoderInversionConfig")  # its own steps (the refinement's)
 PROJECTION = ("models.projection", "ProjectionConfig")
 MAPPING_TRAINING = ("tasks.train_mapping", "DEFAULT_SETTINGS")
+ENCODER_TRAINING = ("stages.train_encoder", "DEFAULT_SETTINGS")  # `facereenact train-encoder`'s defaults
 
 
 def default_of(config: tuple[str, str], name: str) -> Any:

@@ -59,6 +59,20 @@ def test_training_defaults_are_the_tasks_and_the_trainers():
         (trainer.learning_rate, trainer.batch_size, trainer.seed, trainer.lambda_image)
 
 
+def test_train_encoder_defaults_are_the_stages():
+    """`facereenact train-encoder` shows and uses stages/train_encoder.py DEFAULT_SETTINGS (read from
+    its source, so the parser loads no torch)."""
+    from flows.job_requests import ENCODER_TRAINING, PERCEPTUAL
+    from stages.train_encoder import DEFAULT_SETTINGS
+
+    assert dict(config_defaults(*ENCODER_TRAINING)) == DEFAULT_SETTINGS
+    options, _ = _options("train-encoder")
+    for name in ("batch_size", "learning_rate", "seed"):
+        assert options[name].default == DEFAULT_SETTINGS[name], name
+        assert f"(default {DEFAULT_SETTINGS[name]})" in options[name].help, name
+    assert {**PERCEPTUAL, "none": "none"}[options["perceptual"].default] == DEFAULT_SETTINGS["perceptual"]
+
+
 def _options(command: str) -> dict:
     from flows.cli import build_parser
 

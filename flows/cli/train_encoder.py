@@ -14,6 +14,7 @@ import argparse
 
 from flows.cli.common import quiet_prefect, require_at_least
 from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option
+from flows.job_requests import ENCODER_TRAINING, default_of
 
 EXAMPLES = """examples:
   facereenact train-encoder --weights ffhq-256 --out encoder.pt --steps 5000
@@ -22,6 +23,11 @@ EXAMPLES = """examples:
 
 PERCEPTUAL = {"lpips": "lpips-vgg", "lpips-alex": "lpips-alex", "uncalibrated": "uncalibrated",
               "uncalibrated-alex": "uncalibrated-alex", "none": "none"}
+
+
+def _default(name: str):  # noqa: ANN202
+    """A training setting's default: stages/train_encoder.py DEFAULT_SETTINGS (read without torch)."""
+    return default_of(ENCODER_TRAINING, name)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -35,12 +41,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=1000, help="training steps in all (default 1000)")
     parser.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
                         help="save the checkpoint and loss curve every N steps (default 100)")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="samples per step (default 8)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR", help="Adam (default 1e-3)")
-    parser.add_argument("--perceptual", choices=sorted(PERCEPTUAL), default="lpips",
+    parser.add_argument("--batch-size", type=int, default=_default("batch_size"), metavar="B",
+                        help=f"samples per step (default {_default('batch_size')})")
+    parser.add_argument("--learning-rate", type=float, default=_default("learning_rate"), metavar="LR",
+                        help=f"Adam (default {_default('learning_rate')})")
+    perceptual = next(name for name, value in PERCEPTUAL.items() if value == _default("perceptual"))
+    parser.add_argument("--perceptual", choices=sorted(PERCEPTUAL), default=perceptual,
                         help="image loss: LPIPS VGG-16 (default), AlexNet, the uncalibrated opt-in (random "
                              "backbone; recorded), or none (pixel MSE only)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--seed", type=int, default=_default("seed"),
+                        help=f"sampling seed (default {_default('seed')})")
     add_device_option(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_quiet_option(parser)
