@@ -256,6 +256,26 @@ def test_an_encoder_request_round_trips_through_a_job_record(tmp_path, monkeypat
                                                                encoder=str(tmp_path / "enc.pt"))
 
 
+def test_a_manifest_jobs_encoder_is_found_beside_the_manifest(tmp_path, monkeypatch):
+    """A batch job's `invert_encoder` is a path option: resolved against the manifest's folder (not
+    the working directory), and a missing one fails the manifest in one line."""
+    from flows.batch import load_jobs
+
+    (tmp_path / "m").mkdir()
+    clip = reenact_data.driving_clip(tmp_path / "m" / "drive.mp4", 2)
+    shutil.copy(reenact_data.source(), tmp_path / "m" / "face.jpg")
+    (tmp_path / "m" / "enc.pt").write_bytes(b"checked against the generator later")
+    job = {"source": "face.jpg", "driving": clip.name, "output": "a.mp4",
+           "options": {"invert_encoder": "enc.pt"}}
+    (tmp_path / "m" / "jobs.jsonl").write_text(json.dumps(job) + "\n")
+    monkeypatch.chdir(tmp_path)
+    (loaded,) = load_jobs(tmp_path / "m" / "jobs.jsonl")
+    assert loaded.options["invert_encoder"] == str((tmp_path / "m" / "enc.pt").resolve())
+    (tmp_path / "m" / "enc.pt").unlink()
+    with pytest.raises(InputError, match="invert_encoder"):
+        load_jobs(tmp_path / "m" / "jobs.jsonl")
+
+
 def test_a_bad_request_is_refused_alike_from_cli_manifest_and_resume(cli, tmp_path):
     """--refine-steps without --mode mapping: the same one-line reason from the command line, from a
     batch manifest's job options, and from a job record that resume rebuilds."""
