@@ -38,9 +38,10 @@ __all__ = ["JOB_KEYWORDS", "PATH_OPTIONS", "batch_id", "format_batch_summary", "
 
 # A job's options are a ReenactRequest's keywords (flows/job_requests.py JOB_KEYWORDS: variant, layout, ...)
 # and its mode's settings (projection: ProjectionConfig fields such as steps_first) or `invert_steps`.
-# Options that name a file (mode "mapping": its trained network; "directions": its directions file):
+# Options that name a file (mode "mapping": its trained network; "directions": its directions file;
+# `invert_encoder`: the encoder the source inversion starts from):
 # resolved against the manifest's folder like source and driving, never climbing out of it.
-PATH_OPTIONS = ("mapping", "directions")
+PATH_OPTIONS = ("mapping", "directions", "invert_encoder")
 # Set by the batch (or by the job's own fields) for every job, never by a job's options.
 BATCH_KEYWORDS = {"source": "the job's field", "driving": "the job's field", "output": "the job's field",
                   "mode": "the job's field", "cache": "the batch", "weights": "the batch",

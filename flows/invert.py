@@ -49,19 +49,24 @@ def job_id(videos: list[str], cache_settings: dict[str, Any]) -> str:
 
 @flow(name="invert-dataset", flow_run_name=flow_run_name("invert"))
 @one_line_failure
-def invert_dataset(dataset: str, cache: str, weights: str, steps: int = InvertRequest.steps,
+def invert_dataset(dataset: str, cache: str, weights: str, steps: int | None = InvertRequest.steps,
                    batch_size: int = InvertRequest.batch_size, batches_per_task: int = 4,
                    retry_failed: bool = False, perceptual: str = InvertRequest.perceptual,
                    loss_weights: dict[str, float] | None = None, seed: int = InvertRequest.seed,
                    max_loss: float | None = None, device: str = "auto",
                    landmarks: str = InvertRequest.landmarks, face_index: int = 0, gpu_resources: bool = False,
-                   progress: bool = False, detector: str = InvertRequest.detector) -> dict[str, Any]:
+                   progress: bool = False, detector: str = InvertRequest.detector,
+                   init: str = InvertRequest.init, encoder: str | None = InvertRequest.encoder
+                   ) -> dict[str, Any]:
     """Invert every frame of the videos of `dataset` (folder, glob, CSV or JSONL manifest) into W+.
 
     `weights`: generator checkpoint or registered name (its resolution is the crops'); `steps`,
     `perceptual`, `loss_weights` ({"lambda_mse": ..., ...}) and `seed` (the base of every frame's
     seed) are InversionConfig settings; `max_loss` fails frames whose final total loss is above it
     (a quality gate, not part of the provenance: loosen it and `retry_failed` to redo those frames).
+    `init` "encoder" with `encoder` (a checkpoint of facereenact train-encoder): each frame starts from
+    the encoder's prediction and `steps` (default EncoderInversionConfig's) refine it
+    (stages/encoder_init.py; the encoder's sha256 is in the cache key).
     What is asked is an InvertRequest (flows/job_requests.py), checked there; the job record stores it.
     Returns the job's summary; raises JobFailedError (with `.summary`) when frames or videos failed.
     """
@@ -69,23 +74,25 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = InvertRe
     began = time.monotonic()
     request = InvertRequest(dataset, steps=steps, batch_size=batch_size, perceptual=perceptual,
                             loss_weights=loss_weights or {}, seed=seed, max_loss=max_loss,
-                            landmarks=landmarks, face_index=face_index, detector=detector)
+                            landmarks=landmarks, face_index=face_index, detector=detector, init=init,
+                            encoder=encoder)
     if batches_per_task < 1:
         raise InputError(f"batches per task must be >= 1, got {batches_per_task}")
     videos = [str(p) for p in collect_videos(dataset)]
-    config = request.config()
+    request.config()  # bad settings: fail before the weights load
     G = resources.generator(weights, device)  # missing or broken weights: fail before any work
+    config = request.config(G)  # a bad or foreign encoder file: fail now too
     weights_path = str(G.source_path or weights)
     settings = settings_of(config)
     ws = Workspace(cache)
     this_job = job_id(videos, {"weights": G.weights_sha256(), "inversion": settings, "batch_size": batch_size,
                                "landmarks": landmarks, "face_index": face_index, "detector": detector})
     record = {"kind": "invert", "dataset": str(dataset), "code_version": code_version(),
-              "args": {"weights": weights_path, "steps": steps, "batch_size": batch_size,
+              "args": {"weights": weights_path, "steps": request.steps, "batch_size": batch_size,
                        "perceptual": perceptual, "loss_weights": loss_weights or {}, "seed": seed,
                        "max_loss": max_loss, "retry_failed": retry_failed, "device": device,
                        "landmarks": landmarks, "face_index": face_index, "detector": detector,
-                       "videos": len(videos)},
+                       "videos": len(videos), "encoder": request.encoder},
               "request": request.to_record()}
     tables: list[str] = []
 
@@ -96,7 +103,7 @@ def invert_dataset(dataset: str, cache: str, weights: str, steps: int = InvertRe
     note("running")
     lease = JobLease(ws, this_job)  # renewed while the job runs: status tells a killed job (stale)
     lease.acquire(settle=0)
-    logger.info(f"job {this_job}: {len(videos)} video(s), {steps} steps, batch {batch_size}, "
+    logger.info(f"job {this_job}: {len(videos)} video(s), {request.steps} steps, batch {batch_size}, "
                 f"generator {G.img_resolution} px")
     bar = _progress_bar(progress)
     plans: list[LatentsPlan] = []

@@ -40,9 +40,11 @@ from typing import Any
 from storage.errors import InputError
 from storage.limits import MAX_STEPS
 
-__all__ = ["DEFAULT_WEIGHTS", "INVERSION", "MAPPING_TRAINING", "MODES", "PROJECTION", "REQUEST_FORMAT",
+__all__ = ["DEFAULT_WEIGHTS", "ENCODER_INVERSION", "ENCODER_TRAINING", "INIT_CHOICES", "INVERSION",
+           "MAPPING_TRAINING", "MODES", "PROJECTION", "REQUEST_FORMAT",
            "check_mode",
-           "InvertRequest", "ReenactRequest", "TrainMappingRequest", "check_numbers", "config_defaults"]
+           "InvertRequest", "ReenactRequest", "TrainMappingRequest", "check_numbers", "config_defaults",
+           "inversion_steps", "start_encoder"]
 
 # Version of the JSON a job record stores under "request" (records without it are read the old way).
 REQUEST_FORMAT = 1
@@ -119,8 +121,10 @@ def registry_names(module: str, name: str) -> tuple[str, ...]:
 # The config dataclasses (and the mapping training's settings) whose defaults the requests and the
 # CLI use. models-split / stages may move a class: change the module here (the tests say so).
 INVERSION = ("models.inversion", "InversionConfig")
+ENCODER_INVERSION = ("stages.encoder_init", "EncoderInversionConfig")  # its own steps (the refinement's)
 PROJECTION = ("models.projection", "ProjectionConfig")
 MAPPING_TRAINING = ("tasks.train_mapping", "DEFAULT_SETTINGS")
+ENCODER_TRAINING = ("stages.train_encoder", "DEFAULT_SETTINGS")  # `facereenact train-encoder`'s defaults
 
 
 def default_of(config: tuple[str, str], name: str) -> Any:
@@ -128,11 +132,18 @@ def default_of(config: tuple[str, str], name: str) -> Any:
     return config_defaults(*config)[name]
 
 
+def inversion_steps(encoder: str | None) -> int:
+    """The default steps of an inversion: InversionConfig's from the mean w, EncoderInversionConfig's
+    (the refinement's) from an encoder's prediction."""
+    return int(default_of(ENCODER_INVERSION if encoder else INVERSION, "steps"))
+
+
 # ------------------------------------------------------------------------------------------------------
 # Checks shared by every request
 
 
 MODES = registry_names("flows.reenact", "REENACTORS")  # a new mode is a row there, nothing here
+INIT_CHOICES = ("w_avg", "encoder")  # where an inversion starts: the mean w, an encoder's prediction
 VARIANTS = ("identity", "free")    # models/reenact.py VARIANTS
 LAYOUTS = ("result", "side-by-side")  # storage/render.py LAYOUTS
 LANDMARKS = ("faceapi", "fan")     # models/landmarks backends
@@ -151,6 +162,27 @@ def _choice(value: Any, known: tuple[str, ...], what: str) -> None:
 def check_mode(mode: Any) -> None:
     """A reenactment mode this installation has (MODES), else an InputError."""
     _choice(mode, MODES, "mode")
+
+
+def _encoder_path(value: Any, what: str) -> str:
+    """An encoder checkpoint's path, made absolute (a resumed job finds it from any folder). Whether it
+    is a usable encoder of the generator is checked with the generator (stages/encoder_init.py)."""
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{what}: expected an encoder checkpoint path, got {value!r}")
+    return str(Path(value).expanduser().resolve())
+
+
+def start_encoder(init: Any, encoder: Any) -> str | None:
+    """The encoder checkpoint an inversion starts from (absolute), or None for the mean w: `init`
+    (INIT_CHOICES, the CLI's --init) and `encoder` (--encoder) must go together."""
+    if init not in INIT_CHOICES:
+        raise InputError(f"unknown --init {init!r} (known: {', '.join(INIT_CHOICES)})")
+    if init == "encoder" and not encoder:
+        raise InputError("--init encoder needs --encoder PATH (facereenact train-encoder --out PATH "
+                         "makes one)")
+    if init != "encoder" and encoder:
+        raise InputError("--encoder is used with --init encoder only")
+    return None if encoder is None else _encoder_path(encoder, "--encoder")
 
 
 def _integer(value: Any, name: str, least: int = 0) -> None:
@@ -223,8 +255,9 @@ class _Request:
 # Keyword arguments of the reenact flow that are the job's and not its mode's, with their types.
 JOB_KEYWORDS: dict[str, type] = {"variant": str, "layout": str, "paste_back": bool, "subframes": bool,
                                  "detector": str, "face_index": int, "source_face_index": int}
-# Settings of a reenactment that are not the mode's: the source inversion's steps.
-SOURCE_INVERSION = ("invert_steps",)
+# Settings of a reenactment that are not the mode's: the source inversion's steps and start (an encoder
+# checkpoint: the inversion refines its prediction).
+SOURCE_INVERSION = ("invert_steps", "invert_encoder")
 # Settings only mode "mapping" takes.
 MAPPING_ONLY = ("mapping", "refine_steps")
 
@@ -239,8 +272,10 @@ class ReenactRequest(_Request):
     layout, paste_back, subframes: how the video is drawn (storage/render.py)
     detector, face_index, source_face_index: which face of each input
     settings:   the mode's settings (ProjectionConfig fields such as steps_first; mode "mapping":
-                mapping, refine_steps, mapping_batch) and `invert_steps` (the source inversion's
-                steps, default InversionConfig.steps; it uses the same `perceptual`)
+                mapping, refine_steps, mapping_batch), `invert_steps` (the source inversion's
+                steps, default InversionConfig.steps; it uses the same `perceptual`) and
+                `invert_encoder` (an encoder checkpoint: the source inversion refines its prediction,
+                default steps EncoderInversionConfig.steps)
     preview:    the preview PNG (default OUTPUT.preview.png)
     """
 
@@ -283,6 +318,8 @@ class ReenactRequest(_Request):
             raise InputError(f"{taken[0]!r} is a field of the request, not a mode setting")
         if "invert_steps" in self.settings:
             _integer(self.settings["invert_steps"], "invert_steps")
+        if "invert_encoder" in self.settings:
+            self.settings["invert_encoder"] = _encoder_path(self.settings["invert_encoder"], "invert_encoder")
         if self.mode != "mapping" and set(MAPPING_ONLY) & set(self.settings):
             raise InputError("--mapping and --refine-steps are settings of --mode mapping")
         if self.mode != "directions" and "directions" in self.settings:  # the mode's own check asks for it
@@ -300,8 +337,14 @@ class ReenactRequest(_Request):
 
     @property
     def invert_steps(self) -> int:
-        """The source inversion's steps (InversionConfig.steps unless set)."""
-        return int(self.settings.get("invert_steps", default_of(INVERSION, "steps")))
+        """The source inversion's steps (unless set: InversionConfig.steps, or EncoderInversionConfig.steps
+        with an encoder)."""
+        return int(self.settings.get("invert_steps", inversion_steps(self.invert_encoder)))
+
+    @property
+    def invert_encoder(self) -> str | None:
+        """The encoder checkpoint the source inversion starts from (None: the mean w)."""
+        return self.settings.get("invert_encoder")
 
     @property
     def perceptual(self) -> str:
@@ -338,6 +381,11 @@ class ReenactRequest(_Request):
         check_model = REENACTORS[self.mode].check_model
         if check_model is not None:
             check_model(G, self.mode_settings(), landmarks)
+        if self.invert_encoder is not None:  # a missing, broken or foreign encoder: one line
+            from models.inversion import InversionConfig
+            from stages.encoder_init import encoder_config
+
+            encoder_config(InversionConfig(), self.invert_encoder, G)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -352,15 +400,17 @@ class InvertRequest(_Request):
     """Every frame of the videos of `dataset` (folder, glob, CSV or JSONL manifest) into W+.
 
     steps, perceptual, loss_weights ({"lambda_mse": ..., ...}), seed: InversionConfig settings (its
-    defaults); batch_size: frames per fixed batch; max_loss: the quality gate (a frame whose final
-    reconstruction loss is above it fails; not part of the provenance); landmarks, face_index,
-    detector: the prepare stage's.
+    defaults; `steps` None: the start's default); init: "w_avg" (the generator's mean w) or "encoder"
+    (the prediction of the encoder checkpoint `encoder`, refined by `steps`: EncoderInversionConfig,
+    stages/encoder_init.py, its own defaults; 0 steps = the prediction as it is); batch_size: frames
+    per fixed batch; max_loss: the quality gate (a frame whose final reconstruction loss is above it
+    fails; not part of the provenance); landmarks, face_index, detector: the prepare stage's.
     """
 
     KIND = "invert"
 
     dataset: str
-    steps: int = default_of(INVERSION, "steps")
+    steps: int | None = None  # None: inversion_steps(encoder), resolved (and recorded) on construction
     batch_size: int = 4
     perceptual: str = default_of(INVERSION, "perceptual")
     loss_weights: Mapping[str, float] = field(default_factory=dict)
@@ -369,11 +419,16 @@ class InvertRequest(_Request):
     landmarks: str = "faceapi"
     face_index: int = 0
     detector: str = DEFAULT_DETECTOR
+    init: str = "w_avg"
+    encoder: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
             raise InputError(f"dataset: expected a path, got {self.dataset!r}")
-        _at_least(self.steps, "steps")
+        object.__setattr__(self, "encoder", start_encoder(self.init, self.encoder))
+        if self.steps is None:
+            object.__setattr__(self, "steps", inversion_steps(self.encoder))
+        _at_least(self.steps, "steps", 0 if self.encoder else 1)
         _at_least(self.batch_size, "batch_size")
         _integer(self.seed, "seed")
         _integer(self.face_index, "face index")
@@ -399,15 +454,22 @@ class InvertRequest(_Request):
         del values["dataset"]
         return values
 
-    def config(self):  # noqa: ANN201 (models.inversion.InversionConfig; imports torch)
-        """The InversionConfig of this request (a bad value is an InputError)."""
+    def config(self, G: Any = None):  # noqa: ANN201 (models.inversion.InversionConfig; imports torch)
+        """The InversionConfig of this request (a bad value is an InputError). With an encoder and the
+        generator `G`: the EncoderInversionConfig, after checking the encoder file against G (a
+        missing, broken or foreign one is a one-line CheckpointError)."""
         from models.inversion import InversionConfig
 
         try:
-            return InversionConfig(steps=self.steps, perceptual=self.perceptual, seed=self.seed,
-                                   **self.loss_weights)
+            config = InversionConfig(steps=self.steps, perceptual=self.perceptual, seed=self.seed,
+                                     **self.loss_weights)
         except (TypeError, ValueError) as err:
             raise InputError(f"bad inversion settings: {err}") from None
+        if self.encoder is None or G is None:
+            return config
+        from stages.encoder_init import encoder_config
+
+        return encoder_config(config, self.encoder, G, steps=self.steps)
 
     @classmethod
     def from_old_record(cls, record: Mapping[str, Any]) -> InvertRequest:
@@ -418,7 +480,8 @@ class InvertRequest(_Request):
                    perceptual=a["perceptual"], loss_weights=a.get("loss_weights") or {}, seed=a["seed"],
                    max_loss=a.get("max_loss"),
                    landmarks=a.get("landmarks", "faceapi"), face_index=a.get("face_index", 0),
-                   detector=a.get("detector", "haar"))
+                   detector=a.get("detector", "haar"), init="encoder" if a.get("encoder") else "w_avg",
+                   encoder=a.get("encoder"))
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from flows.job_requests import DEFAULT_DETECTOR, ReenactRequest
 from flows.prepare import prepare_image, prepare_video
 from models.inversion import InversionConfig
 from models.reenact import load_mapping, mapping_settings, projection_config
+from stages.encoder_init import encoder_config
 from stages.reenact_directions import directions_settings, load_directions
 from storage.cache import Workspace
 from storage.errors import InputError, JobFailedError
@@ -120,12 +121,14 @@ def check_not_inputs(source: str | Path, driving: str | Path, output: str | Path
 
 
 def invert_source(prepared: dict[str, Any], cache: str, weights: str, steps: int, perceptual: str,
-                  device: str) -> dict[str, Any]:
-    """The source's W+ inversion through the dataset inversion's tasks (one frame, cached)."""
+                  device: str, encoder: str | None = None) -> dict[str, Any]:
+    """The source's W+ inversion through the dataset inversion's tasks (one frame, cached); from the
+    prediction of `encoder` (an encoder checkpoint) when given."""
     try:
         config = InversionConfig(steps=steps, perceptual=perceptual)
     except ValueError as err:
         raise InputError(f"bad source inversion settings: {err}") from None
+    config = encoder_config(config, encoder, resources.generator(weights, device), steps=steps)
     settings = settings_of(config)
     plan = open_latents(prepared, cache, weights, settings, batch_size=1, device=device)
     if plan.todo:
@@ -158,8 +161,10 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str,
                several: 0 = the largest (default), 1 = the next, ...
     options:   the mode's settings (projection: ProjectionConfig fields, e.g. steps_first,
                steps_next, perceptual), `invert_steps` (the source inversion's steps, default
-               InversionConfig's; it uses the same `perceptual`), `preview` (PNG path; default
-               OUTPUT.preview.png). All of it is a ReenactRequest (flows/job_requests.py), checked there.
+               InversionConfig's; it uses the same `perceptual`), `invert_encoder` (an encoder
+               checkpoint: the source inversion refines its prediction, default steps
+               EncoderInversionConfig's), `preview` (PNG path; default OUTPUT.preview.png). All of it
+               is a ReenactRequest (flows/job_requests.py), checked there.
     Returns the run's summary: output, frames, fps, seconds, metric means, tables used.
     """
     logger = get_run_logger()
@@ -181,7 +186,7 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str,
     driving_prepared = prepare_video(driving, cache, face_index=face_index, **prep)
     source_prepared = prepare_image(source, cache, face_index=source_face_index, **prep)
     source_face = invert_source(source_prepared, cache, weights_path, request.invert_steps,
-                                request.perceptual, device)
+                                request.perceptual, device, request.invert_encoder)
     driving_info = {"key": driving_prepared["key"], "path": driving_prepared["path"],
                     "fps": driving_prepared["fps"], "crops": driving_prepared["crops"]["table"]}
     projected = REENACTORS[mode].run(cache, weights_path, source_face, driving_info, variant, options, device,

@@ -33,6 +33,7 @@ from models.inversion import (
     reconstruction_loss,
 )
 from models.stylegan2 import Generator
+from stages.encoder_init import config_class, encoder_start
 from storage.cache import DONE, FAILED, PENDING, Workspace
 from storage.errors import CacheError, FacereenactError
 from storage.latents import LatentCache, fixed_batches, frame_seed, latents_provenance
@@ -50,7 +51,7 @@ def config_from_settings(settings: Mapping[str, Any]) -> InversionConfig:
     values = dict(settings)
     if "adam_betas" in values:
         values["adam_betas"] = tuple(values["adam_betas"])
-    return InversionConfig(**values)
+    return config_class(values)(**values)
 
 
 def settings_of(config: InversionConfig) -> dict[str, Any]:
@@ -230,7 +231,7 @@ def _invert_or_isolate(G: Generator, targets: torch.Tensor, points: torch.Tensor
 
 def _run(G: Generator, targets: torch.Tensor, points: torch.Tensor, seeds: list[int],
          config: InversionConfig) -> tuple[list[str | None], np.ndarray, np.ndarray, np.ndarray]:
-    result = invert(G, targets, config, landmarks=points, seeds=seeds,
+    result = invert(G, targets, config, init=encoder_start(G, targets, config), landmarks=points, seeds=seeds,
                     losses=inversion_losses(config, G.w_avg.device))
     return (list(result.failed), result.latents.numpy(), result.losses["total"].numpy(),
             reconstruction_loss(result.losses, config).numpy())

@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from flows.job_requests import (
+    ENCODER_INVERSION,
     INVERSION,
     MAPPING_TRAINING,
     PROJECTION,
@@ -35,13 +36,14 @@ def _config_class(config: tuple[str, str]):
     return getattr(importlib.import_module(config[0]), config[1])
 
 
-@pytest.mark.parametrize("config", [INVERSION, PROJECTION])
+@pytest.mark.parametrize("config", [INVERSION, PROJECTION, ENCODER_INVERSION])
 def test_defaults_read_from_the_source_are_the_dataclasses(config):
     cls = _config_class(config)
     read = config_defaults(*config)
     actual = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
     assert read and all(actual[name] == value for name, value in read.items()), (read, actual)
     assert {"steps", "seed", "perceptual"} <= set(read) if config == INVERSION else \
+        {"steps"} <= set(read) if config == ENCODER_INVERSION else \
         {"steps_first", "steps_next", "perceptual"} <= set(read)
 
 
@@ -55,6 +57,20 @@ def test_training_defaults_are_the_tasks_and_the_trainers():
     trainer = MappingTrainConfig()
     assert (request.learning_rate, request.batch_size, request.seed, request.image_loss) == \
         (trainer.learning_rate, trainer.batch_size, trainer.seed, trainer.lambda_image)
+
+
+def test_train_encoder_defaults_are_the_stages():
+    """`facereenact train-encoder` shows and uses stages/train_encoder.py DEFAULT_SETTINGS (read from
+    its source, so the parser loads no torch)."""
+    from flows.job_requests import ENCODER_TRAINING, PERCEPTUAL
+    from stages.train_encoder import DEFAULT_SETTINGS
+
+    assert dict(config_defaults(*ENCODER_TRAINING)) == DEFAULT_SETTINGS
+    options, _ = _options("train-encoder")
+    for name in ("batch_size", "learning_rate", "seed"):
+        assert options[name].default == DEFAULT_SETTINGS[name], name
+        assert f"(default {DEFAULT_SETTINGS[name]})" in options[name].help, name
+    assert {**PERCEPTUAL, "none": "none"}[options["perceptual"].default] == DEFAULT_SETTINGS["perceptual"]
 
 
 def _options(command: str) -> dict:
@@ -74,27 +90,35 @@ def test_cli_and_flow_defaults_are_the_configs():
     from flows.train_mapping import train_mapping
     from models.inversion import InversionConfig
     from models.projection import ProjectionConfig
+    from stages.encoder_init import EncoderInversionConfig
 
     inversion, projection = InversionConfig(), ProjectionConfig()
+    from_encoder = EncoderInversionConfig.steps  # the refinement's default steps (--init encoder)
+    assert from_encoder != inversion.steps
     invert, invert_parser = _options("invert")
-    assert invert["steps"].default == inversion.steps and invert["seed"].default == inversion.seed
+    # --steps has no parser default: the request resolves it by the start (each default once)
+    assert invert["steps"].default is None and invert["seed"].default == inversion.seed
+    assert InvertRequest("x").steps == inversion.steps
+    assert InvertRequest("x", init="encoder", encoder="e.pt").steps == from_encoder
     assert PERCEPTUAL[invert["perceptual"].default] == inversion.perceptual
-    assert f"(default {inversion.steps})" in invert["steps"].help
+    assert f"(default {inversion.steps};" in invert["steps"].help
+    assert f"default {from_encoder}," in " ".join(invert["steps"].help.split())
     help_text = invert_parser.format_help()
     weights = ", ".join(str(getattr(inversion, n)) for n in ("lambda_mse", "lambda_lpips", "lambda_id",
                                                              "lambda_dreg"))
     assert f"default: {weights} for MSE" in " ".join(help_text.split())
     flow = inspect.signature(invert_dataset.fn).parameters
     assert (flow["steps"].default, flow["seed"].default, flow["perceptual"].default) == \
-        (inversion.steps, inversion.seed, inversion.perceptual)
+        (None, inversion.seed, inversion.perceptual)
     assert flow["batch_size"].default == invert["batch_size"].default
 
     run, _ = _options("run")
-    assert f"(default {inversion.steps})" in run["invert_steps"].help
+    assert f"(default {inversion.steps}; {from_encoder} with --init encoder)" in run["invert_steps"].help
     assert f"(default {projection.steps_first})" in run["steps_first"].help
     assert f"(default {projection.steps_next})" in run["steps_next"].help
     assert PERCEPTUAL[run["perceptual"].default] == projection.perceptual
     assert ReenactRequest("s", "d", "o").invert_steps == inversion.steps
+    assert ReenactRequest("s", "d", "o", settings={"invert_encoder": "e.pt"}).invert_steps == from_encoder
     assert (REAL["invert_steps"], REAL["steps_first"], REAL["steps_next"]) == \
         (inversion.steps, projection.steps_first, projection.steps_next)
 
@@ -144,6 +168,11 @@ def test_requests_and_the_parser_load_neither_torch_nor_prefect():
     (lambda: InvertRequest("x", max_loss=-1.0), "--max-loss must be a number >= 0"),
     (lambda: InvertRequest("x", loss_weights={"lambda_typo": 1.0}), "unknown loss weight"),
     (lambda: InvertRequest("x", loss_weights={"lambda_mse": float("inf")}), "finite"),
+    (lambda: InvertRequest("x", init="encoder"), "--init encoder needs --encoder PATH"),
+    (lambda: InvertRequest("x", encoder="e.pt"), "--encoder is used with --init encoder only"),
+    (lambda: InvertRequest("x", init="e4e", encoder="e.pt"), "unknown --init 'e4e'"),
+    (lambda: InvertRequest("x", init="encoder", encoder="e.pt", steps=-1), "--steps must be >= 0, got -1"),
+    (lambda: ReenactRequest("s", "d", "o", settings={"invert_encoder": ""}), "invert_encoder: expected an"),
     (lambda: TrainMappingRequest("m.pt", held_out=1.0), "--held-out must be in [0, 1)"),
     (lambda: TrainMappingRequest("m.pt", image_loss=1.0), "--image-loss needs --weights"),
     (lambda: TrainMappingRequest("m.pt", checkpoint_every=0), "--checkpoint-every must be >= 1"),
@@ -191,6 +220,60 @@ def test_records_round_trip_and_old_records_still_load():
                   "args": {"steps": 5, "batch_size": 2, "perceptual": "lpips-vgg", "seed": 1}}
     assert InvertRequest.from_old_record(old_invert) == \
         InvertRequest("v/", steps=5, batch_size=2, seed=1, detector="haar")  # before --detector: haar
+
+
+def test_an_encoder_request_round_trips_through_a_job_record(tmp_path, monkeypatch):
+    """`invert --init encoder --encoder E` and `run`'s `invert_encoder`: the encoder (made absolute, so
+    a resume from another folder finds it) and the start's resolved steps are in the record, and the
+    request rebuilt from it (what `facereenact resume` runs) is the same."""
+    from flows.reenact_job import request_of_record
+    from stages.encoder_init import EncoderInversionConfig
+    from storage.cache import Workspace
+
+    monkeypatch.chdir(tmp_path)
+    request = InvertRequest("v/", init="encoder", encoder="enc.pt", seed=5)
+    assert request.encoder == str(tmp_path / "enc.pt") and request.steps == EncoderInversionConfig.steps
+    ws = Workspace(tmp_path / "cache")
+    ws.record_job("invert-x", {"kind": "invert", "dataset": "v/", "args": {"weights": "G.pkl"},
+                               "request": request.to_record()})
+    ws.record_job("reenact-x", {"kind": "reenact", "source": "/a/s.jpg", "driving": "/a/d.mp4",
+                                "output": "/a/o.mp4", "mode": "projection", "args": {"weights": "G.pkl"},
+                                "request": ReenactRequest("/a/s.jpg", "/a/d.mp4", "/a/o.mp4", settings={
+                                    "invert_encoder": "enc.pt", "invert_steps": 3}).to_record()})
+    monkeypatch.chdir(tmp_path / "cache")  # resumed from elsewhere: the paths are the recorded ones
+    jobs = Workspace(tmp_path / "cache").jobs()
+    again = InvertRequest.from_record(jobs["invert-x"]["request"], "job record invert-x")
+    assert again == request and again.flow_options()["encoder"] == str(tmp_path / "enc.pt")
+    assert (again.init, again.steps) == ("encoder", request.steps)
+    rerun = request_of_record("reenact-x", jobs["reenact-x"], str(tmp_path / "cache"))
+    assert rerun.invert_encoder == str(tmp_path / "enc.pt") and rerun.invert_steps == 3
+    assert "invert_encoder" not in rerun.mode_settings()
+    # a record of the encoder branch before requests (args.encoder) still loads as an encoder start
+    old = {"dataset": "v/", "args": {"steps": 40, "batch_size": 2, "perceptual": "lpips-vgg", "seed": 1,
+                                     "encoder": str(tmp_path / "enc.pt")}}
+    assert InvertRequest.from_old_record(old) == InvertRequest("v/", steps=40, batch_size=2, seed=1,
+                                                               detector="haar", init="encoder",
+                                                               encoder=str(tmp_path / "enc.pt"))
+
+
+def test_a_manifest_jobs_encoder_is_found_beside_the_manifest(tmp_path, monkeypatch):
+    """A batch job's `invert_encoder` is a path option: resolved against the manifest's folder (not
+    the working directory), and a missing one fails the manifest in one line."""
+    from flows.batch import load_jobs
+
+    (tmp_path / "m").mkdir()
+    clip = reenact_data.driving_clip(tmp_path / "m" / "drive.mp4", 2)
+    shutil.copy(reenact_data.source(), tmp_path / "m" / "face.jpg")
+    (tmp_path / "m" / "enc.pt").write_bytes(b"checked against the generator later")
+    job = {"source": "face.jpg", "driving": clip.name, "output": "a.mp4",
+           "options": {"invert_encoder": "enc.pt"}}
+    (tmp_path / "m" / "jobs.jsonl").write_text(json.dumps(job) + "\n")
+    monkeypatch.chdir(tmp_path)
+    (loaded,) = load_jobs(tmp_path / "m" / "jobs.jsonl")
+    assert loaded.options["invert_encoder"] == str((tmp_path / "m" / "enc.pt").resolve())
+    (tmp_path / "m" / "enc.pt").unlink()
+    with pytest.raises(InputError, match="invert_encoder"):
+        load_jobs(tmp_path / "m" / "jobs.jsonl")
 
 
 def test_a_bad_request_is_refused_alike_from_cli_manifest_and_resume(cli, tmp_path):

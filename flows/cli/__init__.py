@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "run the whole pipeline on the bundled sample photo (writes DIR/reenacted.mp4)"),
     "train-mapping": ("train_mapping", "train the landmark-to-latent mapping network on inverted latents"),
     "train-directions": ("train_directions", "learn latent directions (Δw = A Δp) for a generator"),
+    "train-encoder": ("train_encoder", "train the inversion encoder of a generator (invert --init encoder)"),
     "evaluate": ("evaluate", "landmark NME, identity similarity, jitter and speed of a result video"),
     "status": ("status", "show done / failed / pending frames of every job, from the cache alone"),
     "resume": ("resume", "run a recorded job again: only its missing and failed frames are computed"),

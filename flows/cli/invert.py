@@ -20,14 +20,23 @@ from flows.cli.common import (
     require_at_least,
     summary_on_failure,
 )
+from flows.cli.encoder_options import add_encoder_options
 from flows.cli.faces import add_detector_option
 from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option, perceptual_option
-from flows.job_requests import INVERSION, LOSS_WEIGHTS, PERCEPTUAL, InvertRequest, default_of
+from flows.job_requests import (
+    ENCODER_INVERSION,
+    INVERSION,
+    LOSS_WEIGHTS,
+    PERCEPTUAL,
+    InvertRequest,
+    default_of,
+)
 
 EXAMPLES = """examples:
   facereenact invert clips/ --cache cache/                 # every video under clips/
   facereenact invert 'clips/*.mp4' --cache cache/ --steps 300 --runner dask:2
-  facereenact invert manifest.csv --cache cache/ --retry-failed --max-loss 0.8"""
+  facereenact invert manifest.csv --cache cache/ --retry-failed --max-loss 0.8
+  facereenact invert clips/ --cache cache/ --init encoder --encoder encoder.pt --steps 50"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +44,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="folder of videos, glob pattern, CSV/JSONL manifest (column 'path'), or a video")
     add_cache_option(parser)
     add_weights_option(parser, "; its resolution is the crops' resolution")
-    parser.add_argument("--steps", type=int, default=InvertRequest.steps,
-                        help=f"optimisation steps per frame (default {InvertRequest.steps})")
+    parser.add_argument("--steps", type=int, metavar="K",
+                        help=f"optimisation steps per frame (default {default_of(INVERSION, 'steps')}; with "
+                             "--init encoder: refinement steps after the prediction, default "
+                             f"{default_of(ENCODER_INVERSION, 'steps')}, 0 = the prediction as it is)")
+    add_encoder_options(parser)
     parser.add_argument("--batch-size", type=int, default=InvertRequest.batch_size, metavar="B",
                         help=f"frames per batch, fixed by frame index: [k*B, (k+1)*B) (default "
                              f"{InvertRequest.batch_size})")
@@ -79,7 +91,7 @@ def request_of(args: argparse.Namespace) -> InvertRequest:
     return InvertRequest(args.dataset, steps=args.steps, batch_size=args.batch_size,
                          perceptual=PERCEPTUAL[args.perceptual], loss_weights=loss_weights, seed=args.seed,
                          max_loss=args.max_loss, landmarks=args.landmarks, face_index=args.face_index,
-                         detector=args.detector)
+                         detector=args.detector, init=args.init, encoder=args.encoder)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--resolution {args.resolution} does not match the generator's "
                          f"{G.img_resolution} px (the generator's resolution is the crops')",
                          path=args.weights)
+    config = request.config(G)  # a bad or foreign encoder: one line, before Prefect
     try:
         inversion_losses(config, G.w_avg.device)
     except WeightsMissingError as err:

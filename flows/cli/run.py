@@ -23,9 +23,11 @@ import sys
 from pathlib import Path
 
 from flows.cli.common import add_cache_option, add_landmarks_option, add_weights_option, quiet_prefect
+from flows.cli.encoder_options import add_encoder_options, encoder_of
 from flows.cli.faces import add_detector_option, face_index
 from flows.cli.options import add_device_option, add_quiet_option, add_verbose_option, perceptual_option
 from flows.job_requests import (
+    ENCODER_INVERSION,
     INVERSION,
     LAYOUTS,
     MODES,
@@ -90,7 +92,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="at most N steps on each later frame "
                              f"(default {default_of(PROJECTION, 'steps_next')})")
     parser.add_argument("--invert-steps", type=int, metavar="N",
-                        help=f"steps of the source's W+ inversion (default {default_of(INVERSION, 'steps')})")
+                        help=f"steps of the source's W+ inversion (default {default_of(INVERSION, 'steps')}; "
+                             f"{default_of(ENCODER_INVERSION, 'steps')} with --init encoder)")
+    add_encoder_options(parser)
     perceptual_option(parser, PROJECTION)
     add_landmarks_option(parser)
     add_detector_option(parser)
@@ -115,6 +119,9 @@ def run_options(args: argparse.Namespace) -> dict:
         options["refine_steps"] = args.refine_steps
     if args.directions is not None:
         options["directions"] = args.directions
+    encoder = encoder_of(args)  # --init encoder and --encoder go together
+    if encoder is not None:
+        options["invert_encoder"] = encoder
     return options
 
 
@@ -343,7 +350,7 @@ def check_inputs(request: ReenactRequest, weights: str, device: str, landmarks: 
     from tasks import resources
 
     G = resources.generator(weights, device)  # missing / unsafe weights, no GPU: fail now
-    request.check_models(G, landmarks)  # a mapping network made for another generator: now
+    request.check_models(G, landmarks)  # a mapping network or encoder made for another generator: now
     _, backbone, calibrated = PERCEPTUAL_CHOICES[request.perceptual]
     if calibrated:
         try:

@@ -1,6 +1,8 @@
-"""Inversion speed: seconds per frame-step at batch 1, 4 and 8, and what batching saves.
+"""Inversion speed: seconds per frame-step at batch 1, 4 and 8, and what batching saves; and the
+encoder-initialised inversion's speed / loss trade-off.
 
     python tests/benchmarks/bench_invert.py [--threads 1] [--steps 3] [--configs tiny,256] [--device cpu]
+    python tests/benchmarks/bench_invert.py --tradeoff --encoder encoder.pt [--configs tiny] [--frames 4]
 
 Each row runs `models.inversion.invert` on random targets with Choe 2023's loss (MSE + LPIPS +
 identity + delta-reg + per-frame noise maps and their regulariser) and times the steps themselves
@@ -22,6 +24,17 @@ beforehand, nothing stored): what the flow adds is Prefect's runs, the prepare c
 bookkeeping and the zarr writes. The two are measured side by side, alternating direct / flow three times
 (each flow run into a fresh copy of the prepared cache; the fastest of each), on a throwaway Prefect
 test server.
+
+The trade-off (`--tradeoff`, issue 17) runs in one process on held-out frames: the generator's own
+samples drawn with a seed no training uses (z from torch seed 777, half of them style-mixed, G's
+constant noise), one batch of `--frames`. The reference is the default inversion (1000 steps from
+w_avg); its final reconstruction loss (models.inversion.reconstruction_loss: the weighted MSE +
+LPIPS + identity terms, the frames' mean) is the target. Each row is one batched run: "encoder + K"
+(the encoder's prediction, then K steps of stages.encoder_init's refinement) and "w_avg + K" (the
+default objective and schedule with K steps), K in --ks. Seconds per frame include the encoder's
+forward pass; "speed-up" is the reference's seconds per frame over the row's, "reached" whether its
+loss is at or below the target. `--encoder` is a checkpoint for the configuration's generator
+(`facereenact train-encoder`); without it one is trained first with `--encoder-steps` (not timed).
 """
 
 from __future__ import annotations
@@ -127,6 +140,70 @@ def prefect_overhead(num_frames: int, steps: int = 10, batch: int = 4, repeats: 
         return min(t_flow), min(t_direct)
 
 
+def held_out_frames(G: Generator, n: int) -> torch.Tensor:
+    """n generator samples no encoder training draws (stages.train_encoder seeds its own streams)."""
+    from stages.train_encoder import EncoderData
+
+    data = EncoderData(G, {"mixing": 0.5, "cache_fraction": 0.0})
+    images, _ = data.generated(n, torch.Generator().manual_seed(777))
+    return images
+
+
+def tradeoff(name: str, device: str, frames: int, encoder: str | None, encoder_steps: int,
+             ks: list[int]) -> None:
+    """The encoder + K table (module docstring) for one generator configuration."""
+    from models.inversion import reconstruction_loss
+    from stages.encoder_init import encoder_config, encoder_start
+
+    G = make_generator(name, device)
+    if encoder is None:
+        from stages.train_encoder import train_encoder_to
+
+        encoder = str(Path(tempfile.mkdtemp(prefix="bench-encoder-")) / "encoder.pt")
+        began = time.perf_counter()
+        train_encoder_to(G, encoder, encoder_steps, {"perceptual": "none", "lambda_lpips": 0.0,
+                                                     "learning_rate": 2e-3},
+                         checkpoint_every=encoder_steps, device=device, log=lambda _: None)
+        print(f"  (trained an encoder for {name}: {encoder_steps} steps in "
+              f"{time.perf_counter() - began:.0f} s)")
+    targets = held_out_frames(G, frames).to(device)
+    seeds = list(range(frames))
+    base = InversionConfig(perceptual="uncalibrated")
+    inversion_losses(base, device)
+
+    def run(config: InversionConfig) -> tuple[float, dict[str, float], float]:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        init = encoder_start(G, targets, config)
+        result = invert(G, targets, config, init=init, seeds=seeds)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - began) / frames
+        terms = {k: float(v.mean()) for k, v in result.losses.items() if k in ("mse", "lpips", "id")}
+        return seconds, terms, float(reconstruction_loss(result.losses, config).mean())
+
+    ref_seconds, ref_terms, target = run(base)
+    print(f"{name}: {frames} held-out frames in one batch; reference: w_avg + {base.steps} steps "
+          f"{ref_seconds:.3f} s/frame, loss {target:.4f} ("
+          + ", ".join(f"{k} {v:.4f}" for k, v in ref_terms.items()) + ")", flush=True)
+    header = (f"{'start':<10} {'K':>5} {'s/frame':>9} {'speed-up':>9} {'loss':>8} {'vs target':>9} "
+              f"{'reached':>7}  terms")
+    print(header)
+    print("-" * len(header))
+    for start in ("encoder", "w_avg"):
+        for k in ks:
+            config = base.replace(steps=k)
+            if start == "encoder":
+                config = encoder_config(config, encoder, G)
+            elif k == 0:
+                continue
+            seconds, terms, loss = run(config)
+            print(f"{start:<10} {k:>5} {seconds:>9.3f} {ref_seconds / seconds:>8.1f}x {loss:>8.4f} "
+                  f"{loss / target:>8.2f}x {'yes' if loss <= target else 'no':>7}  "
+                  + ", ".join(f"{t} {v:.4f}" for t, v in terms.items()), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -136,8 +213,22 @@ def main() -> None:
     parser.add_argument("--prefect-frames", type=int, default=100, help="frames of the Prefect row's clip")
     parser.add_argument("--prefect-steps", type=int, default=10, help="steps per frame in the Prefect row")
     parser.add_argument("--no-prefect", action="store_true", help="skip the Prefect row")
+    parser.add_argument("--tradeoff", action="store_true",
+                        help="only the encoder + K trade-off table (module docstring)")
+    parser.add_argument("--encoder", help="encoder checkpoint for --tradeoff (default: train one first)")
+    parser.add_argument("--encoder-steps", type=int, default=1500, help="steps of that training")
+    parser.add_argument("--frames", type=int, default=4, help="held-out frames of --tradeoff (one batch)")
+    parser.add_argument("--ks", default="0,25,50,100,200", help="refinement steps of --tradeoff's rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.tradeoff:
+        print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}; load average "
+              f"{os.getloadavg()[0]:.1f} at start")
+        for name in args.configs.split(","):
+            tradeoff(name, args.device, args.frames, args.encoder, args.encoder_steps,
+                     [int(k) for k in args.ks.split(",")])
+        print(f"load average {os.getloadavg()[0]:.1f} at end")
+        return
     config = InversionConfig(perceptual="uncalibrated")
     inversion_losses(config, args.device)  # build the loss nets outside the timings
     print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}, median of "
