@@ -61,14 +61,14 @@ class Mode(NamedTuple):
 
 def _project(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
              options: dict[str, Any], device: str, landmarks: str, progress: bool) -> ReenactTable:
-    """mode="projection": landmark projection (seeds 000/001); `options` are ProjectionConfig fields."""
+    """mode="projection": landmark projection (Uzolas 2021); `options` are ProjectionConfig fields."""
     return project_driving(cache, weights, source, driving, variant, options, device=device,
                            landmarks=landmarks, progress=progress)
 
 
 def _map(cache: str, weights: str, source: dict[str, Any], driving: dict[str, Any], variant: str,
          options: dict[str, Any], device: str, landmarks: str, progress: bool) -> ReenactTable:
-    """mode="mapping": the landmark-to-latent network (seed 003), w = w_src + Δw, one generator pass per
+    """mode="mapping": the landmark-to-latent network (Choe 2023), w = w_src + Δw, one generator pass per
     frame; options `mapping` (checkpoint), `refine_steps` (projection steps per frame from there),
     `mapping_batch`, and ProjectionConfig fields for the refinement."""
     return map_driving(cache, weights, source, driving, variant, options, device=device, landmarks=landmarks,
@@ -152,8 +152,8 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str,
             **options: Any) -> dict[str, Any]:
     """Reenact the face of `source` (a photo) with the motion of `driving` (a video) into `output`.
 
-    mode:      how the latents are made ("projection": seeds 000/001); unknown modes are an InputError
-    variant:   "identity" (keep the source's look) or "free" (seed 000's identity-free variant)
+    mode:      how the latents are made ("projection": Uzolas 2021); unknown modes are an InputError
+    variant:   "identity" (keep the source's look) or "free" (Uzolas 2021's identity-free variant)
     layout:    "result" or "side-by-side" (look | driving | result); `paste_back` puts the result
                into the original driving frames; `subframes` doubles the frame rate (latent midpoints)
     detector:  face detector of both inputs ("ssd" default, "haar"; models/detection.py)
