@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.training_files import check_envelope
 from storage.errors import CheckpointError
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "EncoderOutput", "InversionEncoder",
@@ -270,17 +271,8 @@ def read_encoder_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any
     if path.is_file() and path.stat().st_size == 0:
         raise CheckpointError("empty file (0 bytes)", path=path)
     ckpt = load_torch_weights_only(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"not an inversion-encoder checkpoint (format {found!r}, expected "
-                              f"{CHECKPOINT_FORMAT!r})", path=path)
-    if ckpt.get("format_version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"encoder checkpoint version {ckpt.get('format_version')!r} is not supported "
-                              f"(this build reads {CHECKPOINT_VERSION})", path=path)
-    for key, kind in _REQUIRED.items():
-        if not isinstance(ckpt.get(key), kind):
-            raise CheckpointError(f"encoder checkpoint lacks {key!r} (or it is not a {kind.__name__})",
-                                  path=path)
+    check_envelope(ckpt, path, "inversion-encoder checkpoint", CHECKPOINT_FORMAT, CHECKPOINT_VERSION,
+                   _REQUIRED)
     try:
         model = InversionEncoder.from_config(ckpt["model_config"])
     except (TypeError, ValueError) as err:

@@ -33,7 +33,8 @@ def check_envelope(ckpt: Any, path: str | Path, what: str, format_name: str, ver
     file") unless it has format `format_name`, version `version` and each `required` field of its type."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != format_name:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"not a {what} (format {found!r}, expected {format_name!r})", path=path)
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise CheckpointError(f"not {article} {what} (format {found!r}, expected {format_name!r})", path=path)
     if ckpt.get("format_version") != version:
         raise CheckpointError(f"{what} version {ckpt.get('format_version')!r} is not supported "
                               f"(this build reads {version})", path=path)

@@ -44,6 +44,7 @@ from models.encoder import (
     save_encoder_checkpoint,
 )
 from models.stylegan2 import Generator, mapped_w_stats
+from models.training_files import to_cpu
 from storage.errors import CheckpointError, InputError
 from storage.provenance import canonical_json
 
@@ -354,7 +355,7 @@ def train_encoder_to(G: Generator, out: str | Path, steps: int, settings: Mappin
     def save() -> None:
         save_encoder_checkpoint(out, {
             "model_config": E.config, "model": {k: v.detach().cpu() for k, v in E.state_dict().items()},
-            "optimizer": _to_cpu(optimizer.state_dict()), "step": step,
+            "optimizer": to_cpu(optimizer.state_dict()), "step": step,
             "rng": {"sampling": rng.get_state()},
             "history": {k: torch.tensor(v, dtype=torch.float64) for k, v in history.items()},
             "evals": evals, "provenance": {**provenance, "code_version": _code_version()}})
@@ -414,13 +415,3 @@ def _code_version() -> str:
     from storage.provenance import code_version
 
     return code_version()
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    return obj
