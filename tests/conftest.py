@@ -21,7 +21,9 @@ tests/support/, ...); a test module never imports another test module.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -33,14 +35,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 
 # Isolate Prefect from the user's home before anything imports it, in this process and in children.
-_PREFECT_HOME = tempfile.mkdtemp(prefix="facereenact-prefect-")
-os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+def _scratch_home(variable: str, prefix: str) -> str:
+    """A new empty folder for `variable` unless the environment sets it (pytest-xdist's workers inherit
+    the controller's); removed when the process that made it exits."""
+    if variable not in os.environ:
+        folder = tempfile.mkdtemp(prefix=prefix)
+        atexit.register(shutil.rmtree, folder, True)
+        os.environ[variable] = folder
+    return os.environ[variable]
+
+
+_scratch_home("PREFECT_HOME", "facereenact-prefect-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # Never reach the network for weights in tests; point weight lookups at an empty cache.
-os.environ.setdefault("FACEREENACT_HOME", tempfile.mkdtemp(prefix="facereenact-home-"))
-os.environ.setdefault("TORCH_HOME", tempfile.mkdtemp(prefix="facereenact-torch-"))
+_scratch_home("FACEREENACT_HOME", "facereenact-home-")
+_scratch_home("TORCH_HOME", "facereenact-torch-")
 
 
 # One torch thread in the tests and in every process they start. The nets here are small; on a
