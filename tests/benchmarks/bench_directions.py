@@ -329,7 +329,7 @@ def quality_table(steps: int, pairs: int, device: str) -> None:
         trainer.train(steps)
         seconds = (time.perf_counter() - began) / steps
         rows.append((name, quality(trainer, pairs), seconds))
-    print(f"\n1. quality on the warp-face generator ({steps} steps, {pairs} held-out pairs, half "
+    print(f"\n2. ablation: quality on the warp-face generator ({steps} steps, {pairs} held-out pairs, half "
           "one-attribute)")
     print(f"{'A':28s} {'L_r':>8s} {'pose err deg':>13s} {'exp err':>9s} {'id sim':>8s} {'s/step':>8s}")
     for name, q, seconds in rows:
@@ -360,7 +360,8 @@ def speed_directions(G, fit_points: torch.Tensor, points: torch.Tensor, batch: i
 
 @torch.no_grad()
 def speed_mapping(G, points: torch.Tensor, batch: int, device: str) -> float:
-    from models.mapping import LandmarkMappingNetwork, reenact_with_mapping
+    from models.mapping.inference import reenact_with_mapping
+    from models.mapping.network import LandmarkMappingNetwork
 
     net = LandmarkMappingNetwork(num_ws=G.num_ws, w_dim=G.w_dim).to(device)
     w = G.w_avg.expand(G.num_ws, -1)
@@ -391,7 +392,7 @@ def speed_projection(G, backend, points: torch.Tensor, steps: int, device: str) 
 def speed_table(names: list[str], frames: int, projection_steps: int, device: str) -> None:
     backend = load_landmark_backend("faceapi", device=device)
     _, base = face_crop()
-    print(f"\n2. seconds per output frame ({frames} frames, batch 8; projection {projection_steps} "
+    print(f"\n3. speed: seconds per output frame ({frames} frames, batch 8; projection {projection_steps} "
           "steps/frame on the first 4)")
     print(f"{'generator':16s} {'directions':>11s} {'mapping':>9s} {'projection':>11s} {'proj/dir':>9s}")
     g = torch.Generator().manual_seed(0)
