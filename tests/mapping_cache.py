@@ -29,27 +29,30 @@ def task(seed: int = 0) -> SyntheticMappingTask:
 
 def add_video(ws, name: str, points: np.ndarray, latents: np.ndarray, *, generator: dict | None = None,
               latents_done: np.ndarray | None = None, failed: np.ndarray | None = None,
-              interpolated: np.ndarray | None = None, inversion_steps: int = 4) -> str:
-    """One video's crops and latents tables; returns the latents table's location."""
+              interpolated: np.ndarray | None = None, inversion_steps: int = 4,
+              resolution: int = RESOLUTION) -> str:
+    """One video's crops and latents tables (W+ shape from `latents`, crops of `resolution` px);
+    returns the latents table's location."""
     from models.smoothing import SmoothingConfig
     from stages.prepare import crop_fields, crops_provenance
     from storage.latents import LatentCache, latents_provenance
 
     t = len(points)
+    num_ws, w_dim = np.asarray(latents).shape[1:]
     media_key = hashlib.sha256(name.encode()).hexdigest()  # as prepare keys a file by its content
     ws.media(media_key, {"source": f"/data/{name}"})
-    provenance = crops_provenance(f"landmarks-of-{name}", SmoothingConfig(), RESOLUTION)
-    crops = ws.table(media_key, "crops", provenance, t, crop_fields(RESOLUTION))
+    provenance = crops_provenance(f"landmarks-of-{name}", SmoothingConfig(), resolution)
+    crops = ws.table(media_key, "crops", provenance, t, crop_fields(resolution))
     flags = np.zeros(t, np.uint8)
     if interpolated is not None:
         flags[interpolated] = 1
-    crops.write(np.arange(t), crop=np.zeros((t, RESOLUTION, RESOLUTION, 3), np.uint8),
+    crops.write(np.arange(t), crop=np.zeros((t, resolution, resolution, 3), np.uint8),
                 quad=np.zeros((t, 4)), frame_from_crop=np.broadcast_to(np.eye(3), (t, 3, 3)),
                 landmarks=points, crop_landmarks=points, interpolated=flags)
     generator = generator or {"weights_sha256": GENERATOR_SHA, "num_ws": NUM_WS, "w_dim": W_DIM,
                               "img_resolution": RESOLUTION}
     inversion = {"stage": "latents", "steps": inversion_steps, "generator": generator}
-    cache = LatentCache.require(ws, media_key, latents_provenance(inversion, crops.key), t, NUM_WS, W_DIM)
+    cache = LatentCache.require(ws, media_key, latents_provenance(inversion, crops.key), t, num_ws, w_dim)
     done = np.arange(t) if latents_done is None else np.asarray(latents_done)
     if done.size:
         cache.write(done, latents[done], np.full(done.size, 0.1), np.arange(done.size))
