@@ -50,9 +50,7 @@ def train_directions(weights: str, out: str, steps: int = 1000, checkpoint_every
 
 
 def _artifact(summary: dict[str, Any]) -> None:
-    from prefect.artifacts import create_markdown_artifact
-
-    from tasks.conventions import artifact_key
+    from tasks.conventions import table_artifact
 
     t, e = summary["training"], summary["training"]["evaluation"]
     rows = [("steps", t["steps"]), ("resumed from step", t["resumed_from"]),
@@ -63,11 +61,8 @@ def _artifact(summary: dict[str, Any]) -> None:
             ("fitted on images", t["pose_vector"]["fitted_on"]),
             ("inverted latents mixed in", t["inverted_latents"]), ("samples/s", t["samples_per_second"]),
             ("directions file", f"`{t['checkpoint']}`"), ("loss curve", f"`{t['plot']}`")]
-    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
-    create_markdown_artifact(
-        key=artifact_key("train-directions", t["checkpoint"]),
-        markdown=f"# Latent directions training\n\n| quantity | value |\n|---|---|\n{table}\n",
-        description=f"directions {t['checkpoint']}: {t['steps']} steps")
+    table_artifact("train-directions", t["checkpoint"], "Latent directions training", rows,
+                   f"directions {t['checkpoint']}: {t['steps']} steps")
 
 
 def format_summary(summary: dict[str, Any]) -> str:

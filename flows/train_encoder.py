@@ -43,9 +43,7 @@ def train_encoder(weights: str, out: str, steps: int = 1000, cache: str | None =
 
 
 def _artifact(summary: dict[str, Any]) -> None:
-    from prefect.artifacts import create_markdown_artifact
-
-    from tasks.conventions import artifact_key
+    from tasks.conventions import table_artifact
 
     t = summary["training"]
     rows = [("steps", t["steps"]), ("resumed from step", t["resumed_from"]),
@@ -57,12 +55,9 @@ def _artifact(summary: dict[str, Any]) -> None:
             ("offsets switched on (e4e progressive)", t["active_deltas"]),
             ("cached frames used", t["cache_frames"]), ("generator sha256", t["generator_sha256"]),
             ("checkpoint", f"`{t['checkpoint']}`"), ("loss curve", f"`{t['plot']}`")]
-    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
-    create_markdown_artifact(
-        key=artifact_key("train-encoder", t["checkpoint"]),
-        markdown=f"# Inversion encoder training\n\n| quantity | value |\n|---|---|\n{table}\n\n"
-                 f"Loss curve (PNG): `{t['plot']}`\n",
-        description=f"inversion encoder {t['checkpoint']}: {t['steps']} steps")
+    table_artifact("train-encoder", t["checkpoint"], "Inversion encoder training", rows,
+                   f"inversion encoder {t['checkpoint']}: {t['steps']} steps",
+                   footer=f"\nLoss curve (PNG): `{t['plot']}`\n")
 
 
 def format_summary(summary: dict[str, Any]) -> str:

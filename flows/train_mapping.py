@@ -74,9 +74,7 @@ def _number(value: Any) -> str:
 
 
 def _artifact(summary: dict[str, Any]) -> None:
-    from prefect.artifacts import create_markdown_artifact
-
-    from tasks.conventions import artifact_key
+    from tasks.conventions import table_artifact
 
     t, d, held = summary["training"], summary["data"], summary["training"]["held_out"]
     rows = [("steps", t["steps"]), ("resumed from step", t["resumed_from"]),
@@ -91,12 +89,10 @@ def _artifact(summary: dict[str, Any]) -> None:
               f"{d['videos']} / {d['train_frames']} / {d['held_out_frames']}"),
              ("generator sha256", d["generator_sha256"]), ("pairs/s", t["pairs_per_second"]),
              ("checkpoint", f"`{t['checkpoint']}`"), ("loss curve", f"`{t['plot']}`")]
-    table = "\n".join(f"| {name} | {_number(value)} |" for name, value in rows)
-    create_markdown_artifact(
-        key=artifact_key("train-mapping", t["checkpoint"]),
-        markdown=f"# Mapping network training\n\n| quantity | value |\n|---|---|\n{table}\n\n"
-                 f"Loss curve (PNG): `{t['plot']}`\n",
-        description=f"mapping network {t['checkpoint']}: {t['steps']} steps")
+    table_artifact("train-mapping", t["checkpoint"], "Mapping network training",
+                   [(name, _number(value)) for name, value in rows],
+                   f"mapping network {t['checkpoint']}: {t['steps']} steps",
+                   footer=f"\nLoss curve (PNG): `{t['plot']}`\n")
 
 
 def versus_baseline(error: float | None, baseline: float | None, name: str = "the zero-Δw baseline") -> str:

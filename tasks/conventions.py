@@ -23,7 +23,7 @@ from typing import Any
 
 from storage.errors import FacereenactError
 
-__all__ = ["TRANSIENT_IO", "artifact_key", "is_transient", "retry_transient", "run_name"]
+__all__ = ["TRANSIENT_IO", "artifact_key", "is_transient", "retry_transient", "run_name", "table_artifact"]
 
 RETRY_DELAYS = [2, 10]  # seconds before the first and the second retry
 # errnos of a connection or a remote store that may work a moment later
@@ -84,3 +84,15 @@ def artifact_key(kind: str, path: str | Path) -> str:
     resolved = str(Path(path).expanduser().resolve())
     stem = re.sub(r"[^a-z0-9]+", "-", Path(resolved).stem.lower()).strip("-")[:40] or "file"
     return f"{kind}-{stem}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
+
+
+def table_artifact(kind: str, path: str | Path, title: str, rows: list[tuple[str, Any]], description: str,
+                   footer: str = "") -> None:
+    """A Prefect markdown artifact of one job's numbers: `# title`, a quantity | value table of `rows`,
+    then `footer`; keyed by `artifact_key(kind, path)`."""
+    from prefect.artifacts import create_markdown_artifact
+
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    create_markdown_artifact(key=artifact_key(kind, path),
+                             markdown=f"# {title}\n\n| quantity | value |\n|---|---|\n{table}\n{footer}",
+                             description=description)
