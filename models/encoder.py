@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.training_files import check_envelope
+from models.training_files import check_envelope, load_checked_state
 from storage.errors import CheckpointError
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "EncoderOutput", "InversionEncoder",
@@ -277,16 +277,7 @@ def read_encoder_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any
         model = InversionEncoder.from_config(ckpt["model_config"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"unusable encoder config ({err})", path=path) from None
-    state, expected = ckpt["model"], model.state_dict()
-    bad = [k for k, v in expected.items()
-           if not isinstance(state.get(k), torch.Tensor) or tuple(state[k].shape) != tuple(v.shape)]
-    unexpected = sorted(set(state) - set(expected))
-    if bad or unexpected:
-        raise CheckpointError(f"encoder weights do not match its config (missing or misshapen: {bad[:3]}, "
-                              f"unexpected: {unexpected[:3]})", path=path)
-    if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
-        raise CheckpointError("encoder weights contain NaN or infinite values", path=path)
-    model.load_state_dict(state)
+    load_checked_state(model, ckpt["model"], path, "encoder weights")
     return ckpt, model
 
 

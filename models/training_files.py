@@ -1,7 +1,8 @@
 """What the training checkpoints of the project's small networks share (the mapping network, the
 latent directions, the inversion encoder): tensors moved to the CPU before saving, the envelope check
-on reading (format name, version, required fields), and the restore of the optimiser and the loss
-history on resume. Each network keeps its own format name, version and fields."""
+on reading (format name, version, required fields), the weights checked against the model built from
+the config, the step a resume starts at, and the restore of the optimiser and the loss history. Each
+network keeps its own format name, version and fields."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch
 
 from storage.errors import CheckpointError
 
-__all__ = ["check_envelope", "restore_history", "restore_optimizer", "to_cpu"]
+__all__ = ["check_envelope", "check_resume_steps", "load_checked_state", "restore_history",
+           "restore_optimizer", "to_cpu"]
 
 
 def to_cpu(obj: Any) -> Any:
@@ -43,6 +45,29 @@ def check_envelope(ckpt: Any, path: str | Path, what: str, format_name: str, ver
             name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             raise CheckpointError(f"{what} lacks {key!r} (or it is not a {name})", path=path)
     return ckpt
+
+
+def load_checked_state(model: torch.nn.Module, state: Mapping[str, Any], path: str | Path, what: str) -> None:
+    """Load `state` into `model` after checking it has exactly the model's tensors, shaped as the model's,
+    and finite; anything else is a one-line CheckpointError naming `what` (e.g. "encoder weights")."""
+    expected = model.state_dict()
+    bad = [k for k, v in expected.items()
+           if not isinstance(state.get(k), torch.Tensor) or tuple(state[k].shape) != tuple(v.shape)]
+    unexpected = sorted(set(state) - set(expected))
+    if bad or unexpected:
+        raise CheckpointError(f"{what} do not match its config (missing or misshapen: {bad[:3]}, "
+                              f"unexpected: {unexpected[:3]})", path=path)
+    if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
+        raise CheckpointError(f"{what} contain NaN or infinite values", path=path)
+    model.load_state_dict(state)
+
+
+def check_resume_steps(saved_steps: int, steps: int, path: str | Path) -> int:
+    """The step a training run resumes at: `saved_steps`, refused when it is beyond the `steps` asked for."""
+    if saved_steps > steps:
+        raise CheckpointError(f"holds {saved_steps} steps, more than --steps {steps}; pass --steps "
+                              f">= {saved_steps} to continue it, or another --out", path=path)
+    return saved_steps
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, state: Any, path: str | Path) -> None:

@@ -44,7 +44,7 @@ from models.encoder import (
     save_encoder_checkpoint,
 )
 from models.stylegan2 import Generator, mapped_w_stats
-from models.training_files import to_cpu
+from models.training_files import check_resume_steps, to_cpu
 from storage.errors import CheckpointError, InputError
 from storage.provenance import canonical_json
 
@@ -290,10 +290,7 @@ def check_encoder_checkpoint(out: str | Path, provenance: Mapping[str, Any], ste
     if diffs:
         raise CheckpointError(f"holds an encoder training run that differs in {', '.join(diffs)}; pass "
                               "another --out, or delete the file to start over", path=out)
-    if int(ckpt["step"]) > steps:
-        raise CheckpointError(f"holds {int(ckpt['step'])} steps, more than --steps {steps}; pass --steps "
-                              f">= {int(ckpt['step'])} to continue it, or another --out", path=out)
-    return int(ckpt["step"])
+    return check_resume_steps(int(ckpt["step"]), steps, out)
 
 
 def _plot(history: Mapping[str, list[float]], path: Path) -> Path:

@@ -27,6 +27,7 @@ from models.mapping.data import MappingBatch, MappingClip, PairSampler
 from models.mapping.inference import evaluate_mapping
 from models.mapping.network import LandmarkMappingNetwork
 from models.mapping.training import MappingTrainConfig, MappingTrainer
+from models.training_files import check_resume_steps
 from storage.cache import Workspace
 from storage.errors import CacheError, CheckpointError, InputError
 from storage.mapping_data import TrainingData, split_held_out, training_videos
@@ -168,10 +169,7 @@ def check_checkpoint(out: str | Path, plan: Plan, steps: int) -> int:
     if diffs:
         raise CheckpointError(f"holds a training run with other settings or data ({'; '.join(diffs[:4])}); "
                               "pass another --out, or delete the file to start over", path=out)
-    if int(ckpt["step"]) > steps:
-        raise CheckpointError(f"holds {int(ckpt['step'])} steps, more than --steps {steps}; pass --steps "
-                              f">= {int(ckpt['step'])} to continue it, or another --out", path=out)
-    return int(ckpt["step"])
+    return check_resume_steps(int(ckpt["step"]), steps, out)
 
 
 def _generator(weights: str | None, plan: Plan, device: torch.device,

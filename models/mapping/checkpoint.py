@@ -19,7 +19,7 @@ import torch
 
 from models.mapping.network import LandmarkMappingNetwork
 from models.stylegan2 import Generator
-from models.training_files import check_envelope, to_cpu
+from models.training_files import check_envelope, load_checked_state, to_cpu
 from storage.errors import CheckpointError
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "check_generator_fingerprint", "load_mapping_network",
@@ -102,17 +102,7 @@ def _model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike[str]) -
         model = LandmarkMappingNetwork.from_config(ckpt["model_config"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"unusable model config ({err})", path=path) from None
-    state = ckpt["model"]
-    expected = model.state_dict()
-    bad = [k for k, v in expected.items()
-           if not isinstance(state.get(k), torch.Tensor) or tuple(state[k].shape) != tuple(v.shape)]
-    unexpected = sorted(set(state) - set(expected))
-    if bad or unexpected:
-        raise CheckpointError(f"model weights do not match its config (missing or misshapen: {bad[:3]}, "
-                              f"unexpected: {unexpected[:3]})", path=path)
-    if not all(bool(torch.isfinite(v).all()) for v in state.values()):
-        raise CheckpointError("model weights contain NaN or infinite values", path=path)
-    model.load_state_dict(state)
+    load_checked_state(model, ckpt["model"], path, "model weights")
     return model
 
 
