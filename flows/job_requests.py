@@ -119,7 +119,7 @@ def registry_names(module: str, name: str) -> tuple[str, ...]:
 
 
 # The config dataclasses (and the mapping training's settings) whose defaults the requests and the
-# CLI use. models-split / stages may move a class: change the module here (the tests say so).
+# CLI use. A class that moves: change its module here (tests/test_job_requests.py fails until then).
 INVERSION = ("models.inversion", "InversionConfig")
 ENCODER_INVERSION = ("stages.encoder_init", "EncoderInversionConfig")  # its own steps (the refinement's)
 PROJECTION = ("models.projection", "ProjectionConfig")

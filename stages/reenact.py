@@ -60,9 +60,9 @@ from storage.provenance import code_version, provenance_key, sha256_file
 from storage.reenact import ReenactCache, read_sidecar, sidecar_path, write_sidecar
 from storage.render import LAYOUTS, preview_grid, side_by_side, to_uint8
 
-__all__ = ["FramesRun", "ReenactTable", "RenderedVideo", "fill_latents", "map_driving", "map_frames",
-           "mapping_metrics", "project", "project_driving", "render", "render_output", "resume",
-           "source_face"]
+__all__ = ["FramesRun", "ReenactTable", "RenderedVideo", "driving_points_of", "fill_latents",
+           "interpolated_flags", "map_driving", "map_frames", "mapping_metrics", "project", "project_driving",
+           "render", "render_output", "resume", "source_face"]
 
 
 @dataclass(frozen=True)
@@ -76,14 +76,16 @@ class FramesRun:
     seconds: float
 
 
-def _driving_points(driving_points: np.ndarray, T: int) -> np.ndarray:
+def driving_points_of(driving_points: np.ndarray, T: int) -> np.ndarray:
+    """The driving clip's crop landmarks as float32 (T, 68, 2); ValueError for another shape."""
     points = np.asarray(driving_points, dtype=np.float32)
     if points.shape != (T, 68, 2):
         raise ValueError(f"driving_points: expected ({T}, 68, 2), got {points.shape}")
     return points
 
 
-def _flags(interpolated: np.ndarray | None, T: int) -> np.ndarray:
+def interpolated_flags(interpolated: np.ndarray | None, T: int) -> np.ndarray:
+    """Per-frame uint8 flags of interpolated driving landmarks (none given: all 0)."""
     return np.zeros(T, np.uint8) if interpolated is None else np.asarray(interpolated, np.uint8)
 
 
@@ -130,8 +132,8 @@ def project(projector: Projector, table: ReenactCache, driving_points: np.ndarra
     """
     began = time.perf_counter()
     T = table.num_frames
-    points = _driving_points(driving_points, T)
-    flags = _flags(interpolated, T)
+    points = driving_points_of(driving_points, T)
+    flags = interpolated_flags(interpolated, T)
     start, status = resume(projector, table, table.table.status() if status is None else status)
     if progress is not None:
         progress.start(start, T)
@@ -209,10 +211,10 @@ def map_frames(G: Generator, net, table: ReenactCache, source: SourceFace, drivi
 
     began = time.perf_counter()
     T = table.num_frames
-    points = _driving_points(driving_points, T)
+    points = driving_points_of(driving_points, T)
     if source.latent is None:
         raise ValueError("mapping mode needs the source's latent (its inversion)")
-    flags = _flags(interpolated, T)
+    flags = interpolated_flags(interpolated, T)
     inputs, reference = mapping_inputs(source.landmarks, points, relative)
     finite = np.isfinite(inputs).all(axis=(1, 2))
     w_src = torch.as_tensor(np.asarray(source.latent, np.float32))

@@ -25,7 +25,7 @@ import torch
 
 from models.directions import DirectionMatrix, PoseVector, check_directions_for, read_directions_checkpoint
 from stages.progress import FrameBar
-from stages.reenact import FramesRun, ReenactTable, fill_latents
+from stages.reenact import FramesRun, ReenactTable, driving_points_of, fill_latents, interpolated_flags
 from storage.cache import Workspace
 from storage.errors import InputError
 from storage.latents import LatentCache
@@ -103,13 +103,11 @@ def directions_to_cache(A: DirectionMatrix, pose: PoseVector, table: ReenactCach
     status read once)."""
     began = time.perf_counter()
     T = table.num_frames
-    points = np.asarray(driving_points, dtype=np.float32)
-    if points.shape != (T, 68, 2):
-        raise ValueError(f"driving_points: expected ({T}, 68, 2), got {points.shape}")
+    points = driving_points_of(driving_points, T)
     w = torch.as_tensor(np.asarray(w_src, np.float32)).reshape(1, A.num_ws, A.w_dim)
     if not bool(torch.isfinite(w).all()):
         raise ValueError("directions mode needs the source's latent (its inversion)")
-    flags = np.zeros(T, np.uint8) if interpolated is None else np.asarray(interpolated, np.uint8)
+    flags = interpolated_flags(interpolated, T)
     finite = np.isfinite(points).all(axis=(1, 2))
     reference = points[np.flatnonzero(finite)[0]] if finite.any() else None
     device = A.weight.device
