@@ -147,6 +147,8 @@ INIT_CHOICES = ("w_avg", "encoder")  # where an inversion starts: the mean w, an
 VARIANTS = ("identity", "free")    # models/reenact.py VARIANTS
 LAYOUTS = ("result", "side-by-side")  # storage/render.py LAYOUTS
 LANDMARKS = ("faceapi", "fan")     # models/landmarks backends
+LANDMARK_FORMS = ("coordinates", "heatmaps")  # models/projection.py LANDMARK_FORMS
+LANDMARK_INPUTS = ("unit", "minmax")          # models/projection.py LANDMARK_INPUTS
 DETECTORS = ("ssd", "haar")        # models/detection.py DETECTORS
 DEFAULT_DETECTOR = "ssd"           # models/detection.py DEFAULT_DETECTOR
 # The LPIPS choices of the command line and the config value each stands for.
@@ -324,6 +326,27 @@ class ReenactRequest(_Request):
             raise InputError("--mapping and --refine-steps are settings of --mode mapping")
         if self.mode != "directions" and "directions" in self.settings:  # the mode's own check asks for it
             raise InputError("--directions is a setting of --mode directions")
+        self._check_landmark_objective()
+
+    def _check_landmark_objective(self) -> None:
+        """The projection's landmark settings: `landmark_form`, `landmark_input`, `fan_flip`."""
+        form = self.settings.get("landmark_form", "coordinates")
+        _choice(form, LANDMARK_FORMS, "landmark form")
+        _choice(self.settings.get("landmark_input", "unit"), LANDMARK_INPUTS, "landmark input")
+        if not isinstance(self.settings.get("fan_flip", False), bool):
+            raise InputError(f"fan_flip must be true or false, got {self.settings['fan_flip']!r}")
+        if form == "heatmaps" and self.settings.get("relative_landmarks"):
+            raise InputError("--landmark-form heatmaps has absolute targets (the driving crops' heatmaps): "
+                             "relative_landmarks must be off")
+
+    def check_landmarks(self, landmarks: str) -> None:
+        """The landmark settings against the landmark backend the job runs with (`--landmarks`): the
+        heatmap form and the flip are FAN's."""
+        if self.settings.get("landmark_form") == "heatmaps" and landmarks != "fan":
+            raise InputError(f"--landmark-form heatmaps needs --landmarks fan (FAN's heatmaps; the "
+                             f"{landmarks} backend has none)")
+        if "fan_flip" in self.settings and landmarks != "fan":
+            raise InputError(f"--fan-flip/--no-fan-flip is a setting of --landmarks fan, not {landmarks}")
 
     @classmethod
     def from_options(cls, source: str, driving: str, output: str, mode: str = "projection",

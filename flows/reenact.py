@@ -160,11 +160,11 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str,
     face_index, source_face_index: which face of the driving clip / the source photo, when they show
                several: 0 = the largest (default), 1 = the next, ...
     options:   the mode's settings (projection: ProjectionConfig fields, e.g. steps_first,
-               steps_next, perceptual), `invert_steps` (the source inversion's steps, default
-               InversionConfig's; it uses the same `perceptual`), `invert_encoder` (an encoder
-               checkpoint: the source inversion refines its prediction, default steps
-               EncoderInversionConfig's), `preview` (PNG path; default OUTPUT.preview.png). All of it
-               is a ReenactRequest (flows/job_requests.py), checked there.
+               steps_next, perceptual, landmark_form, landmark_input, fan_flip), `invert_steps` (the
+               source inversion's steps, default InversionConfig's; it uses the same `perceptual`),
+               `invert_encoder` (an encoder checkpoint: the source inversion refines its prediction,
+               default steps EncoderInversionConfig's), `preview` (PNG path; default
+               OUTPUT.preview.png). All of it is a ReenactRequest (flows/job_requests.py), checked there.
     Returns the run's summary: output, frames, fps, seconds, metric means, tables used.
     """
     logger = get_run_logger()
@@ -172,6 +172,7 @@ def reenact(source: str, driving: str, output: str, cache: str, weights: str,
     keywords = {"variant": variant, "layout": layout, "paste_back": paste_back, "subframes": subframes,
                 "detector": detector, "face_index": face_index, "source_face_index": source_face_index}
     request = ReenactRequest.from_options(source, driving, output, mode, {**options, **keywords})
+    request.check_landmarks(landmarks)  # e.g. the heatmap form without FAN
     options = request.mode_settings()
     preview = request.preview or str(Path(output).with_suffix(".preview.png"))
     check_not_inputs(source, driving, output, weights, preview, options.get("mapping"))  # never overwrite one

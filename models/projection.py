@@ -68,6 +68,9 @@ from models.losses import (
 from models.stylegan2 import Generator
 
 LANDMARK_FORMS = ("coordinates", "heatmaps")
+# How an image enters the landmark net: "unit" maps G's [-1, 1] to [0, 1] by (x + 1) / 2; "minmax" (the
+# Uzolas code's get_heat_map) stretches each image to [0, 1] by its own minimum and maximum.
+LANDMARK_INPUTS = ("unit", "minmax")
 LATENT_NORMS = ("charbonnier", "l2")
 CHARBONNIER_EPS = 1e-6  # the Uzolas code's sqrt(d^2 + 1e-6)
 # Coordinate loss unit: 1/64 of the crop side, the pixel of FAN's 64 x 64 heatmaps, so that one
@@ -99,6 +102,10 @@ class ProjectionConfig:
     latent_norm: str = "charbonnier"    # "charbonnier": sum sqrt(d^2 + 1e-6) (Uzolas code); "l2": |d|_2
     group_weights: tuple[float, ...] = SEED_GROUP_WEIGHTS  # per IBUG_GROUPS group, in its order
     landmark_form: str = "coordinates"  # "coordinates" (any differentiable backend) | "heatmaps" (FAN)
+    landmark_input: str = "unit"        # images into the landmark net: "unit" (x + 1) / 2 | "minmax"
+                                        #   (x - min) / (max - min) per image (the Uzolas code)
+    fan_flip: bool = False              # FAN backend: also run the mirrored image and average (face-
+                                        #   alignment's flip_input); ~1.5x a step's cost (docs/projection.md)
     landmark_backend: str = "faceapi"   # models.landmarks backend name (when the Projector loads it)
     relative_landmarks: bool = True     # target_i = source + (driving_i - driving_0) (coordinates only)
     perceptual: str = "lpips-vgg"       # models.losses.PERCEPTUAL_CHOICES key ("uncalibrated": opt-in)
@@ -136,6 +143,10 @@ class ProjectionConfig:
             raise ValueError(f"latent_norm must be one of {LATENT_NORMS}, got {self.latent_norm!r}")
         if self.landmark_form not in LANDMARK_FORMS:
             raise ValueError(f"landmark_form must be one of {LANDMARK_FORMS}, got {self.landmark_form!r}")
+        if self.landmark_input not in LANDMARK_INPUTS:
+            raise ValueError(f"landmark_input must be one of {LANDMARK_INPUTS}, got {self.landmark_input!r}")
+        if not isinstance(self.fan_flip, bool):
+            raise ValueError(f"fan_flip must be true or false, got {self.fan_flip!r}")
         if self.landmark_form == "heatmaps" and self.relative_landmarks:
             raise ValueError("relative_landmarks retargets landmark coordinates: use landmark_form "
                              "'coordinates', or relative_landmarks=False for the heatmap form")
@@ -269,6 +280,21 @@ def latent_distance(delta: torch.Tensor, norm: str) -> torch.Tensor:
     raise ValueError(f"latent norm must be one of {LATENT_NORMS}, got {norm!r}")
 
 
+def landmark_net_input(images: torch.Tensor, mode: str, low: float = -1.0, high: float = 1.0) -> torch.Tensor:
+    """(N, 3, H, W) images with values nominally in [low, high] -> the landmark net's [0, 1] input:
+    "unit" maps [low, high] linearly onto [0, 1] (G's images: (x + 1) / 2); "minmax" stretches each
+    image by its own extremes, (x - min) / (max - min) (the Uzolas code's get_heat_map, on the
+    generated and the driving image). The two agree on an image spanning [low, high] exactly."""
+    if mode == "unit":
+        return (images - low) / (high - low)
+    if mode == "minmax":
+        flat = images.flatten(1)
+        lo = flat.amin(dim=1)[:, None, None, None]
+        span = (flat.amax(dim=1)[:, None, None, None] - lo).clamp_min(1e-8)
+        return (images - lo) / span
+    raise ValueError(f"landmark_input must be one of {LANDMARK_INPUTS}, got {mode!r}")
+
+
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -361,6 +387,8 @@ class Projector:
 
         self.landmarks = (landmarks if landmarks is not None
                           else load_landmark_backend(config.landmark_backend, device=dev))
+        if config.fan_flip != getattr(self.landmarks, "flip_input", config.fan_flip):
+            self.landmarks = self.landmarks.with_flip(config.fan_flip)  # FAN: the same net, flip as set
         self.landmarks.eval().requires_grad_(False)
         if config.landmark_form == "coordinates" and not self.landmarks.differentiable:
             raise ValueError(f"landmark backend {self.landmarks.name!r} gives no gradients for its points: "
@@ -386,7 +414,7 @@ class Projector:
             self.source_landmarks = self._points(source_landmarks, "source_landmarks", single=True)
         elif config.relative_landmarks and self.look is not None:
             with torch.no_grad():
-                self.source_landmarks = self.landmarks((self.look + 1) / 2).points[0].float()
+                self.source_landmarks = self.landmarks(self._net_input(self.look)).points[0].float()
 
         self.w_avg, self.w_spread = _w_stats(G, config)  # same fields as InversionConfig's
         self.init_latent = (self._latent(init_latent, "init_latent") if init_latent is not None
@@ -650,9 +678,15 @@ class Projector:
             points = self._points(driving_points, "driving_points")
         return points, images, images.shape[0]
 
+    def _net_input(self, images: torch.Tensor) -> torch.Tensor:
+        """G's images ([-1, 1]) as the landmark net takes them (`landmark_input`)."""
+        return landmark_net_input(images, self.config.landmark_input)
+
     def _target_heatmaps(self, images: torch.Tensor) -> torch.Tensor:
-        """FAN heatmaps of driving crops, once per frame (they do not change during the steps)."""
-        x = images.to(self.device).permute(0, 3, 1, 2).float() / 255
+        """FAN heatmaps of driving crops, once per frame (they do not change during the steps); the
+        crops enter as the generated images do (`landmark_input`: / 255, or min-max per crop)."""
+        x = landmark_net_input(images.to(self.device).permute(0, 3, 1, 2).float(), self.config.landmark_input,
+                               0.0, 255.0)
         with torch.no_grad():
             heatmaps = self.landmarks(x).heatmaps
         if heatmaps is None:
@@ -672,7 +706,7 @@ class Projector:
         if c.lambda_lpips > 0 and with_lpips:
             terms["lpips"] = self.perceptual.distance(images, self.look_features)
             weights["lpips"] = c.lambda_lpips
-        marks = self.landmarks((images + 1) / 2) if (c.lambda_landmark > 0 or final) else None
+        marks = self.landmarks(self._net_input(images)) if (c.lambda_landmark > 0 or final) else None
         if c.lambda_landmark > 0:
             if c.landmark_form == "coordinates":
                 unit = self.resolution / COORDINATE_UNITS_PER_CROP

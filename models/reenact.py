@@ -46,8 +46,9 @@ class SourceFace:
 
 def projection_config(variant: str = "identity", **options: Any) -> ProjectionConfig:
     """The ProjectionConfig of a variant ("identity": keep the source's look; "free": Uzolas 2021's
-    identity-free variant) with `options` (ProjectionConfig fields) over its defaults. Unknown or
-    bad options are an InputError naming them."""
+    identity-free variant) with `options` (ProjectionConfig fields) over its defaults; the heatmap
+    form (absolute targets: the driving crops' heatmaps) turns relative_landmarks off unless set.
+    Unknown or bad options are an InputError naming them."""
     if variant not in VARIANTS:
         raise InputError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
     make = ProjectionConfig.identity_free if variant == "free" else ProjectionConfig
@@ -55,6 +56,8 @@ def projection_config(variant: str = "identity", **options: Any) -> ProjectionCo
         options["group_weights"] = tuple(options["group_weights"])
     if "adam_betas" in options:
         options["adam_betas"] = tuple(options["adam_betas"])
+    if options.get("landmark_form") == "heatmaps":  # heatmaps are absolute targets: no retargeting
+        options.setdefault("relative_landmarks", False)
     try:
         return make(**options)
     except TypeError as err:

@@ -60,9 +60,9 @@ from storage.provenance import code_version, provenance_key, sha256_file
 from storage.reenact import ReenactCache, read_sidecar, sidecar_path, write_sidecar
 from storage.render import LAYOUTS, preview_grid, side_by_side, to_uint8
 
-__all__ = ["FramesRun", "ReenactTable", "RenderedVideo", "driving_points_of", "fill_latents",
-           "interpolated_flags", "map_driving", "map_frames", "mapping_metrics", "project", "project_driving",
-           "render", "render_output", "resume", "source_face"]
+__all__ = ["FramesRun", "ReenactTable", "RenderedVideo", "driving_images_of", "driving_points_of",
+           "fill_latents", "interpolated_flags", "map_driving", "map_frames", "mapping_metrics", "project",
+           "project_driving", "render", "render_output", "resume", "source_face"]
 
 
 @dataclass(frozen=True)
@@ -118,12 +118,29 @@ def resume(projector: Projector, table: ReenactCache, status: np.ndarray) -> tup
     return start, status
 
 
+def driving_images_of(driving_crops: FrameTable | None, first: int, stop: int, resolution: int) -> np.ndarray:
+    """The aligned driving crops of frames first .. stop - 1 from the prepare stage's crops table, as
+    the heatmap form takes them: (n, R, R, 3) uint8 at G's resolution R; a CacheError otherwise (a
+    table made at another resolution is not this run's)."""
+    if driving_crops is None:
+        raise ValueError("the heatmap form needs the driving crops table (driving_crops)")
+    crops = driving_crops.read("crop", list(range(first, stop)))
+    expected = (stop - first, resolution, resolution, 3)
+    if crops.shape != expected or crops.dtype != np.uint8:
+        raise CacheError(f"driving crops are {crops.dtype} {crops.shape}, the heatmap form needs uint8 "
+                         f"{expected} (crops at the generator's resolution)", path=driving_crops.location)
+    return crops
+
+
 def project(projector: Projector, table: ReenactCache, driving_points: np.ndarray,
             interpolated: np.ndarray | None = None, *, init_latents: np.ndarray | None = None,
-            status: np.ndarray | None = None, progress: FrameBar | None = None) -> FramesRun:
+            status: np.ndarray | None = None, progress: FrameBar | None = None,
+            driving_crops: FrameTable | None = None) -> FramesRun:
     """Project every pending frame of `table` in order, storing each window as soon as it is done.
 
     driving_points: (T, 68, 2) the driving crops' landmarks (crop pixels at G's resolution);
+    driving_crops:  the prepare stage's crops table of the driving clip: the heatmap form's targets
+                    are its aligned crops, read window by window (the coordinate form needs none);
     interpolated:   (T,) 1 where the driving frame had no face (prepare's flag), kept per frame;
     init_latents:   (T, num_ws, w_dim) where each frame's optimisation starts (mapping mode's
                     refinement: the mapping network's output), else the chain's w_{i-1};
@@ -140,9 +157,11 @@ def project(projector: Projector, table: ReenactCache, driving_points: np.ndarra
     state_saved = start > 0
     failed: dict[int, str] = {}
     computed = 0
+    heatmaps = projector.config.landmark_form == "heatmaps"
     for first, stop in projector.config.windows(start, T):
-        result = projector.project_window(first, points[first:stop], init_latents=None if init_latents is None
-                                          else init_latents[first:stop])
+        images = driving_images_of(driving_crops, first, stop, projector.resolution) if heatmaps else None
+        starts = None if init_latents is None else init_latents[first:stop]
+        result = projector.project_window(first, points[first:stop], images, init_latents=starts)
         if not state_saved:  # before any frame is marked done: a done frame always has its state on disk
             state_saved = _save_state(projector, table)
         failed.update(_store_window(table, result, points, flags, status))
@@ -196,7 +215,7 @@ def _store_window(table: ReenactCache, result: ProjectionResult, points: np.ndar
 def map_frames(G: Generator, net, table: ReenactCache, source: SourceFace, driving_points: np.ndarray,
                interpolated: np.ndarray | None = None, *, relative: bool = True,
                batch_size: int = MAPPING_BATCH, projector: Projector | None = None,
-               progress: FrameBar | None = None) -> FramesRun:
+               progress: FrameBar | None = None, driving_crops: FrameTable | None = None) -> FramesRun:
     """Mapping-mode latents of every pending frame of `table`, stored per batch as soon as done.
 
     Without `projector`: frames are independent; per batch of `batch_size` pending frames one mapping
@@ -229,7 +248,8 @@ def map_frames(G: Generator, net, table: ReenactCache, source: SourceFace, drivi
         relative_targets = projector.config.relative_landmarks
         if reference is not None and projector.driving_reference is None and relative_targets:
             projector.set_driving_reference(reference)
-        run = project(projector, table, points, flags, init_latents=init, status=status, progress=progress)
+        run = project(projector, table, points, flags, init_latents=init, status=status, progress=progress,
+                      driving_crops=driving_crops)
         return replace(run, seconds=time.perf_counter() - began)
 
     def latents_of(frames: np.ndarray) -> np.ndarray:
@@ -522,7 +542,7 @@ def project_driving(ws: Workspace, G: Generator, backend, source: Mapping[str, A
     claim = table_lease(ws.root, table.location).wait()  # another job projecting it: wait, then resume
     try:
         run = project(projector, table, driving_crops.read("crop_landmarks"),
-                      driving_crops.read("interpolated"), progress=progress)
+                      driving_crops.read("interpolated"), progress=progress, driving_crops=driving_crops)
     finally:
         claim.release()
     return ReenactTable.of(table, run)
@@ -548,7 +568,7 @@ def map_driving(ws: Workspace, G: Generator, backend, source: Mapping[str, Any],
     try:
         run = map_frames(G, net, table, face, driving_crops.read("crop_landmarks"),
                          driving_crops.read("interpolated"), relative=relative, batch_size=options.batch,
-                         projector=projector, progress=progress)
+                         projector=projector, progress=progress, driving_crops=driving_crops)
     finally:
         claim.release()
     return ReenactTable.of(table, run)

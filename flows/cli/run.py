@@ -29,6 +29,8 @@ from flows.cli.options import add_device_option, add_quiet_option, add_verbose_o
 from flows.job_requests import (
     ENCODER_INVERSION,
     INVERSION,
+    LANDMARK_FORMS,
+    LANDMARK_INPUTS,
     LAYOUTS,
     MODES,
     PERCEPTUAL,
@@ -97,6 +99,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_encoder_options(parser)
     perceptual_option(parser, PROJECTION)
     add_landmarks_option(parser)
+    parser.add_argument("--landmark-form", choices=LANDMARK_FORMS,
+                        help="projection's landmark loss: coordinates (default; any backend) or heatmaps "
+                             "(FAN's 64x64 heatmaps, as \"Face animations without training\"; needs "
+                             "--landmarks fan)")
+    parser.add_argument("--landmark-input", choices=LANDMARK_INPUTS,
+                        help="how the generated image enters the landmark net: unit ((x + 1) / 2, default) "
+                             "or minmax (stretched to [0, 1] per image, as the posts' code)")
+    parser.add_argument("--fan-flip", action=argparse.BooleanOptionalAction,
+                        help="--landmarks fan: also run FAN on the mirrored image in the projection and "
+                             f"average (default {'on' if default_of(PROJECTION, 'fan_flip') else 'off'}; "
+                             "about 1.5x a step's time)")
     add_detector_option(parser)
     parser.add_argument("--face-index", type=face_index, default=0, metavar="N",
                         help="which face of the driving clip when it shows several: 0 = largest "
@@ -119,6 +132,9 @@ def run_options(args: argparse.Namespace) -> dict:
         options["refine_steps"] = args.refine_steps
     if args.directions is not None:
         options["directions"] = args.directions
+    for name in ("landmark_form", "landmark_input", "fan_flip"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     encoder = encoder_of(args)  # --init encoder and --encoder go together
     if encoder is not None:
         options["invert_encoder"] = encoder
@@ -164,7 +180,7 @@ def preflight(args: argparse.Namespace, options: dict) -> dict:
     from storage.errors import InputError
     from storage.media import open_medium
 
-    request_of(args, options)  # mode, settings, ranges: the request's checks, before the files
+    request_of(args, options).check_landmarks(args.landmarks)  # mode, settings, ranges: before the files
     source = existing_file(args.source, "source image")
     driving = existing_file(args.driving, "driving video")
     writable_output(args.output, OUTPUT_SUFFIXES)

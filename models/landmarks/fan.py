@@ -205,6 +205,14 @@ class FanLandmarks(LandmarkBackend):
         net = load_fan_network(path)
         return cls(net, sha256_file(path), str(path), coordinates=coordinates, flip_input=flip_input)
 
+    def with_flip(self, flip_input: bool) -> FanLandmarks:
+        """This backend with `flip_input` set as given: the same network (shared, not copied)."""
+        if flip_input == self.flip_input:
+            return self
+        other = FanLandmarks(self.net, self.weights_sha256, self.weights_path, coordinates=self.coordinates,
+                             flip_input=flip_input)
+        return other.to(self.mirror.device)
+
     def extra_repr(self) -> str:
         return f"coordinates={self.coordinates!r}, flip_input={self.flip_input}"
 
