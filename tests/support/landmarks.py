@@ -45,3 +45,47 @@ WEIGHTS: dict[str, Callable[[Path], Path | None]] = {
     "faceapi": lambda folder: None,  # vendored
     "fan": _fan_weights,
 }
+
+
+class _FaceShapedHeatmaps(torch.nn.Module):
+    """A stand-in FAN (TorchScript, as face-alignment 1.3-1.4 shipped it): Gaussian heatmaps at the
+    mean face shape, placed in the 64 x 64 heatmap as face-alignment frames a detector box, scaled by
+    the input's mean brightness (so heatmaps and soft-argmax points carry gradients to the image).
+    Unlike random weights it passes the tracker's plausibility checks: a run can prepare a clip with it."""
+
+    def __init__(self, sigma: float = 1.0) -> None:
+        super().__init__()
+        import numpy as np
+
+        from models.face_shape import MEAN_SHAPE_68
+        from models.landmarks.fan import CENTER_Y_OFFSET, HEATMAP_SIZE, REFERENCE_SCALE, SCALE_FACTOR
+
+        shape = np.asarray(MEAN_SHAPE_68, dtype=np.float64)
+        lo, hi = shape.min(axis=0), shape.max(axis=0)
+        # the crop is 2 SCALE_FACTOR / REFERENCE_SCALE box sides wide, its centre CENTER_Y_OFFSET box
+        # heights above the box's; box_from_landmarks' box is the points' extent * 1.1
+        box = HEATMAP_SIZE * REFERENCE_SCALE / (2 * SCALE_FACTOR)
+        centre = np.array([HEATMAP_SIZE / 2 - 0.5, HEATMAP_SIZE / 2 - 0.5 + CENTER_Y_OFFSET * box])
+        points = (shape - (lo + hi) / 2) * (box / 1.1 / max(hi - lo)) + centre
+        grid = torch.arange(HEATMAP_SIZE, dtype=torch.float32)
+        px = torch.tensor(points[:, 0], dtype=torch.float32)[:, None, None]
+        py = torch.tensor(points[:, 1], dtype=torch.float32)[:, None, None]
+        distance2 = (grid[None, None, :] - px) ** 2 + (grid[None, :, None] - py) ** 2
+        maps = torch.exp(-distance2 / (2 * sigma ** 2))
+        self.register_buffer("maps", maps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maps[None] * (0.5 + x.mean(dim=(1, 2, 3)))[:, None, None, None]
+
+
+def face_shaped_fan(folder: Path) -> Path:
+    """The stand-in FAN of `_FaceShapedHeatmaps`, saved under face-alignment's TorchScript file name."""
+    import warnings
+
+    from models.landmarks.fan import FAN_TORCHSCRIPT_FILE
+
+    path = folder / FAN_TORCHSCRIPT_FILE
+    with warnings.catch_warnings():  # torch's deprecation notice of TorchScript: the format is the point
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(_FaceShapedHeatmaps()), str(path))
+    return path
