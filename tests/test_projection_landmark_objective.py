@@ -81,3 +81,18 @@ def test_fan_flip_is_a_projection_setting(G, fan):
     assert projector.landmarks.flip_input is True and fan.flip_input is False  # the given one unchanged
     assert projector.provenance()["landmarks"]["flip_input"] is True
     assert not np.allclose(off.numpy(), on.numpy())
+
+
+def test_fan_takes_a_whole_256_image_as_it_is(fan):
+    """The fast path (no resampling of a 256 x 256 image without a box) gives what the crop gave."""
+    from models.landmarks.base import crop_square, whole_image_boxes
+
+    images = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    resampled = crop_square(images, whole_image_boxes(images), 256)
+    torch.testing.assert_close(resampled, images, atol=1e-4, rtol=0)  # float rounding of the grid only
+    with torch.no_grad():
+        direct = fan(images)
+        via_crop = fan.net(resampled)
+    torch.testing.assert_close(direct.heatmaps, via_crop[-1] if isinstance(via_crop, list) else via_crop,
+                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(direct.crops, whole_image_boxes(images))
