@@ -142,6 +142,9 @@ def test_choices_mirror_the_models():
     assert tuple(REENACTORS) == requests.MODES
     assert requests.VARIANTS == VARIANTS and requests.LAYOUTS == LAYOUTS
     assert set(requests.DETECTORS) == set(DETECTORS) and requests.DEFAULT_DETECTOR == DEFAULT_DETECTOR
+    from models.projection import LANDMARK_FORMS, LANDMARK_INPUTS
+
+    assert requests.LANDMARK_FORMS == LANDMARK_FORMS and requests.LANDMARK_INPUTS == LANDMARK_INPUTS
 
 
 def test_requests_and_the_parser_load_neither_torch_nor_prefect():

@@ -6,7 +6,8 @@ tracks the clip with FAN too):
 
 - `run --landmarks fan --landmark-form heatmaps --landmark-input minmax --fan-flip` makes the video,
   and the reenact table's provenance records the form, the input, the flip (settings and the FAN
-  backend's record) and absolute targets;
+  backend's record) and absolute targets; `resume` of its job, with frames left pending, comes to the
+  same latents bit for bit;
 - the refused combinations are one line, exit 2, nothing made: heatmaps with face-api, the flip with
   face-api, heatmaps with relative landmarks (a batch-style request), an unknown form.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from flows.job_requests import ReenactRequest
@@ -59,9 +61,17 @@ def test_run_heatmap_form_end_to_end(inputs, cli, tmp_path, prefect_harness):
     assert table.counts().get("done") == FRAMES
     sidecar = json.loads(out.with_name(out.name + ".json").read_text())
     assert sidecar["provenance"]["settings"]["landmark_form"] == "heatmaps"
-    # the job record holds the request: `resume` runs the heatmap form again
+    # the job record holds the request: `resume` runs the heatmap form again, from the frames left
+    # pending (the driving crops read from that window on), to the same latents bit for bit
     (job,) = json.loads(cli("status", cache, "--json", check=True).stdout)["jobs"]
     assert job["state"] == "finished"
+    latents = table.read("latents")
+    table.table.reset([2, 3])
+    out.unlink()
+    resumed = cli("resume", job["job"], "--cache", cache, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    np.testing.assert_array_equal(table.read("latents"), latents)
+    assert probe(out).frame_count == FRAMES
 
 
 @pytest.mark.parametrize("args, fragments", [
