@@ -3,7 +3,7 @@ run (CPU, one thread by default), against a re-statement of the step of Uzolas's
 
     python tests/benchmarks/bench_landmark_step.py [--steps 4] [--fan-modules 4] [--threads 1]
                                                    [--generator ../shared/fixtures/stylegan2/sg2_tiny256.pkl]
-                                                   [--fan-weights 2DFAN4.pth.tar]
+                                                   [--seed-code CHECKOUT] [--fan-weights 2DFAN4.pth.tar]
 
 Generator: the 256 px official-format fixture (tiny channels, 14 ws), so FAN's 256 x 256 input is the
 image itself, as at 256 px in production; random FAN weights (FAN(--fan-modules), 4 = 2DFAN4's
@@ -27,8 +27,15 @@ to [0, 255]; VGG LPIPS features against the look's, squared-difference sum; the 
 256 (nearest; a copy at 256 px), min-max normalised over the batch, FAN's raw network (no flip, no
 crop: face-alignment's `face_alignment_net` directly); the weighted heatmap L2; the Charbonnier
 fidelity and smoothness sums; NVIDIA's noise regulariser over the noise maps; backward; Adam; the
-noise maps renormalised. It is not that repository's code (which needs NVIDIA's generator classes
-and face-alignment's detector download); the ratio column is the row's s/step over this one's.
+noise maps renormalised. It is not that repository's code; the ratio column is the row's s/step over
+this one's, unless:
+
+--seed-code CHECKOUT: a checkout of lukasuz/stylegan2-landmark-projection (e.g. `git archive` of it
+into /tmp; never copied into this repository): its own `project` is timed too, on the same pickle
+(its legacy.py and NVIDIA's network classes), the same FAN network (its FacialLandmarksExtractor,
+with face-alignment's FaceAlignment, which would download weights and a detector, replaced by a
+holder of our FAN) and our VGG features in the place of NVIDIA's vgg16.pt (a download), and the
+ratios are over its s/step.
 
 --fan-weights: with FAN's trained weights (face-alignment's 2DFAN4 file) also measure what the flip
 buys: the NME of FAN's points, flip on and off, against dlib's 68 points of scikit-image's astronaut
@@ -143,6 +150,59 @@ class Case:
         return sum(gaps) / len(gaps)
 
 
+def seed_code_step(path: str, generator: str, case: Case, fan_net: torch.nn.Module, steps: int) -> float:
+    """Seconds per step of Uzolas's own `project` (projector_video.py of a checkout at `path`, never
+    copied into this repository), on the same pickle (loaded by its own legacy.py), the same FAN
+    network (its FacialLandmarksExtractor, with face-alignment's FaceAlignment replaced by a holder of
+    our FAN, as face-alignment would download its weights and detector) and our VGG LPIPS features in
+    the place of NVIDIA's vgg16.pt (also a download). A later frame (first_iter False): the difference
+    of 1 + steps and 1 step calls, over steps."""
+    import types
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(path).resolve()))
+    if "numpy.lib.arraysetops" not in sys.modules:  # numpy 2 dropped the module the code imports from
+        shim = types.ModuleType("numpy.lib.arraysetops")
+        shim.isin = np.isin
+        sys.modules["numpy.lib.arraysetops"] = shim
+    import face_alignment
+    import legacy
+    import projector_video
+    from facial_landmark_extractor import FacialLandmarksExtractor
+
+    def last_heatmaps(x: torch.Tensor) -> torch.Tensor:  # the code subtracts the net's outputs: a tensor,
+        out = fan_net(x)                                   # as the face-alignment it ran with returned
+        return out[-1] if isinstance(out, (list, tuple)) else out
+
+    saved = face_alignment.FaceAlignment
+    face_alignment.FaceAlignment = lambda *a, **k: types.SimpleNamespace(face_alignment_net=last_heatmaps)
+    try:
+        fle = FacialLandmarksExtractor(device="cpu", landmark_weights=list(ProjectionConfig().group_weights))
+    finally:
+        face_alignment.FaceAlignment = saved
+    with open(generator, "rb") as f:
+        G = legacy.load_network_pkl(f)["G_ema"]
+
+    def vgg16(images: torch.Tensor, resize_images: bool = False, return_lpips: bool = True) -> torch.Tensor:
+        return torch.cat([f.flatten(1) for f in case.perceptual.features(images / 127.5 - 1)], dim=1)
+
+    target = torch.from_numpy(case.look).permute(2, 0, 1).float()
+    driving = torch.from_numpy(case.driving[0]).permute(2, 0, 1).float()
+    common = dict(device=torch.device("cpu"), vgg16=vgg16, lpips_weight=1.0, landmark_weight=0.1,
+                  fidelity_weight=0.05, smoothness_weight=0.05)
+    w_opt, w_std, w_avg, noise, vgg, features, _ = projector_video.project(
+        G, None, fle, target, driving, num_steps=1, w_avg_tensor=None, **common)  # frame 0: w stats, noise
+    times = []
+    for n in (1, 1 + steps):
+        began = time.perf_counter()
+        projector_video.project(G, None, fle, target, driving, num_steps=n, w_opt=w_opt, w_std=w_std,
+                                w_avg_tensor=w_avg, noise_bufs=noise, target_features=features,
+                                first_iter=False, **common)
+        times.append(time.perf_counter() - began)
+    return (times[1] - times[0]) / steps
+
+
 def flip_accuracy(path: str) -> None:
     """NME of trained FAN's points, flip on/off, against dlib's on the astronaut (and variants)."""
     import numpy as np
@@ -188,6 +248,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--generator", default=str(FIXTURE))
     parser.add_argument("--fan-weights", help="trained FAN weights: also measure the flip's accuracy benefit")
+    parser.add_argument("--seed-code", metavar="PATH",
+                        help="a checkout of lukasuz/stylegan2-landmark-projection: also time its own step")
     parser.add_argument("--quick", action="store_true", help="unit inputs only, flip rows for FAN only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -218,16 +280,23 @@ def main() -> None:
                              every1, every2))
     seed_after = case.seed_step(fans[False].net, args.steps)  # before and after the rows: the load drifts
     seed = (seed_before + seed_after) / 2
+    own = None
+    if args.seed_code:
+        own = seed_code_step(args.seed_code, args.generator, case, fans[False].net, args.steps)
+    reference = own if own is not None else seed  # the ratios' denominator: the seed's own code if run
     print("| objective | flip | input | s/step (LPIPS every step) | vs seed | s/step (ours, defaults) "
           "| vs seed |")
     print("|---|---|---|---|---|---|---|")
+    if own is not None:
+        print(f"| Uzolas's own code (projector_video.project) | off | minmax | {own:.3f} | 1.00x | | |")
     print(f"| seed-equivalent step (re-statement; {seed_before:.3f} before the rows, {seed_after:.3f} after) "
-          f"| off | minmax | {seed:.3f} | 1.00x | | |")
+          f"| off | minmax | {seed:.3f} | {seed / reference:.2f}x | | |")
     for objective, flip, mode, every1, every2 in rows:
-        print(f"| {objective} | {flip} | {mode} | {every1:.3f} | {every1 / seed:.2f}x | {every2:.3f} | "
-              f"{every2 / seed:.2f}x |")
-    print(f"\n(whole run {time.perf_counter() - began:.0f} s; 'vs seed' = s/step over the seed-equivalent "
-          "step's, measured in this run)")
+        print(f"| {objective} | {flip} | {mode} | {every1:.3f} | {every1 / reference:.2f}x | {every2:.3f} | "
+              f"{every2 / reference:.2f}x |")
+    what = "Uzolas's own code's" if own is not None else "the seed-equivalent step's"
+    print(f"\n(whole run {time.perf_counter() - began:.0f} s; 'vs seed' = s/step over {what}, measured in "
+          "this run)")
     if args.fan_weights:
         flip_accuracy(args.fan_weights)
 
