@@ -112,3 +112,26 @@ def test_request_checks_the_landmark_settings():
     # the record round trip keeps them (`facereenact resume`)
     again = ReenactRequest.from_record(request(landmark_form="heatmaps", fan_flip=True).to_record())
     assert again.settings == {"landmark_form": "heatmaps", "fan_flip": True}
+
+
+def test_driving_crops_are_read_per_window_at_the_generator_resolution(tmp_path):
+    from stages.prepare import crop_fields
+    from stages.reenact import driving_images_of
+    from storage.cache import Field
+    from storage.errors import CacheError
+
+    ws = Workspace(tmp_path / "cache")
+
+    def crops_table(resolution: int):
+        fields = {"crop": crop_fields(resolution)["crop"], "n": Field((), "uint8")}
+        table = ws.table("clip", "crops", {"resolution": resolution}, 3, fields)
+        crops = np.arange(3 * resolution * resolution * 3, dtype=np.uint32).astype(np.uint8)
+        table.write([0, 1, 2], crop=crops.reshape(3, resolution, resolution, 3), n=np.zeros(3, np.uint8))
+        return table, crops.reshape(3, resolution, resolution, 3)
+
+    table, crops = crops_table(32)
+    np.testing.assert_array_equal(driving_images_of(table, 1, 3, 32), crops[1:3])
+    with pytest.raises(CacheError, match=r"needs uint8 \(2, 64, 64, 3\)"):  # made for another generator
+        driving_images_of(table, 1, 3, 64)
+    with pytest.raises(ValueError, match="driving crops table"):
+        driving_images_of(None, 0, 1, 32)
