@@ -24,15 +24,17 @@ differentiable backend; the faceapi default) or on FAN's heatmaps (Uzolas 2021's
 driving frames' landmarks or, with `relative_landmarks`, the driving motion retargeted onto the source
 face: target_i = source + (driving_i - driving_0).
 
-Schedule: frame 0 gets `steps_first` Adam steps from `init_latent` (or w_avg) and optimises the noise
-maps too; every later frame starts from w_{i-1}, gets at most `steps_next` steps, and the noise maps
-stay frozen at frame 0's values. Later frames go in windows of `batch_frames` (a chain: the smoothness
+Schedule: frame 0 starts from `init_latent` (or w_avg) and optimises the noise maps too: from w_avg the
+long schedule (`steps_first` steps), from a given start (`warm_first_frame`) the warm one of later
+frames; every later frame starts from w_{i-1} (or extrapolates the chain's velocity,
+`start_extrapolation`), gets at most `steps_next` steps, and the noise maps stay frozen at frame 0's
+values. Later frames go in windows of `batch_frames` (a chain: the smoothness
 term links each frame to its predecessor in the window, the first to the fixed w of the frame before),
 and a window stops early when its landmark term has stopped improving.
 
 Resumption: everything a later frame depends on is `state_dict()` (the last frame's index and latent,
-the frozen noise maps, the driving reference for relative targets); random numbers come from
-per-frame seeds. A fresh Projector given that state continues exactly where the first stopped (bitwise
+the latent before it, the frozen noise maps, the driving reference for relative targets); random
+numbers come from per-frame seeds. A fresh Projector given that state continues exactly where the first stopped (bitwise
 on the CPU), provided it resumes at a window boundary: windows are aligned to absolute frame indices
 (`window_start`; `windows` is the one rule a run goes by). Plain torch; no Prefect, no cache.
 """
@@ -85,8 +87,9 @@ class ProjectionConfig:
     """Settings of a projection run; `provenance()` is what a cached result records.
 
     The defaults are the Uzolas code's loss weights and step counts (as caps) with our speed-ups on:
-    a lower learning rate and no latent noise on warm-started frames, early stopping on the landmark
-    term, LPIPS on every other step of later frames (docs/projection.md has the measurements).
+    a lower learning rate and no latent noise on warm-started frames (every later frame, and frame 0
+    from the source's inversion), early stopping on the landmark term, LPIPS on every 4th step of
+    warm-started frames (docs/projection.md has the measurements).
     `ProjectionConfig.published()` is Uzolas 2021's schedule exactly; `identity_free()` the variant
     without the look term.
     """

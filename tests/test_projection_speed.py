@@ -156,3 +156,19 @@ def test_warm_first_frame_takes_the_warm_schedule_from_a_given_start_only(G, fac
     assert cold.steps.tolist() == [4] and not torch.equal(cold.latents[0], ws[0])
     from_avg = run(warm, None)
     assert from_avg.steps.tolist() == [4]
+
+
+def test_look_features_are_computed_once_per_projector(G, faceapi, lpips):
+    """The LPIPS features of the look are cached at construction: the backbone then runs once per step
+    that has the LPIPS term (every step here) and once per frame's final evaluation, never for the look."""
+    ws, images, points, noise = sequence(G, faceapi, frames=2)
+    calls = []
+    hook = lpips.lpips.net.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        projector = Projector(G, config(), look=images[:1], source_landmarks=points[0], landmarks=faceapi,
+                              perceptual=lpips)
+        assert len(calls) == 1  # the look's features
+        projector.project_frames(0, points)
+    finally:
+        hook.remove()
+    assert len(calls) == 1 + (4 + 1) + (3 + 1)
