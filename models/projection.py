@@ -28,15 +28,16 @@ Schedule: frame 0 starts from `init_latent` (or w_avg) and optimises the noise m
 long schedule (`steps_first` steps), from a given start (`warm_first_frame`) the warm one of later
 frames; every later frame starts from w_{i-1} (or extrapolates the chain's velocity,
 `start_extrapolation`), gets at most `steps_next` steps, and the noise maps stay frozen at frame 0's
-values. Later frames go in windows of `batch_frames` (a chain: the smoothness
-term links each frame to its predecessor in the window, the first to the fixed w of the frame before),
-and a window stops early when its landmark term has stopped improving.
+values. Later frames go in windows of `batch_frames` (a chain: the smoothness term links each frame to
+its predecessor in the window, the first to the fixed w of the frame before), and a window stops early
+when its landmark term has stopped improving.
 
 Resumption: everything a later frame depends on is `state_dict()` (the last frame's index and latent,
 the latent before it, the frozen noise maps, the driving reference for relative targets); random
-numbers come from per-frame seeds. A fresh Projector given that state continues exactly where the first stopped (bitwise
-on the CPU), provided it resumes at a window boundary: windows are aligned to absolute frame indices
-(`window_start`; `windows` is the one rule a run goes by). Plain torch; no Prefect, no cache.
+numbers come from per-frame seeds. A fresh Projector given that state continues exactly where the
+first stopped (bitwise on the CPU), provided it resumes at a window boundary: windows are aligned to
+absolute frame indices (`window_start`; `windows` is the one rule a run goes by). Plain torch; no
+Prefect, no cache.
 """
 
 from __future__ import annotations
@@ -124,8 +125,9 @@ class ProjectionConfig:
     early_stop_patience: int = 3        # stop a window once its landmark term has not improved by
     early_stop_tolerance: float = 0.01  #   this fraction for this many steps; patience 0 = off
     early_stop_min_steps: int = 5       # never stop a warm-started window before this many steps
-    early_stop_min_steps_first: int = 100  # frame 0: early stopping after this many steps (>= steps_first:
-                                        #   never); it starts from the inversion, or far away at w_avg
+    early_stop_min_steps_first: int = 100  # the long schedule (frame 0 from w_avg, or with
+                                        #   warm_first_frame off): early stopping after this many steps
+                                        #   (>= steps_first: never)
     lpips_every: int = 4                # warm-started frames: LPIPS on every k-th step only (1 = every
                                         #   step; step 0 always)
     warm_first_frame: bool = True       # frame 0 from a given init_latent (the source's inversion) is a
