@@ -598,7 +598,8 @@ class Projector:
 
         `init_latents`: each frame's optimisation starts at its row instead of at w_{i-1} (frame 0:
         instead of `init_latent`), e.g. a mapping network's output to refine (the smoothness term
-        still links it to the frame before). Rows of frames that fail may be NaN.
+        still links it to the frame before; with `warm_first_frame` frame 0 then gets the warm
+        schedule too). Rows of frames that fail may be NaN.
 
         The frames go window by window (`ProjectionConfig.windows`); `project_window` is one of them.
         """
