@@ -24,17 +24,20 @@ differentiable backend; the faceapi default) or on FAN's heatmaps (Uzolas 2021's
 driving frames' landmarks or, with `relative_landmarks`, the driving motion retargeted onto the source
 face: target_i = source + (driving_i - driving_0).
 
-Schedule: frame 0 gets `steps_first` Adam steps from `init_latent` (or w_avg) and optimises the noise
-maps too; every later frame starts from w_{i-1}, gets at most `steps_next` steps, and the noise maps
-stay frozen at frame 0's values. Later frames go in windows of `batch_frames` (a chain: the smoothness
-term links each frame to its predecessor in the window, the first to the fixed w of the frame before),
-and a window stops early when its landmark term has stopped improving.
+Schedule: frame 0 starts from `init_latent` (or w_avg) and optimises the noise maps too: from w_avg the
+long schedule (`steps_first` steps), from a given start (`warm_first_frame`) the warm one of later
+frames; every later frame starts from w_{i-1} (or extrapolates the chain's velocity,
+`start_extrapolation`), gets at most `steps_next` steps, and the noise maps stay frozen at frame 0's
+values. Later frames go in windows of `batch_frames` (a chain: the smoothness term links each frame to
+its predecessor in the window, the first to the fixed w of the frame before), and a window stops early
+when its landmark term has stopped improving.
 
 Resumption: everything a later frame depends on is `state_dict()` (the last frame's index and latent,
-the frozen noise maps, the driving reference for relative targets); random numbers come from
-per-frame seeds. A fresh Projector given that state continues exactly where the first stopped (bitwise
-on the CPU), provided it resumes at a window boundary: windows are aligned to absolute frame indices
-(`window_start`; `windows` is the one rule a run goes by). Plain torch; no Prefect, no cache.
+the latent before it, the frozen noise maps, the driving reference for relative targets); random
+numbers come from per-frame seeds. A fresh Projector given that state continues exactly where the
+first stopped (bitwise on the CPU), provided it resumes at a window boundary: windows are aligned to
+absolute frame indices (`window_start`; `windows` is the one rule a run goes by). Plain torch; no
+Prefect, no cache.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ COORDINATE_UNITS_PER_CROP = 64
 # The Uzolas code's group weights, in IBUG_GROUPS order: jaw, brows L/R, nose bridge, lower nose, eyes L/R,
 # outer lip, inner lip (lukasuz/stylegan2-landmark-projection, --landmark_weights).
 SEED_GROUP_WEIGHTS = (0.05, 1.0, 1.0, 0.1, 1.0, 1.0, 1.0, 5.0, 5.0)
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: + "latent_before" (the velocity of start_extrapolation)
 TERMS = ("lpips", "landmark", "smooth", "fidelity", "noise_reg")
 
 
@@ -88,8 +91,9 @@ class ProjectionConfig:
     """Settings of a projection run; `provenance()` is what a cached result records.
 
     The defaults are the Uzolas code's loss weights and step counts (as caps) with our speed-ups on:
-    a lower learning rate and no latent noise on warm-started frames, early stopping on the landmark
-    term, LPIPS on every other step of later frames (docs/projection.md has the measurements).
+    a lower learning rate and no latent noise on warm-started frames (every later frame, and frame 0
+    from the source's inversion), early stopping on the landmark term, LPIPS on every 4th step of
+    warm-started frames (docs/projection.md has the measurements).
     `ProjectionConfig.published()` is Uzolas 2021's schedule exactly; `identity_free()` the variant
     without the look term.
     """
@@ -125,12 +129,24 @@ class ProjectionConfig:
     # speed-ups (the published schedule has them off)
     batch_frames: int = 1               # later frames optimised together per window (a chain); more
                                         #   pays on a GPU only (docs/projection.md)
-    early_stop_patience: int = 5        # stop a window once its landmark term has not improved by
+    early_stop_patience: int = 3        # stop a window once its landmark term has not improved by
     early_stop_tolerance: float = 0.01  #   this fraction for this many steps; patience 0 = off
-    early_stop_min_steps: int = 10      # never stop a later window before this many steps
-    early_stop_min_steps_first: int = 100  # frame 0: early stopping after this many steps (>= steps_first:
-                                        #   never); it starts from the inversion, or far away at w_avg
-    lpips_every: int = 2                # later frames: LPIPS on every k-th step only (1 = every step)
+    early_stop_min_steps: int = 5       # never stop a warm-started window before this many steps
+    early_stop_min_steps_first: int = 100  # the long schedule (frame 0 from w_avg, or with
+                                        #   warm_first_frame off): early stopping after this many steps
+                                        #   (>= steps_first: never)
+    lpips_every: int = 4                # warm-started frames: LPIPS on every k-th step only (1 = every
+                                        #   step; step 0 always)
+    warm_first_frame: bool = True       # frame 0 from a given init_latent (the source's inversion) is a
+                                        #   warm start: the later frames' lr, w noise and early-stop
+                                        #   minimum (its target is the source's own landmarks when
+                                        #   relative); from w_avg it keeps the long schedule
+    start_extrapolation: float = 0.0    # later frames start at w_{i-1} + a (w_{i-1} - w_{i-2}) (velocity
+                                        #   of the last two good frames; a window's k-th frame at
+                                        #   w_{i-1} + k a (w_{i-1} - w_{i-2})); 0 = at w_{i-1}
+    early_stop_target: float = 0.0      # also stop a window once every frame's landmark term, as a
+                                        #   weighted mean point distance in 1/64 of the crop side (the
+                                        #   heatmap pixel), is below this; 0 = off (coordinate form only)
     w_avg_samples: int = 10_000         # z samples for w_avg and the spread of w
     w_avg_seed: int = 123
     seed: int = 303                     # frame i's random numbers come from seed + i
@@ -156,6 +172,7 @@ class ProjectionConfig:
         for name in ("lambda_lpips", "lambda_landmark", "lambda_smooth", "lambda_fidelity",
                      "noise_regularize_weight", "learning_rate", "learning_rate_next",
                      "initial_noise_factor", "initial_noise_factor_next", "early_stop_tolerance",
+                     "start_extrapolation", "early_stop_target",
                      *(f"group_weights[{i}]" for i in range(len(self.group_weights)))):
             value = (self.group_weights[int(name[14:-1])] if name.startswith("group_weights[")
                      else getattr(self, name))
@@ -171,13 +188,17 @@ class ProjectionConfig:
         for name in ("lr_rampup", "lr_rampdown", "noise_ramp_length"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.early_stop_target > 0 and self.landmark_form != "coordinates":
+            raise ValueError("early_stop_target is a distance in landmark coordinates: use landmark_form "
+                             "'coordinates', or early_stop_target=0")
 
     @classmethod
     def published(cls, **changes) -> ProjectionConfig:
         """Uzolas 2021's schedule exactly: 300 then 50 steps, one frame at a time, every later frame
         with the same lr (0.1) and w-noise ramps as the first, no early stopping."""
         base = dict(learning_rate_next=0.1, initial_noise_factor_next=0.05, batch_frames=1,
-                    early_stop_patience=0, lpips_every=1)
+                    early_stop_patience=0, lpips_every=1, warm_first_frame=False, start_extrapolation=0.0,
+                    early_stop_target=0.0)
         return cls(**{**base, **changes})
 
     @classmethod
@@ -419,12 +440,14 @@ class Projector:
         self.w_avg, self.w_spread = _w_stats(G, config)  # same fields as InversionConfig's
         self.init_latent = (self._latent(init_latent, "init_latent") if init_latent is not None
                             else self.w_avg.expand(G.num_ws, G.w_dim).clone())
+        self.init_given = init_latent is not None  # frame 0 starts near its optimum (warm_first_frame)
         self.noise_layers = G.synthesis.noise_layers() if config.optimize_noise else []
         self.init_noise = self._noise(init_noise, "init_noise") if init_noise is not None else None
 
         # State between frames (what `state_dict` carries).
         self.last_frame = -1                            # index of the last projected frame
         self.last_latent: torch.Tensor | None = None    # its latent (num_ws, w_dim)
+        self.latent_before: torch.Tensor | None = None  # the good frame's before it (start_extrapolation)
         self.noise: list[torch.Tensor] | None = None    # frozen noise maps, (1, 1, r, r) each
         self.driving_reference: torch.Tensor | None = None  # driving frame 0's landmarks (relative)
 
@@ -493,6 +516,8 @@ class Projector:
             "provenance_key": self.provenance_key(),
             "frame": self.last_frame,
             "latent": None if self.last_latent is None else self.last_latent.cpu().numpy().copy(),
+            "latent_before": (None if self.latent_before is None else
+                              self.latent_before.cpu().numpy().copy()),
             "noise": None if self.noise is None else [m[0, 0].cpu().numpy().copy() for m in self.noise],
             "driving_reference": (None if self.driving_reference is None else
                                   self.driving_reference.cpu().numpy().copy()),
@@ -511,6 +536,8 @@ class Projector:
             raise ValueError(f"projection state at frame {frame} has a latent but no noise maps")
         self.last_frame = frame
         self.last_latent = None if state["latent"] is None else self._latent(state["latent"], "state latent")
+        before = state["latent_before"]
+        self.latent_before = None if before is None else self._latent(before, "state latent_before")
         self.noise = None if state["noise"] is None else self._noise(state["noise"], "state noise")
         ref = state.get("driving_reference")
         self.driving_reference = (None if ref is None else
@@ -599,7 +626,8 @@ class Projector:
 
         `init_latents`: each frame's optimisation starts at its row instead of at w_{i-1} (frame 0:
         instead of `init_latent`), e.g. a mapping network's output to refine (the smoothness term
-        still links it to the frame before). Rows of frames that fail may be NaN.
+        still links it to the frame before; with `warm_first_frame` frame 0 then gets the warm
+        schedule too). Rows of frames that fail may be NaN.
 
         The frames go window by window (`ProjectionConfig.windows`); `project_window` is one of them.
         """
@@ -740,6 +768,10 @@ class Projector:
                         callback, init_latents: torch.Tensor | None = None) -> ProjectionResult:
         began = time.perf_counter()
         w = self._window_targets(window, all_points, all_images, offset)
+        # the one warm-start rule: later frames start at (or next to) their predecessor's optimum; frame
+        # 0 too with warm_first_frame when its start is given (the source's inversion, init_latents)
+        w.warm = not w.first or (self.config.warm_first_frame and
+                                 (self.init_given or init_latents is not None))
         latents = self._start_latents(w, init_latents)
         noise, optimise_noise = self._window_noise(w)
         latents, noise, steps_taken, error = self._optimise(w, latents, noise, optimise_noise, callback)
@@ -783,8 +815,15 @@ class Projector:
                 raise ValueError(f"init_latents: non-finite rows for frames {w.frames} with driving "
                                  "landmarks")
             return latents
-        start_latent = self.init_latent if w.prev is None else w.prev
-        return start_latent.expand(len(w.good), -1, -1).clone()
+        if w.prev is None:
+            return self.init_latent.expand(len(w.good), -1, -1).clone()
+        a = self.config.start_extrapolation
+        if a > 0 and self.latent_before is not None:
+            # velocity extrapolation: the window's k-th good frame (k = 1, 2, ...) at
+            # w_{i-1} + k a (w_{i-1} - w_{i-2})
+            velocity = w.prev - self.latent_before
+            return torch.stack([w.prev + (k * a) * velocity for k in range(1, len(w.good) + 1)])
+        return w.prev.expand(len(w.good), -1, -1).clone()
 
     def _window_noise(self, w: _Window) -> tuple[list[torch.Tensor] | None, bool]:
         """3. Noise setup: the first window draws (or takes `init_noise`) the noise maps and optimises
@@ -813,7 +852,8 @@ class Projector:
         first window), NVIDIA's lr and w-noise ramps, stopping when the landmark term has stopped
         improving. Returns (latents, noise, steps taken, why the window failed or None)."""
         c, G = self.config, self.G
-        max_steps = c.steps_first if w.first else c.steps_next
+        long = not w.warm  # the long schedule (frame 0 from far away); else the warm-start one
+        max_steps = c.steps_first if long else c.steps_next
         steps_taken = 0
         if not w.good or max_steps == 0:
             return latents, noise, steps_taken, None
@@ -823,22 +863,26 @@ class Projector:
             for m in noise:
                 m.requires_grad_(True)
             params += noise
-        optimizer = torch.optim.Adam(params, lr=c.learning_rate if w.first else c.learning_rate_next,
+        optimizer = torch.optim.Adam(params, lr=c.learning_rate if long else c.learning_rate_next,
                                      betas=c.adam_betas)
         stop = _EarlyStop(len(w.good), c.early_stop_patience, c.early_stop_tolerance,
-                          c.early_stop_min_steps_first if w.first else c.early_stop_min_steps)
+                          c.early_stop_min_steps_first if long else c.early_stop_min_steps,
+                          # the landmark term is sum_p w_p |p - q| in heatmap pixels: the weighted
+                          # mean distance below early_stop_target is the term below target * sum_p w_p
+                          target=(c.early_stop_target * float(self.point_weights.sum())
+                                  if c.lambda_landmark > 0 else 0.0))
         error = None
         with _frozen_generator(G):
             for step in range(max_steps):
-                lr = c.learning_rate_at(step, max_steps, w.first)
+                lr = c.learning_rate_at(step, max_steps, long)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 ws = latents
-                std = c.w_noise_factor_at(step, max_steps, w.first) * self.w_spread
+                std = c.w_noise_factor_at(step, max_steps, long) * self.w_spread
                 if std > 0:
                     draw = torch.stack([torch.randn(G.num_ws, G.w_dim, generator=g) for g in w.streams])
                     ws = latents + draw.to(self.device) * std
-                with_lpips = w.first or step % c.lpips_every == 0
+                with_lpips = long or step % c.lpips_every == 0
                 _, _, terms = self._objective(ws, latents, w.prev, noise, w.target, with_lpips,
                                               noise_reg=optimise_noise)
                 total = terms["total"]
@@ -895,6 +939,7 @@ class Projector:
         """6. State advance: the chain goes on from the window's last good frame; the noise maps are
         frozen from the first window on."""
         if w.good:
+            self.latent_before = latents[-2].clone() if len(w.good) > 1 else self.last_latent
             self.last_latent = latents[-1].clone()
             if optimise_noise:
                 self.noise = noise
@@ -913,15 +958,19 @@ class _Window:
     target: torch.Tensor | None         # their coordinate targets or heatmaps
     prev: torch.Tensor | None           # the fixed latent before the window (None on the first)
     streams: list[torch.Generator]      # per good frame, its random numbers: seed + frame
+    warm: bool = False                  # warm-started: the later frames' schedule (lr, w noise, steps)
 
 
 class _EarlyStop:
     """Stop a window once its watched term (per frame) has not improved by `tolerance` (a fraction)
-    for `patience` steps on every frame, after at least `min_steps`; patience 0 never stops."""
+    for `patience` steps on every frame, after at least `min_steps`; patience 0 never stops on that.
+    With `target` > 0 also once the term is below `target` on every frame (any step: the target is
+    reached)."""
 
-    def __init__(self, n: int, patience: int, tolerance: float, min_steps: int) -> None:
-        self.patience, self.tolerance, self.min_steps = patience, tolerance, min_steps
-        self.enabled = patience > 0
+    def __init__(self, n: int, patience: int, tolerance: float, min_steps: int, target: float = 0.0
+                 ) -> None:
+        self.patience, self.tolerance, self.min_steps, self.target = patience, tolerance, min_steps, target
+        self.enabled = patience > 0 or target > 0
         self.best = torch.full((n,), float("inf"))
         self.stale = torch.zeros(n, dtype=torch.long)
 
@@ -929,4 +978,7 @@ class _EarlyStop:
         improved = watch < self.best * (1 - self.tolerance)
         self.best = torch.minimum(self.best, watch)
         self.stale = torch.where(improved, torch.zeros_like(self.stale), self.stale + 1)
-        return steps_taken >= self.min_steps and bool((self.stale >= self.patience).all())
+        if self.target > 0 and bool((watch < self.target).all()):
+            return True
+        return (self.patience > 0 and steps_taken >= self.min_steps
+                and bool((self.stale >= self.patience).all()))

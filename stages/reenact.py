@@ -111,9 +111,11 @@ def resume(projector: Projector, table: ReenactCache, status: np.ndarray) -> tup
     start = projector.config.window_start(first)  # windows are aligned to absolute frame indices
     done = np.flatnonzero(status[:start] == DONE)
     prev = int(done[-1]) if done.size else None  # the chain's predecessor: failed frames are skipped
+    before = int(done[-2]) if done.size > 1 else None  # and the good frame before it (its velocity)
     projector.load_state_dict({
         "format": STATE_FORMAT, "provenance_key": projector.provenance_key(), "frame": start - 1,
         "latent": None if prev is None else table.read("latents", [prev])[0],
+        "latent_before": None if before is None else table.read("latents", [before])[0],
         "noise": state["noise"], "driving_reference": state["driving_reference"]})
     return start, status
 

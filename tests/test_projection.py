@@ -64,9 +64,10 @@ def known_sequence(G, faceapi, frames: int, step: float, seed: int = 1):
 
 
 def quick(**changes) -> ProjectionConfig:
-    """Defaults with few steps and no early stopping (the step counts are then exact)."""
+    """Defaults with few steps, no early stopping and frame 0 on the long schedule (the step counts are
+    then exact)."""
     return ProjectionConfig(**{"perceptual": "uncalibrated", "steps_first": 4, "steps_next": 3,
-                               "early_stop_patience": 0, **changes})
+                               "early_stop_patience": 0, "warm_first_frame": False, **changes})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -212,13 +213,15 @@ def test_smoothness_term_lowers_jitter(G, faceapi):
     assert "smooth" not in runs[0.0].losses and "smooth" in runs[5.0].losses
 
 
-@pytest.mark.parametrize("batch_frames, split", [(1, 2), (3, 3)])
-def test_resume_is_bitwise(G, faceapi, lpips, batch_frames, split):
+@pytest.mark.parametrize("batch_frames, split, extrapolation", [(1, 2, 0.0), (3, 3, 0.0), (1, 2, 0.5),
+                                                                (3, 3, 0.5)])
+def test_resume_is_bitwise(G, faceapi, lpips, batch_frames, split, extrapolation):
     """Frames 0..6 in one go == frames 0..split, state saved, a new Projector, state loaded, then
-    split+1..6. With windows, `split` is a window end (frames 1-3, 4-6)."""
+    split+1..6. With windows, `split` is a window end (frames 1-3, 4-6). With start extrapolation the
+    state carries the latent before the last too."""
     _, images, targets = known_sequence(G, faceapi, frames=7, step=0.05, seed=2)
     config = quick(batch_frames=batch_frames, early_stop_patience=2, early_stop_min_steps=1,
-                   early_stop_min_steps_first=2, lpips_every=2)
+                   early_stop_min_steps_first=2, lpips_every=2, start_extrapolation=extrapolation)
     source = targets[0] + 0.3  # a cross-identity-like source: relative targets
 
     def make():
@@ -231,6 +234,7 @@ def test_resume_is_bitwise(G, faceapi, lpips, batch_frames, split):
     state = first.state_dict()
     # the state is small and plain: one latent, the frozen noise maps, the driving reference
     assert state["frame"] == split and state["latent"].shape == (G.num_ws, G.w_dim)
+    assert state["latent_before"].shape == (G.num_ws, G.w_dim)
     sizes = [(layer.resolution,) * 2 for _, layer in G.synthesis.noise_layers()]
     assert [m.shape for m in state["noise"]] == sizes
     assert all(isinstance(v, (int, str, np.ndarray, list)) for v in state.values())
@@ -364,7 +368,7 @@ def test_heatmap_form_with_fan(G):
     with torch.no_grad():
         crops = ((G.synthesis(ws).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
     config = ProjectionConfig.identity_free(landmark_form="heatmaps", steps_first=6, steps_next=3,
-                                            early_stop_patience=0)
+                                            early_stop_patience=0, warm_first_frame=False)
     calls = []
     fan.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     projector = Projector(G, config, init_latent=ws[0], landmarks=fan)

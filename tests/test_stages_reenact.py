@@ -38,7 +38,7 @@ def setup():
         points = faceapi((images + 1) / 2).points.numpy()
     points[4] = np.nan  # a frame without a face: fails alone
     config = ProjectionConfig(perceptual="uncalibrated", steps_first=4, steps_next=3, early_stop_patience=0,
-                              batch_frames=2)
+                              batch_frames=2, start_extrapolation=0.5)  # the state carries 2 latents
 
     def projector() -> Projector:
         return Projector(G, config, look=images[:1], source_landmarks=points[0] + 0.3, landmarks=faceapi,
@@ -92,6 +92,23 @@ def test_a_stopped_run_resumes_to_the_same_bits_reading_the_status_once(tmp_path
     for name in ("latents", "loss", "points", "nme", "nme_target", "steps"):
         np.testing.assert_array_equal(stopped.read(name, done), whole.read(name, done))
     assert stopped.errors() == whole.errors()
+
+
+def test_a_resume_after_two_done_frames_restores_the_extrapolation_velocity(tmp_path, setup):
+    """Stopped after windows (0), (1, 2), (3, 4) (frame 4 failed): the resume reads frames 3 and 2 from
+    the table (the chain's last two good latents: the extrapolated start of frame 5) and ends with the
+    same bits as the uninterrupted run."""
+    G, points, projector = setup
+    whole = table(tmp_path / "whole", G, projector())
+    project(projector(), whole, points)
+    stopped = table(tmp_path / "stopped", G, projector())
+    with pytest.raises(KeyboardInterrupt):
+        project(projector(), stopped, points, progress=StopAfter(5))
+    again = project(projector(), stopped, points)
+    assert again.start == 5
+    done = np.flatnonzero(whole.table.status() == DONE)
+    np.testing.assert_array_equal(stopped.table.status(), whole.table.status())
+    np.testing.assert_array_equal(stopped.read("latents", done), whole.read("latents", done))
 
 
 def test_typed_summaries_pickle(tmp_path, setup):
