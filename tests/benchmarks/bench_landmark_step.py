@@ -18,7 +18,7 @@ and their mean is the reference):
   coordinates / FAN soft-argmax  the same with FAN's soft-argmax points
   heatmaps / FAN                 Uzolas 2021's heatmap loss on FAN's 64 x 64 heatmaps
 each with `fan_flip` on/off (FAN rows) and `landmark_input` unit/minmax, at `lpips_every` 1 (LPIPS every
-step, as the seed) and at our default 2 (the "ours, defaults" column).
+step, as the seed) and at our default `lpips_every` (the "ours, defaults" column).
 
 "seed-equivalent step": a statement, written here, of what one step of lukasuz/stylegan2-landmark-
 projection (projector_video.py `project`, facial_landmark_extractor.py `get_heat_map`) computes,
@@ -242,7 +242,7 @@ def flip_accuracy(path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per row (even: LPIPS every 2nd)")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per row (a multiple of the default lpips_every: 4)")
     parser.add_argument("--fan-modules", type=int, default=4,
                         help="hourglasses of the random FAN (2DFAN4: 4)")
     parser.add_argument("--threads", type=int, default=1)
