@@ -172,3 +172,53 @@ def test_encoder_start_beats_w_avg_after_the_same_steps(G, trained):
     # after 40 steps 0.044 and 0.058, every frame lower (at 5-20 steps one of the four was not: this
     # 120-step encoder is weak). The test asks for 10 % lower.
     assert results["encoder"] * 1.1 < results["w_avg"], results
+
+
+def test_refinement_options_change_the_trajectory_and_are_recorded(G):
+    """lr_rampup 0 (no warm-up) and network_terms_every k (LPIPS and identity every k-th step, their
+    image gradient reused between): each changes the steps as intended, is in provenance when it
+    departs from the plain objective, and bad values are refused."""
+    from storage.provenance import provenance_key
+
+    targets = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    base = InversionConfig(steps=4, perceptual="uncalibrated-alex", lambda_dreg=0.0)
+
+    def trajectory(config: InversionConfig) -> tuple[list[torch.Tensor], list[dict], list[float]]:
+        latents, terms, lrs = [], [], []
+
+        def keep(state) -> None:
+            latents.append(state.latents.detach().clone())
+            terms.append({k: v.clone() for k, v in state.losses.items()})
+            lrs.append(state.learning_rate)
+
+        invert(G, targets, config, seeds=[0, 1], callback=keep)
+        return latents, terms, lrs
+
+    plain_latents, plain_terms, plain_lrs = trajectory(base)
+    assert plain_lrs[0] == 0.0  # the projector's warm-up starts at 0
+    _, _, lrs = trajectory(base.replace(lr_rampup=0.0))
+    assert lrs[0] == base.learning_rate and lrs[1] == plain_lrs[1] == base.learning_rate
+
+    lagged_latents, lagged_terms, _ = trajectory(base.replace(network_terms_every=2))
+    # Step 0 evaluates the networks: the full objective's step (to rounding). Step 1 reuses step 0's
+    # LPIPS and identity values and image gradient: another step than the plain one.
+    torch.testing.assert_close(lagged_latents[0], plain_latents[0], atol=1e-5, rtol=0)
+    for name in ("lpips", "id"):
+        torch.testing.assert_close(lagged_terms[0][name], plain_terms[0][name])
+        assert torch.equal(lagged_terms[1][name], lagged_terms[0][name])
+        assert not torch.equal(plain_terms[1][name], plain_terms[0][name])
+        assert not torch.equal(lagged_terms[2][name], lagged_terms[1][name])  # re-evaluated at step 2
+    torch.testing.assert_close(lagged_terms[1]["mse"], plain_terms[1]["mse"], atol=1e-3, rtol=1e-2)
+    assert float((lagged_latents[3] - plain_latents[3]).abs().max()) > 1e-6
+
+    # Provenance: the plain objective's record has no such key (caches made before the option keep
+    # their keys); k > 1 is recorded and is another key, and so is lr_rampup 0.
+    assert "network_terms_every" not in base.provenance()["settings"]
+    lagged = base.replace(network_terms_every=4)
+    assert lagged.provenance()["settings"]["network_terms_every"] == 4
+    keys = {provenance_key(c.provenance()) for c in (base, lagged, base.replace(lr_rampup=0.0))}
+    assert len(keys) == 3
+    for bad in ({"network_terms_every": 0}, {"network_terms_every": 1.5}, {"network_terms_every": True},
+                {"lr_rampup": -0.1}, {"lr_rampup": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            base.replace(**bad)
