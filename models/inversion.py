@@ -83,6 +83,10 @@ class InversionConfig:
     noise_ramp_length: float = 0.75     # w noise decays quadratically to 0 at this fraction of the steps
     noise_regularize_weight: float = 1e5  # weight of the noise-map regulariser
     optimize_noise: bool = True         # optimise one set of noise maps per frame (else G's noise_const)
+    noise_start: str = "random"         # the optimised maps' start: "random" (N(0, 1) from the frame's
+                                        # seed, NVIDIA's projector) or "const" (G's noise_const, the
+                                        # maps an encoder's training samples were rendered with);
+                                        # provenance records it when not "random"
     network_terms_every: int = 1        # evaluate the LPIPS and identity terms (the two networks, most
                                         # of a step on CPU) every k-th step only; the steps between
                                         # reuse their image gradient from the last evaluation (a
@@ -111,6 +115,8 @@ class InversionConfig:
         if isinstance(self.network_terms_every, bool) or not isinstance(self.network_terms_every, int) \
                 or self.network_terms_every < 1:
             raise ValueError(f"network_terms_every must be an integer >= 1, got {self.network_terms_every!r}")
+        if self.noise_start not in ("random", "const"):
+            raise ValueError(f"noise_start must be 'random' or 'const', got {self.noise_start!r}")
         if self.w_avg_samples < 1:
             raise ValueError(f"w_avg_samples must be >= 1, got {self.w_avg_samples}")
 
@@ -139,8 +145,10 @@ class InversionConfig:
 
         record = base_provenance("inversion")
         record["settings"] = dataclasses.asdict(self)
-        if self.network_terms_every == 1:  # the plain objective: keys of caches made before the option
-            del record["settings"]["network_terms_every"]
+        # options at their plain values are left out: the keys of caches made before they existed hold
+        for name, plain in (("network_terms_every", 1), ("noise_start", "random")):
+            if getattr(self, name) == plain:
+                del record["settings"][name]
         record["calibrated"] = self.calibrated
         return record
 
@@ -310,9 +318,13 @@ def _start_latents(G: Generator, w_avg: torch.Tensor, init: torch.Tensor | None,
 
 def _initial_noise(G: Generator, config: InversionConfig, streams: list[torch.Generator],
                    device: torch.device) -> list[torch.Tensor]:
-    """One (N, 1, r, r) N(0, 1) map per noise layer, row i from frame i's stream, requiring grad; []
-    when the noise maps are not optimised (or G has none)."""
+    """One (N, 1, r, r) N(0, 1) map per noise layer, row i from frame i's stream (noise_start "const":
+    G's noise_const for every row), requiring grad; [] when the noise maps are not optimised (or G has
+    none)."""
     noise_layers = G.synthesis.noise_layers() if config.optimize_noise else []
+    if config.noise_start == "const":
+        return [layer.noise_const.detach().to(device, torch.float32).expand(len(streams), 1, -1, -1).clone()
+                .requires_grad_(True) for _, layer in noise_layers]
     return [torch.stack([torch.randn(1, layer.resolution, layer.resolution, generator=g) for g in streams])
             .to(device).requires_grad_(True) for _, layer in noise_layers]
 

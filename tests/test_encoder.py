@@ -175,9 +175,10 @@ def test_encoder_start_beats_w_avg_after_the_same_steps(G, trained):
 
 
 def test_refinement_options_change_the_trajectory_and_are_recorded(G):
-    """lr_rampup 0 (no warm-up) and network_terms_every k (LPIPS and identity every k-th step, their
-    image gradient reused between): each changes the steps as intended, is in provenance when it
-    departs from the plain objective, and bad values are refused."""
+    """lr_rampup 0 (no warm-up), network_terms_every k (LPIPS and identity every k-th step, their
+    image gradient reused between) and noise_start "const" (the noise maps start at G's noise_const):
+    each changes the steps as intended, is in provenance when it departs from the plain objective,
+    and bad values are refused."""
     from storage.provenance import provenance_key
 
     targets = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
@@ -211,14 +212,27 @@ def test_refinement_options_change_the_trajectory_and_are_recorded(G):
     torch.testing.assert_close(lagged_terms[1]["mse"], plain_terms[1]["mse"], atol=1e-3, rtol=1e-2)
     assert float((lagged_latents[3] - plain_latents[3]).abs().max()) > 1e-6
 
-    # Provenance: the plain objective's record has no such key (caches made before the option keep
-    # their keys); k > 1 is recorded and is another key, and so is lr_rampup 0.
-    assert "network_terms_every" not in base.provenance()["settings"]
+    # noise_start "const": the maps start at G's noise_const, so 0 steps render what G renders in its
+    # "const" noise mode (the random start does not).
+    start = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(9)))
+    const = invert(G, targets, base.replace(steps=0, noise_start="const"), init=start, seeds=[0, 1])
+    for maps, (_, layer) in zip(const.noise, G.synthesis.noise_layers(), strict=True):
+        assert torch.equal(maps[:, 0], layer.noise_const.expand(2, -1, -1))
+    with torch.no_grad():
+        torch.testing.assert_close(const.reconstructions, G.synthesis(start, noise_mode="const"))
+    rand = invert(G, targets, base.replace(steps=0), init=start, seeds=[0, 1])
+    assert float((rand.reconstructions - const.reconstructions).abs().max()) > 1e-3
+
+    # Provenance: the plain objective's record has neither key (caches made before the options keep
+    # their keys); other values are recorded and are other keys, and so is lr_rampup 0.
+    assert not {"network_terms_every", "noise_start"} & set(base.provenance()["settings"])
     lagged = base.replace(network_terms_every=4)
     assert lagged.provenance()["settings"]["network_terms_every"] == 4
-    keys = {provenance_key(c.provenance()) for c in (base, lagged, base.replace(lr_rampup=0.0))}
-    assert len(keys) == 3
+    assert base.replace(noise_start="const").provenance()["settings"]["noise_start"] == "const"
+    keys = {provenance_key(c.provenance()) for c in (base, lagged, base.replace(lr_rampup=0.0),
+                                                      base.replace(noise_start="const"))}
+    assert len(keys) == 4
     for bad in ({"network_terms_every": 0}, {"network_terms_every": 1.5}, {"network_terms_every": True},
-                {"lr_rampup": -0.1}, {"lr_rampup": 1.5}):
+                {"lr_rampup": -0.1}, {"lr_rampup": 1.5}, {"noise_start": "zeros"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             base.replace(**bad)

@@ -199,20 +199,20 @@ def parse_rows(spec: str, ks: list[int]) -> list[tuple[str, int, dict]]:
 
 
 def reference_key(G: Generator, config: InversionConfig, targets: torch.Tensor, seeds: list[int],
-                  threads: int, device: str) -> str:
+                  threads: int, device: str, trajectory: str) -> str:
     """Everything the reference's losses depend on: the generator's weights, every setting, the
-    frames' pixels and seeds, torch, the device and thread count, and the inversion's code."""
+    frames' pixels and seeds, torch, the device and thread count, the learning-rate and w-noise
+    schedules over all the steps, and `trajectory` (a hash of the latents and noise maps after the
+    first steps of this run: the code's path, without keying on comments)."""
     import hashlib
 
     from storage.provenance import canonical_json
 
-    code = hashlib.sha256()
-    for module in ("models/inversion.py", "models/losses.py", "models/schedules.py", "models/stylegan2.py"):
-        code.update((Path(__file__).resolve().parents[2] / module).read_bytes())
+    schedule = [(config.learning_rate_at(s), config.w_noise_factor_at(s)) for s in range(config.steps)]
     record = {"generator": G.weights_sha256(), "settings": config.provenance()["settings"],
               "frames": hashlib.sha256(targets.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
               "seeds": seeds, "torch": torch.__version__, "threads": threads, "device": device,
-              "code": code.hexdigest()}
+              "schedule": hashlib.sha256(repr(schedule).encode()).hexdigest(), "trajectory": trajectory}
     return hashlib.sha256(canonical_json(record).encode()).hexdigest()
 
 
@@ -264,10 +264,14 @@ def tradeoff(name: str, device: str, frames: int, encoder: str | None, encoder_s
         terms = {k: float(v.mean()) for k, v in merged.items() if k in ("mse", "lpips", "id")}
         return seconds / frames, terms, float(reconstruction_loss(merged, config).mean())
 
-    def reference_step_seconds(config: InversionConfig, timed: int = 30) -> tuple[float, float]:
-        """(setup + final render seconds, median seconds per step) of `config` on the whole batch,
-        from `timed` steps of it (the run is cut there)."""
+    def reference_step_seconds(config: InversionConfig, timed: int = 30) -> tuple[float, float, str]:
+        """(setup + final render seconds, median seconds per step, sha256 of the latents and noise
+        maps after the last step) of `config` on the whole batch, from `timed` steps of it (the run
+        is cut there)."""
+        import hashlib
+
         stamps: list[float] = []
+        state_hash = hashlib.sha256()
 
         class CutError(Exception):
             pass
@@ -276,20 +280,22 @@ def tradeoff(name: str, device: str, frames: int, encoder: str | None, encoder_s
             sync()
             stamps.append(clock_now())
             if len(stamps) > timed:
+                for t in (state.latents, *state.noise):
+                    state_hash.update(t.detach().cpu().contiguous().numpy().tobytes())
                 raise CutError
 
         began = clock_now()
         with contextlib.suppress(CutError):
             invert(G, targets, config, seeds=seeds, callback=clock)
         step = statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
-        return (stamps[0] - began) - step, step
+        return (stamps[0] - began) - step, step, state_hash.hexdigest()
 
     # The reference (1000 steps from w_avg): its losses from the cache when an entry has the same key,
     # its seconds then estimated in this run from 30 of its steps (setup + 1000 x the median step).
-    key = reference_key(G, base, targets, seeds, threads, device)
+    setup, step, trajectory = reference_step_seconds(base)
+    key = reference_key(G, base, targets, seeds, threads, device, trajectory)
     cache = json.loads(Path(reference_cache).read_text()) if reference_cache and Path(
         reference_cache).exists() else {}
-    setup, step = reference_step_seconds(base)
     estimate = (setup + base.steps * step) / frames
     if key in cache:
         entry = cache[key]
@@ -326,7 +332,7 @@ def tradeoff(name: str, device: str, frames: int, encoder: str | None, encoder_s
             label += f" encoder={Path(path).name}"
         print(f"{start:<8} {k:>4} {batch:>5} {seconds:>8.3f} {ref_seconds / seconds:>7.1f}x {loss:>7.4f} "
               f"{loss / target:>8.3f}x {ratios}  {label}", flush=True)
-    setup, step = reference_step_seconds(base)
+    setup, step, _ = reference_step_seconds(base)
     print(f"  (the reference's 30-step estimate again at the end: {(setup + base.steps * step) / frames:.2f} "
           f"s/frame; {'CPU' if clock_now is time.process_time else 'wall'} seconds)")
 
