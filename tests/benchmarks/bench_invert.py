@@ -26,15 +26,25 @@ bookkeeping and the zarr writes. The two are measured side by side, alternating 
 test server.
 
 The trade-off (`--tradeoff`, issue 17) runs in one process on held-out frames: the generator's own
-samples drawn with a seed no training uses (z from torch seed 777, half of them style-mixed, G's
-constant noise), one batch of `--frames`. The reference is the default inversion (1000 steps from
-w_avg); its final reconstruction loss (models.inversion.reconstruction_loss: the weighted MSE +
-LPIPS + identity terms, the frames' mean) is the target. Each row is one batched run: "encoder + K"
-(the encoder's prediction, then K steps of stages.encoder_init's refinement) and "w_avg + K" (the
-default objective and schedule with K steps), K in --ks. Seconds per frame include the encoder's
-forward pass; "speed-up" is the reference's seconds per frame over the row's, "reached" whether its
-loss is at or below the target. `--encoder` is a checkpoint for the configuration's generator
-(`facereenact train-encoder`); without it one is trained first with `--encoder-steps` (not timed).
+samples drawn with a seed no training uses (z from torch seed 777, half of them style-mixed),
+rendered with per-frame random noise maps (seed 778; not G's constant noise, which the encoder's
+training samples use and which an inversion keeping noise_const would match exactly), one batch of
+`--frames`. The reference is the default inversion (1000 steps from w_avg); its final
+reconstruction loss (models.inversion.reconstruction_loss: the weighted MSE + LPIPS + identity terms,
+the frames' mean) is the target, and each term's mean is the target of that term. Each row is one
+configuration (`--rows`, LEVER_ROWS' format): "encoder K settings" (the encoder's prediction, then K
+steps of stages.encoder_init's refinement with the settings changed) or "w_avg K" (the default
+objective and schedule over K steps); `batch=B` splits the frames into invert calls of B. Seconds
+per frame include the encoder's forward pass and are this process's CPU time on a CPU (one thread:
+what a frame costs whatever else the shared machine runs; wall time varied 2x between identical
+rows), wall time on a GPU. "speed-up" is the reference's seconds per frame over the row's; "vs
+target" the row's loss over the target, then each term's ratio (mse, lpips, id). `--encoder` is a
+checkpoint for the configuration's generator (`facereenact train-encoder`); without it one is
+trained first with `--encoder-steps` (not timed). `--reference-cache FILE` keeps the reference's
+losses between runs, keyed by the generator's weights, every setting, the frames, seeds, torch,
+device, threads, the schedules and a hash of the reference's first 30 steps' latents and noise maps
+(run in every run, which also times its steps: with a cached reference its seconds are estimated as
+setup + 1000 x the median step).
 """
 
 from __future__ import annotations
@@ -160,19 +170,19 @@ def held_out_frames(G: Generator, n: int) -> torch.Tensor:
 # The trade-off table's rows: "start K [setting=value ...]" separated by ";". Settings are
 # InversionConfig / EncoderInversionConfig fields (Python literals), plus batch=B (frames per invert
 # call; default all --frames in one) and encoder=PATH (another encoder checkpoint than --encoder).
-# The default rows: the refinement's defaults at K in --ks, the levers one at a time at K = 100, and
-# w_avg + K (the default schedule over K steps).
+# The default rows: the refinement's defaults at K in --ks, the levers one at a time (K = 100, or 200
+# where a step costs less), and w_avg + K (the default schedule over K steps).
 LEVER_ROWS = (
-    "encoder 100 lr_rampup=0.05 lr_rampdown=0.25; "          # the projector's ramps over K
-    "encoder 100 lr_rampup=0.0 lr_rampdown=0.25; "           # no warm-up
-    "encoder 100 lr_rampup=0.0 lr_rampdown=0.25 learning_rate=0.05; "
-    "encoder 100 lr_rampup=0.0 lr_rampdown=0.25 learning_rate=0.2; "
-    "encoder 100 lr_rampup=0.0 lr_rampdown=1.0; "            # cosine over the whole run
+    "encoder 100 noise_start='random'; "                     # the noise maps' start of the projector
+    "encoder 100 lr_rampup=0.0; "                            # no warm-up
+    "encoder 100 lr_rampup=0.0 learning_rate=0.2; "          # no warm-up, twice the peak
+    "encoder 100 lr_rampup=0.0 lr_rampdown=1.0; "            # no warm-up, cosine over the whole run
     "encoder 100 adam_betas=(0.9,0.99); "
     "encoder 100 optimize_noise=False; "
     "encoder 100 network_terms_every=2; "
-    "encoder 100 network_terms_every=4; "
-    "encoder 100 batch=1"
+    "encoder 200 network_terms_every=2; "
+    "encoder 200 network_terms_every=4; "
+    "encoder 100 batch=1"                                    # one frame per invert call
 )
 
 
@@ -351,7 +361,7 @@ def main() -> None:
     parser.add_argument("--encoder", help="encoder checkpoint for --tradeoff (default: train one first)")
     parser.add_argument("--encoder-steps", type=int, default=1500, help="steps of that training")
     parser.add_argument("--frames", type=int, default=4, help="held-out frames of --tradeoff (one batch)")
-    parser.add_argument("--ks", default="0,25,50,100,200", help="refinement steps of --tradeoff's rows")
+    parser.add_argument("--ks", default="0,50,100,150,200", help="refinement steps of --tradeoff's rows")
     parser.add_argument("--rows", default="defaults; " + LEVER_ROWS + "; w_avg",
                         help="--tradeoff's rows (LEVER_ROWS' format; 'defaults', 'w_avg': at each of --ks)")
     parser.add_argument("--reference-cache", help="JSON file keeping the reference's losses between runs "
