@@ -171,7 +171,7 @@ def held_out_frames(G: Generator, n: int) -> torch.Tensor:
 # InversionConfig / EncoderInversionConfig fields (Python literals), plus batch=B (frames per invert
 # call; default all --frames in one) and encoder=PATH (another encoder checkpoint than --encoder).
 # The default rows: the refinement's defaults at K in --ks, the levers one at a time (K = 100, or 200
-# where a step costs less), and w_avg + K (the default schedule over K steps).
+# where a step costs less), and w_avg + 100 and + 200 (the default schedule over K steps).
 LEVER_ROWS = (
     "encoder 100 noise_start='random'; "                     # the noise maps' start of the projector
     "encoder 100 lr_rampup=0.0; "                            # no warm-up
@@ -224,6 +224,51 @@ def reference_key(G: Generator, config: InversionConfig, targets: torch.Tensor, 
               "seeds": seeds, "torch": torch.__version__, "threads": threads, "device": device,
               "schedule": hashlib.sha256(repr(schedule).encode()).hexdigest(), "trajectory": trajectory}
     return hashlib.sha256(canonical_json(record).encode()).hexdigest()
+
+
+def step_breakdown(G: Generator, targets: torch.Tensor, config: InversionConfig, clock, sync,
+                   repeats: int = 10) -> dict[str, float]:
+    """Seconds of one optimisation step's parts on `targets` (the whole batch), the median of
+    `repeats`: the generator's forward and backward pass alone, the LPIPS and the identity term
+    each (forward and backward, on a fixed image), and the whole step's objective (forward and
+    backward; Adam's update itself is negligible)."""
+    from models.inversion import _Objective, inversion_losses
+
+    losses = inversion_losses(config, targets.device)
+    objective = _Objective(G, config, losses, targets, None)
+    n = targets.shape[0]
+    ws = G.w_avg.expand(n, G.num_ws, G.w_dim).clone().requires_grad_(True)
+    noise = [torch.randn(n, 1, layer.resolution, layer.resolution, device=targets.device).requires_grad_(True)
+             for _, layer in G.synthesis.noise_layers()]
+    with torch.no_grad():
+        image = G.synthesis(ws, noise=noise or None)
+
+    def generator() -> None:
+        G.synthesis(ws, noise=noise or None).square().sum().backward()
+
+    def lpips() -> None:
+        probe = image.clone().requires_grad_(True)
+        losses.perceptual.distance(probe, objective.target_features).sum().backward()
+
+    def identity() -> None:
+        probe = image.clone().requires_grad_(True)
+        losses.identity(probe, objective.target_identity, None).sum().backward()
+
+    def whole() -> None:
+        objective(ws, ws, noise)[1]["total"].sum().backward()
+
+    times = {}
+    for label, part in (("generator", generator), ("lpips", lpips), ("identity", identity), ("step", whole)):
+        part()
+        samples = []
+        for _ in range(repeats):
+            sync()
+            began = clock()
+            part()
+            sync()
+            samples.append(clock() - began)
+        times[label] = statistics.median(samples)
+    return times
 
 
 def tradeoff(name: str, device: str, frames: int, encoder: str | None, encoder_steps: int,
@@ -300,6 +345,13 @@ def tradeoff(name: str, device: str, frames: int, encoder: str | None, encoder_s
         step = statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
         return (stamps[0] - began) - step, step, state_hash.hexdigest()
 
+    for batch in sorted({1, frames}):
+        parts = step_breakdown(G, targets[:batch], base, clock_now, sync)
+        print(f"  one step at batch {batch}: " + ", ".join(
+            f"{k} {v * 1000:.1f} ms ({v / parts['step']:.0%})" for k, v in parts.items()
+            if k != "step") + f"; the whole objective {parts['step'] * 1000:.1f} ms fwd+bwd "
+            f"({parts['step'] / batch * 1000:.1f} ms per frame)", flush=True)
+
     # The reference (1000 steps from w_avg): its losses from the cache when an entry has the same key,
     # its seconds then estimated in this run from 30 of its steps (setup + 1000 x the median step).
     setup, step, trajectory = reference_step_seconds(base)
@@ -362,7 +414,7 @@ def main() -> None:
     parser.add_argument("--encoder-steps", type=int, default=1500, help="steps of that training")
     parser.add_argument("--frames", type=int, default=4, help="held-out frames of --tradeoff (one batch)")
     parser.add_argument("--ks", default="0,50,100,150,200", help="refinement steps of --tradeoff's rows")
-    parser.add_argument("--rows", default="defaults; " + LEVER_ROWS + "; w_avg",
+    parser.add_argument("--rows", default="defaults; " + LEVER_ROWS + "; w_avg 100; w_avg 200",
                         help="--tradeoff's rows (LEVER_ROWS' format; 'defaults', 'w_avg': at each of --ks)")
     parser.add_argument("--reference-cache", help="JSON file keeping the reference's losses between runs "
                         "(keyed by everything that made them)")
