@@ -3,6 +3,7 @@ encoder-initialised inversion's speed / loss trade-off.
 
     python tests/benchmarks/bench_invert.py [--threads 1] [--steps 3] [--configs tiny,256] [--device cpu]
     python tests/benchmarks/bench_invert.py --tradeoff --encoder encoder.pt [--configs tiny] [--frames 4]
+                                            [--reference-cache reference.json] [--rows ROWS] [--ks 0,50,...]
 
 Each row runs `models.inversion.invert` on random targets with Choe 2023's loss (MSE + LPIPS +
 identity + delta-reg + per-frame noise maps and their regulariser) and times the steps themselves
