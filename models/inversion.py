@@ -92,6 +92,11 @@ class InversionConfig:
                                         # reuse their image gradient from the last evaluation (a
                                         # first-order stand-in: MSE and regularisers stay exact). 1 = every
                                         # step (the plain objective); provenance records it when not 1
+    plateau_patience: int = 0           # stop the batch once no frame's reconstruction loss (MSE + LPIPS
+                                        # + identity, weighted) has improved on its best by more than
+                                        # plateau_tolerance (relative) for this many steps; 0 = off (then
+                                        # left out of provenance, with plateau_tolerance)
+    plateau_tolerance: float = 1e-3     # relative improvement that counts for plateau_patience
     w_avg_samples: int = 10_000         # z samples for the mean w (the start) and the spread of w
     w_avg_seed: int = 123               # numpy RandomState seed of those samples
     seed: int = 303                     # a frame's random seed when `invert` gets no `seeds`
@@ -115,6 +120,11 @@ class InversionConfig:
         if isinstance(self.network_terms_every, bool) or not isinstance(self.network_terms_every, int) \
                 or self.network_terms_every < 1:
             raise ValueError(f"network_terms_every must be an integer >= 1, got {self.network_terms_every!r}")
+        if isinstance(self.plateau_patience, bool) or not isinstance(self.plateau_patience, int) \
+                or self.plateau_patience < 0:
+            raise ValueError(f"plateau_patience must be an integer >= 0, got {self.plateau_patience!r}")
+        if not (math.isfinite(self.plateau_tolerance) and 0 <= self.plateau_tolerance < 1):
+            raise ValueError(f"plateau_tolerance must be in [0, 1), got {self.plateau_tolerance}")
         if self.noise_start not in ("random", "const"):
             raise ValueError(f"noise_start must be 'random' or 'const', got {self.noise_start!r}")
         if self.w_avg_samples < 1:
@@ -146,9 +156,11 @@ class InversionConfig:
         record = base_provenance("inversion")
         record["settings"] = dataclasses.asdict(self)
         # options at their plain values are left out: the keys of caches made before they existed hold
-        for name, plain in (("network_terms_every", 1), ("noise_start", "random")):
+        for name, plain in (("network_terms_every", 1), ("noise_start", "random"), ("plateau_patience", 0)):
             if getattr(self, name) == plain:
                 del record["settings"][name]
+        if self.plateau_patience == 0:
+            del record["settings"]["plateau_tolerance"]
         record["calibrated"] = self.calibrated
         return record
 
@@ -348,6 +360,8 @@ def _optimize(
     params = [latents, *noise]
     optimizer = torch.optim.Adam(params, lr=config.learning_rate, betas=config.adam_betas)
     frozen = [param.detach().clone() for param in params]  # last values of frames that failed
+    best = torch.full(active.shape, math.inf, device=device)  # plateau_patience: each frame's best loss
+    stale = torch.zeros(active.shape, dtype=torch.long, device=device)  # steps since it improved
     for step in range(config.steps if bool(active.any()) else 0):
         # learning rate and w noise: NVIDIA's ramps (models.schedules)
         lr = config.learning_rate_at(step)
@@ -394,6 +408,14 @@ def _optimize(
                                    {k: v.detach() for k, v in terms.items()}, active.clone()))
         if not bool(active.any()):  # early stop: every frame has failed
             break
+        if config.plateau_patience > 0:  # early stop: no frame improves any more
+            with torch.no_grad():
+                loss = reconstruction_loss({k: v.detach() for k, v in terms.items()}, config)
+                improved = loss < best * (1 - config.plateau_tolerance)
+                best = torch.where(improved, loss, best)
+                stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
+            if bool((stale[active] >= config.plateau_patience).all()):
+                break
 
 
 def _result(config: InversionConfig, latents: torch.Tensor, noise: list[torch.Tensor], images: torch.Tensor,

@@ -176,7 +176,8 @@ def test_encoder_start_beats_w_avg_after_the_same_steps(G, trained):
 
 def test_refinement_options_change_the_trajectory_and_are_recorded(G):
     """lr_rampup 0 (no warm-up), network_terms_every k (LPIPS and identity every k-th step, their
-    image gradient reused between) and noise_start "const" (the noise maps start at G's noise_const):
+    image gradient reused between), noise_start "const" (the noise maps start at G's noise_const) and
+    plateau_patience (early stop once the loss stops improving):
     each changes the steps as intended, is in provenance when it departs from the plain objective,
     and bad values are refused."""
     from storage.provenance import provenance_key
@@ -223,16 +224,34 @@ def test_refinement_options_change_the_trajectory_and_are_recorded(G):
     rand = invert(G, targets, base.replace(steps=0), init=start, seeds=[0, 1])
     assert float((rand.reconstructions - const.reconstructions).abs().max()) > 1e-3
 
-    # Provenance: the plain objective's record has neither key (caches made before the options keep
-    # their keys); other values are recorded and are other keys, and so is lr_rampup 0.
-    assert not {"network_terms_every", "noise_start"} & set(base.provenance()["settings"])
+    # plateau_patience: the batch stops once no frame's reconstruction loss has improved by the
+    # tolerance for that many steps (here step 0 improves on nothing before it; steps 1 and 2 do not
+    # halve it), and the final losses are those of the last step's latents.
+    seen: list[int] = []
+    early = invert(G, targets, base.replace(steps=20, plateau_patience=2, plateau_tolerance=0.5),
+                   seeds=[0, 1], callback=lambda state: seen.append(state.step))
+    assert seen == [0, 1, 2] and early.ok.all()
+    seen.clear()
+    invert(G, targets, base.replace(steps=6, plateau_patience=2, plateau_tolerance=0.0), seeds=[0, 1],
+           callback=lambda state: seen.append(state.step))
+    assert seen == list(range(6))  # still improving: all the steps
+
+    # Provenance: the plain objective's record has none of the keys (caches made before the options
+    # keep their keys); other values are recorded and are other keys, and so is lr_rampup 0.
+    assert not {"network_terms_every", "noise_start", "plateau_patience", "plateau_tolerance"} & set(
+        base.provenance()["settings"])
+    plateau = base.replace(plateau_patience=3).provenance()["settings"]
+    assert plateau["plateau_patience"] == 3 and plateau["plateau_tolerance"] == 1e-3
     lagged = base.replace(network_terms_every=4)
     assert lagged.provenance()["settings"]["network_terms_every"] == 4
     assert base.replace(noise_start="const").provenance()["settings"]["noise_start"] == "const"
     keys = {provenance_key(c.provenance()) for c in (base, lagged, base.replace(lr_rampup=0.0),
-                                                      base.replace(noise_start="const"))}
-    assert len(keys) == 4
+                                                      base.replace(noise_start="const"),
+                                                      base.replace(plateau_patience=3))}
+    assert len(keys) == 5
     for bad in ({"network_terms_every": 0}, {"network_terms_every": 1.5}, {"network_terms_every": True},
-                {"lr_rampup": -0.1}, {"lr_rampup": 1.5}, {"noise_start": "zeros"}):
+                {"lr_rampup": -0.1}, {"lr_rampup": 1.5}, {"noise_start": "zeros"},
+                {"plateau_patience": -1}, {"plateau_patience": 2.0}, {"plateau_tolerance": 1.0},
+                {"plateau_tolerance": float("nan")}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             base.replace(**bad)

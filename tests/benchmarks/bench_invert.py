@@ -183,6 +183,8 @@ LEVER_ROWS = (
     "encoder 100 network_terms_every=2; "
     "encoder 200 network_terms_every=2; "
     "encoder 200 network_terms_every=4; "
+    "encoder 200 plateau_patience=10 plateau_tolerance=0.005; "  # early stop on a plateau
+    "encoder 200 plateau_patience=5 plateau_tolerance=0.01; "
     "encoder 100 batch=1"                                    # one frame per invert call
 )
 
