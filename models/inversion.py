@@ -75,12 +75,28 @@ class InversionConfig:
     # optimiser and schedule: NVIDIA's projector (stylegan2-ada-pytorch projector.py)
     learning_rate: float = 0.1          # peak Adam learning rate
     lr_rampup: float = 0.05             # fraction of the steps over which lr rises linearly from 0
+                                        # (0: no warm-up, the peak from step 0; for a start that is
+                                        # close already, e.g. the encoder's prediction)
     lr_rampdown: float = 0.25           # fraction of the steps over which lr falls to 0 (half cosine)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     initial_noise_factor: float = 0.05  # w noise std at step 0, in units of the spread of mapped w
     noise_ramp_length: float = 0.75     # w noise decays quadratically to 0 at this fraction of the steps
     noise_regularize_weight: float = 1e5  # weight of the noise-map regulariser
     optimize_noise: bool = True         # optimise one set of noise maps per frame (else G's noise_const)
+    noise_start: str = "random"         # the optimised maps' start: "random" (N(0, 1) from the frame's
+                                        # seed, NVIDIA's projector) or "const" (G's noise_const, the
+                                        # maps an encoder's training samples were rendered with);
+                                        # provenance records it when not "random"
+    network_terms_every: int = 1        # evaluate the LPIPS and identity terms (the two networks, most
+                                        # of a step on CPU) every k-th step only; the steps between
+                                        # reuse their image gradient from the last evaluation (a
+                                        # first-order stand-in: MSE and regularisers stay exact). 1 = every
+                                        # step (the plain objective); provenance records it when not 1
+    plateau_patience: int = 0           # stop the batch once no frame's reconstruction loss (MSE + LPIPS
+                                        # + identity, weighted) has improved on its best by more than
+                                        # plateau_tolerance (relative) for this many steps; 0 = off (then
+                                        # left out of provenance, with plateau_tolerance)
+    plateau_tolerance: float = 1e-3     # relative improvement that counts for plateau_patience
     w_avg_samples: int = 10_000         # z samples for the mean w (the start) and the spread of w
     w_avg_seed: int = 123               # numpy RandomState seed of those samples
     seed: int = 303                     # a frame's random seed when `invert` gets no `seeds`
@@ -96,9 +112,21 @@ class InversionConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        for name in ("lr_rampup", "lr_rampdown", "noise_ramp_length"):
+        for name in ("lr_rampdown", "noise_ramp_length"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if not 0 <= self.lr_rampup <= 1:
+            raise ValueError(f"lr_rampup must be in [0, 1], got {self.lr_rampup}")
+        if isinstance(self.network_terms_every, bool) or not isinstance(self.network_terms_every, int) \
+                or self.network_terms_every < 1:
+            raise ValueError(f"network_terms_every must be an integer >= 1, got {self.network_terms_every!r}")
+        if isinstance(self.plateau_patience, bool) or not isinstance(self.plateau_patience, int) \
+                or self.plateau_patience < 0:
+            raise ValueError(f"plateau_patience must be an integer >= 0, got {self.plateau_patience!r}")
+        if not (math.isfinite(self.plateau_tolerance) and 0 <= self.plateau_tolerance < 1):
+            raise ValueError(f"plateau_tolerance must be in [0, 1), got {self.plateau_tolerance}")
+        if self.noise_start not in ("random", "const"):
+            raise ValueError(f"noise_start must be 'random' or 'const', got {self.noise_start!r}")
         if self.w_avg_samples < 1:
             raise ValueError(f"w_avg_samples must be >= 1, got {self.w_avg_samples}")
 
@@ -111,7 +139,8 @@ class InversionConfig:
         return dataclasses.replace(self, **changes)
 
     def learning_rate_at(self, step: int) -> float:
-        """Adam's learning rate at `step` (0-based): NVIDIA's projector's ramps (models.schedules)."""
+        """Adam's learning rate at `step` (0-based): NVIDIA's projector's ramps (models.schedules;
+        lr_rampup 0: none up)."""
         return schedules.learning_rate_at(self.learning_rate, step, self.steps, self.lr_rampup,
                                           self.lr_rampdown)
 
@@ -126,6 +155,12 @@ class InversionConfig:
 
         record = base_provenance("inversion")
         record["settings"] = dataclasses.asdict(self)
+        # options at their plain values are left out: the keys of caches made before they existed hold
+        for name, plain in (("network_terms_every", 1), ("noise_start", "random"), ("plateau_patience", 0)):
+            if getattr(self, name) == plain:
+                del record["settings"][name]
+        if self.plateau_patience == 0:
+            del record["settings"]["plateau_tolerance"]
         record["calibrated"] = self.calibrated
         return record
 
@@ -295,9 +330,13 @@ def _start_latents(G: Generator, w_avg: torch.Tensor, init: torch.Tensor | None,
 
 def _initial_noise(G: Generator, config: InversionConfig, streams: list[torch.Generator],
                    device: torch.device) -> list[torch.Tensor]:
-    """One (N, 1, r, r) N(0, 1) map per noise layer, row i from frame i's stream, requiring grad; []
-    when the noise maps are not optimised (or G has none)."""
+    """One (N, 1, r, r) N(0, 1) map per noise layer, row i from frame i's stream (noise_start "const":
+    G's noise_const for every row), requiring grad; [] when the noise maps are not optimised (or G has
+    none)."""
     noise_layers = G.synthesis.noise_layers() if config.optimize_noise else []
+    if config.noise_start == "const":
+        return [layer.noise_const.detach().to(device, torch.float32).expand(len(streams), 1, -1, -1).clone()
+                .requires_grad_(True) for _, layer in noise_layers]
     return [torch.stack([torch.randn(1, layer.resolution, layer.resolution, generator=g) for g in streams])
             .to(device).requires_grad_(True) for _, layer in noise_layers]
 
@@ -321,6 +360,8 @@ def _optimize(
     params = [latents, *noise]
     optimizer = torch.optim.Adam(params, lr=config.learning_rate, betas=config.adam_betas)
     frozen = [param.detach().clone() for param in params]  # last values of frames that failed
+    best = torch.full(active.shape, math.inf, device=device)  # plateau_patience: each frame's best loss
+    stale = torch.zeros(active.shape, dtype=torch.long, device=device)  # steps since it improved
     for step in range(config.steps if bool(active.any()) else 0):
         # learning rate and w noise: NVIDIA's ramps (models.schedules)
         lr = config.learning_rate_at(step)
@@ -331,7 +372,10 @@ def _optimize(
         if noise_std > 0:
             w_noise = torch.stack([torch.randn(G.num_ws, G.w_dim, generator=g) for g in streams])
             ws = latents + w_noise.to(device) * noise_std
-        _, terms = objective(ws, latents, noise)
+        if config.network_terms_every > 1:
+            terms = objective.lagged(ws, latents, noise, refresh=step % config.network_terms_every == 0)
+        else:
+            _, terms = objective(ws, latents, noise)
         total = terms["total"]
 
         # frames whose loss is no longer finite fail here and are frozen from now on
@@ -364,6 +408,14 @@ def _optimize(
                                    {k: v.detach() for k, v in terms.items()}, active.clone()))
         if not bool(active.any()):  # early stop: every frame has failed
             break
+        if config.plateau_patience > 0:  # early stop: no frame improves any more
+            with torch.no_grad():
+                loss = reconstruction_loss({k: v.detach() for k, v in terms.items()}, config)
+                improved = loss < best * (1 - config.plateau_tolerance)
+                best = torch.where(improved, loss, best)
+                stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
+            if bool((stale[active] >= config.plateau_patience).all()):
+                break
 
 
 def _result(config: InversionConfig, latents: torch.Tensor, noise: list[torch.Tensor], images: torch.Tensor,
@@ -393,6 +445,8 @@ class _Objective:
                  targets: torch.Tensor, landmarks: torch.Tensor | None) -> None:
         self.G, self.config, self.losses = G, config, losses
         self.targets, self.landmarks = targets, landmarks
+        self.network_grad: torch.Tensor | None = None   # lagged(): d(weighted network terms)/d(image)
+        self.network_values: dict[str, torch.Tensor] = {}  # lagged(): their values at that evaluation
         with torch.no_grad():
             self.target_features = (losses.perceptual.features(targets)
                                     if config.lambda_lpips > 0 else None)
@@ -423,6 +477,48 @@ class _Objective:
             total = total + weights[name] * value
         terms["total"] = total
         return images, terms
+
+    def lagged(self, ws: torch.Tensor, latents: torch.Tensor, noise: list[torch.Tensor], refresh: bool
+               ) -> dict[str, torch.Tensor]:
+        """The terms for `network_terms_every` > 1. With `refresh` the LPIPS and identity terms are
+        evaluated on G(ws) (detached) and their weighted image gradient kept; otherwise the last
+        values and gradient stand in. "total" has the value MSE + regularisers + the network terms'
+        (last) values, and the gradient of MSE + regularisers + <kept image gradient, G(ws)>; on a
+        refresh step that is the full objective's gradient (summed in another order)."""
+        c = self.config
+        images = self.G.synthesis(ws, noise=noise or None)
+        if refresh or self.network_grad is None:
+            probe = images.detach().requires_grad_(True)
+            values: dict[str, torch.Tensor] = {}
+            weighted = torch.zeros(images.shape[0], device=images.device)
+            if c.lambda_lpips > 0:
+                values["lpips"] = self.losses.perceptual.distance(probe, self.target_features)
+                weighted = weighted + c.lambda_lpips * values["lpips"]
+            if c.lambda_id > 0:
+                values["id"] = self.losses.identity(probe, self.target_identity, self.landmarks)
+                weighted = weighted + c.lambda_id * values["id"]
+            grad = (torch.autograd.grad(weighted.sum(), probe)[0] if weighted.requires_grad
+                    else torch.zeros_like(probe))
+            self.network_grad = grad.detach()
+            self.network_values = {k: v.detach() for k, v in values.items()}
+        terms: dict[str, torch.Tensor] = {}
+        total = torch.zeros(images.shape[0], device=images.device)
+        if c.lambda_mse > 0:
+            terms["mse"] = (images - self.targets).square().mean(dim=(1, 2, 3))
+            total = total + c.lambda_mse * terms["mse"]
+        for name, weight in (("lpips", c.lambda_lpips), ("id", c.lambda_id)):
+            if name in self.network_values:
+                terms[name] = self.network_values[name]
+                total = total + weight * terms[name]
+        if c.lambda_dreg > 0:
+            terms["dreg"] = delta_regularization(latents)
+            total = total + c.lambda_dreg * terms["dreg"]
+        if noise and c.noise_regularize_weight > 0:
+            terms["noise_reg"] = noise_regularization(noise)
+            total = total + c.noise_regularize_weight * terms["noise_reg"]
+        linear = (self.network_grad * images).sum(dim=(1, 2, 3))
+        terms["total"] = total + (linear - linear.detach())
+        return terms
 
 
 _W_STATS_CACHE: dict[tuple, tuple[torch.Tensor, float]] = {}

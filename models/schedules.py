@@ -28,13 +28,14 @@ def learning_rate_at(
     peak: float,            # the learning rate between the ramps
     step: int,              # 0-based step
     steps: int,             # steps in the run (> 0)
-    rampup: float,          # fraction of the run over which the rate rises linearly from 0, in (0, 1]
+    rampup: float,          # fraction of the run over which the rate rises linearly from 0, in [0, 1]
+                            # (0: no warm-up)
     rampdown: float,        # fraction of the run over which it falls to 0 (half cosine), in (0, 1]
 ) -> float:
     """Adam's learning rate at `step` of `steps`: linear warm-up, then cosine ramp-down."""
     t = step / steps
     ramp = 0.5 - 0.5 * math.cos(min(1.0, (1.0 - t) / rampdown) * math.pi)
-    return peak * ramp * min(1.0, t / rampup)
+    return peak * ramp * (min(1.0, t / rampup) if rampup > 0 else 1.0)
 
 
 def w_noise_factor_at(

@@ -5,7 +5,8 @@
     result = invert(G, targets, config, init=init, ...)
 
 `EncoderInversionConfig` is an `InversionConfig` with the encoder's file and sha256 added, and the
-refinement's own defaults (100 steps, no w noise: see docs/inversion.md). Its provenance records the
+refinement's own defaults (100 steps, no w noise, noise maps starting at G's noise_const: see
+docs/inversion.md). Its provenance records the
 encoder's sha256 (not its path) under "settings" and "init", so latents refined from an encoder never
 share a cache key with w_avg-started ones, nor with another encoder's. `settings_of(config)` /
 `config_from_settings` carry it across process boundaries as plain data (the "encoder_sha256" key
@@ -45,6 +46,9 @@ class EncoderInversionConfig(InversionConfig):
     steps: int = 100                    # refinement steps (bench_invert.py's trade-off table)
     initial_noise_factor: float = 0.0   # no w noise: the prediction is near the optimum already (tiny
                                         # generator, 100 steps: loss 0.037 without, 0.040 with 0.05)
+    noise_start: str = "const"          # noise maps start at G's noise_const, which the encoder's
+                                        # training renders used (100 steps: 1.04x the 1000-step
+                                        # reference's loss, 1.07x from random maps; docs/inversion.md)
     encoder_path: str = ""              # the encoder checkpoint (where to load it; not in provenance)
     encoder_sha256: str = ""            # sha256 of that file (in provenance)
 

@@ -172,3 +172,86 @@ def test_encoder_start_beats_w_avg_after_the_same_steps(G, trained):
     # after 40 steps 0.044 and 0.058, every frame lower (at 5-20 steps one of the four was not: this
     # 120-step encoder is weak). The test asks for 10 % lower.
     assert results["encoder"] * 1.1 < results["w_avg"], results
+
+
+def test_refinement_options_change_the_trajectory_and_are_recorded(G):
+    """lr_rampup 0 (no warm-up), network_terms_every k (LPIPS and identity every k-th step, their
+    image gradient reused between), noise_start "const" (the noise maps start at G's noise_const) and
+    plateau_patience (early stop once the loss stops improving):
+    each changes the steps as intended, is in provenance when it departs from the plain objective,
+    and bad values are refused."""
+    from storage.provenance import provenance_key
+
+    targets = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    base = InversionConfig(steps=4, perceptual="uncalibrated-alex", lambda_dreg=0.0)
+
+    def trajectory(config: InversionConfig) -> tuple[list[torch.Tensor], list[dict], list[float]]:
+        latents, terms, lrs = [], [], []
+
+        def keep(state) -> None:
+            latents.append(state.latents.detach().clone())
+            terms.append({k: v.clone() for k, v in state.losses.items()})
+            lrs.append(state.learning_rate)
+
+        invert(G, targets, config, seeds=[0, 1], callback=keep)
+        return latents, terms, lrs
+
+    plain_latents, plain_terms, plain_lrs = trajectory(base)
+    assert plain_lrs[0] == 0.0  # the projector's warm-up starts at 0
+    _, _, lrs = trajectory(base.replace(lr_rampup=0.0))
+    assert lrs[0] == base.learning_rate and lrs[1] == plain_lrs[1] == base.learning_rate
+
+    lagged_latents, lagged_terms, _ = trajectory(base.replace(network_terms_every=2))
+    # Step 0 evaluates the networks: the full objective's step (to rounding). Step 1 reuses step 0's
+    # LPIPS and identity values and image gradient: another step than the plain one.
+    torch.testing.assert_close(lagged_latents[0], plain_latents[0], atol=1e-5, rtol=0)
+    for name in ("lpips", "id"):
+        torch.testing.assert_close(lagged_terms[0][name], plain_terms[0][name])
+        assert torch.equal(lagged_terms[1][name], lagged_terms[0][name])
+        assert not torch.equal(plain_terms[1][name], plain_terms[0][name])
+        assert not torch.equal(lagged_terms[2][name], lagged_terms[1][name])  # re-evaluated at step 2
+    torch.testing.assert_close(lagged_terms[1]["mse"], plain_terms[1]["mse"], atol=1e-3, rtol=1e-2)
+    assert float((lagged_latents[3] - plain_latents[3]).abs().max()) > 1e-6
+
+    # noise_start "const": the maps start at G's noise_const, so 0 steps render what G renders in its
+    # "const" noise mode (the random start does not).
+    start = G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(9)))
+    const = invert(G, targets, base.replace(steps=0, noise_start="const"), init=start, seeds=[0, 1])
+    for maps, (_, layer) in zip(const.noise, G.synthesis.noise_layers(), strict=True):
+        assert torch.equal(maps[:, 0], layer.noise_const.expand(2, -1, -1))
+    with torch.no_grad():
+        torch.testing.assert_close(const.reconstructions, G.synthesis(start, noise_mode="const"))
+    rand = invert(G, targets, base.replace(steps=0), init=start, seeds=[0, 1])
+    assert float((rand.reconstructions - const.reconstructions).abs().max()) > 1e-3
+
+    # plateau_patience: the batch stops once no frame's reconstruction loss has improved by the
+    # tolerance for that many steps (here step 0 improves on nothing before it; steps 1 and 2 do not
+    # halve it), and the final losses are those of the last step's latents.
+    seen: list[int] = []
+    early = invert(G, targets, base.replace(steps=20, plateau_patience=2, plateau_tolerance=0.5),
+                   seeds=[0, 1], callback=lambda state: seen.append(state.step))
+    assert seen == [0, 1, 2] and early.ok.all()
+    seen.clear()
+    invert(G, targets, base.replace(steps=6, plateau_patience=2, plateau_tolerance=0.0), seeds=[0, 1],
+           callback=lambda state: seen.append(state.step))
+    assert seen == list(range(6))  # still improving: all the steps
+
+    # Provenance: the plain objective's record has none of the keys (caches made before the options
+    # keep their keys); other values are recorded and are other keys, and so is lr_rampup 0.
+    assert not {"network_terms_every", "noise_start", "plateau_patience", "plateau_tolerance"} & set(
+        base.provenance()["settings"])
+    plateau = base.replace(plateau_patience=3).provenance()["settings"]
+    assert plateau["plateau_patience"] == 3 and plateau["plateau_tolerance"] == 1e-3
+    lagged = base.replace(network_terms_every=4)
+    assert lagged.provenance()["settings"]["network_terms_every"] == 4
+    assert base.replace(noise_start="const").provenance()["settings"]["noise_start"] == "const"
+    keys = {provenance_key(c.provenance()) for c in (base, lagged, base.replace(lr_rampup=0.0),
+                                                      base.replace(noise_start="const"),
+                                                      base.replace(plateau_patience=3))}
+    assert len(keys) == 5
+    for bad in ({"network_terms_every": 0}, {"network_terms_every": 1.5}, {"network_terms_every": True},
+                {"lr_rampup": -0.1}, {"lr_rampup": 1.5}, {"noise_start": "zeros"},
+                {"plateau_patience": -1}, {"plateau_patience": 2.0}, {"plateau_tolerance": 1.0},
+                {"plateau_tolerance": float("nan")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            base.replace(**bad)
