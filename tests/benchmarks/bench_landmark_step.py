@@ -242,7 +242,8 @@ def flip_accuracy(path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per row (a multiple of the default lpips_every: 4)")
+    parser.add_argument("--steps", type=int, default=4,
+                        help="timed steps per row (a multiple of the default lpips_every: 4)")
     parser.add_argument("--fan-modules", type=int, default=4,
                         help="hourglasses of the random FAN (2DFAN4: 4)")
     parser.add_argument("--threads", type=int, default=1)
