@@ -97,6 +97,11 @@ class InversionConfig:
                                         # plateau_tolerance (relative) for this many steps; 0 = off (then
                                         # left out of provenance, with plateau_tolerance)
     plateau_tolerance: float = 1e-3     # relative improvement that counts for plateau_patience
+    pixel_warmup_steps: int = 0         # the first this many steps (of `steps`; all of them when more)
+                                        # skip the LPIPS and identity terms: MSE and the regularisers
+                                        # only, a cheap phase before the full objective; the schedule
+                                        # stays the one over all `steps`, the final losses the full
+                                        # objective's. 0 = off (then left out of provenance)
     w_avg_samples: int = 10_000         # z samples for the mean w (the start) and the spread of w
     w_avg_seed: int = 123               # numpy RandomState seed of those samples
     seed: int = 303                     # a frame's random seed when `invert` gets no `seeds`
@@ -123,6 +128,9 @@ class InversionConfig:
         if isinstance(self.plateau_patience, bool) or not isinstance(self.plateau_patience, int) \
                 or self.plateau_patience < 0:
             raise ValueError(f"plateau_patience must be an integer >= 0, got {self.plateau_patience!r}")
+        if isinstance(self.pixel_warmup_steps, bool) or not isinstance(self.pixel_warmup_steps, int) \
+                or self.pixel_warmup_steps < 0:
+            raise ValueError(f"pixel_warmup_steps must be an integer >= 0, got {self.pixel_warmup_steps!r}")
         if not (math.isfinite(self.plateau_tolerance) and 0 <= self.plateau_tolerance < 1):
             raise ValueError(f"plateau_tolerance must be in [0, 1), got {self.plateau_tolerance}")
         if self.noise_start not in ("random", "const"):
@@ -156,7 +164,8 @@ class InversionConfig:
         record = base_provenance("inversion")
         record["settings"] = dataclasses.asdict(self)
         # options at their plain values are left out: the keys of caches made before they existed hold
-        for name, plain in (("network_terms_every", 1), ("noise_start", "random"), ("plateau_patience", 0)):
+        for name, plain in (("network_terms_every", 1), ("noise_start", "random"), ("plateau_patience", 0),
+                            ("pixel_warmup_steps", 0)):
             if getattr(self, name) == plain:
                 del record["settings"][name]
         if self.plateau_patience == 0:
@@ -372,7 +381,9 @@ def _optimize(
         if noise_std > 0:
             w_noise = torch.stack([torch.randn(G.num_ws, G.w_dim, generator=g) for g in streams])
             ws = latents + w_noise.to(device) * noise_std
-        if config.network_terms_every > 1:
+        if step < config.pixel_warmup_steps:  # the cheap phase: MSE and the regularisers only
+            _, terms = objective(ws, latents, noise, networks=False)
+        elif config.network_terms_every > 1:
             terms = objective.lagged(ws, latents, noise, refresh=step % config.network_terms_every == 0)
         else:
             _, terms = objective(ws, latents, noise)
@@ -408,7 +419,8 @@ def _optimize(
                                    {k: v.detach() for k, v in terms.items()}, active.clone()))
         if not bool(active.any()):  # early stop: every frame has failed
             break
-        if config.plateau_patience > 0:  # early stop: no frame improves any more
+        # early stop: no frame improves any more (counted from the full objective's first step)
+        if config.plateau_patience > 0 and step >= config.pixel_warmup_steps:
             with torch.no_grad():
                 loss = reconstruction_loss({k: v.detach() for k, v in terms.items()}, config)
                 improved = loss < best * (1 - config.plateau_tolerance)
@@ -453,18 +465,20 @@ class _Objective:
             self.target_identity = (losses.identity.embed(targets, landmarks)
                                     if config.lambda_id > 0 else None)
 
-    def __call__(self, ws: torch.Tensor, latents: torch.Tensor, noise: list[torch.Tensor]
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, ws: torch.Tensor, latents: torch.Tensor, noise: list[torch.Tensor],
+                 networks: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(G(ws), the terms and their weighted "total"); `networks` False leaves out the LPIPS and
+        identity terms (pixel_warmup_steps)."""
         c = self.config
         images = self.G.synthesis(ws, noise=noise or None)
         terms: dict[str, torch.Tensor] = {}
         weights: dict[str, float] = {}
         if c.lambda_mse > 0:
             terms["mse"], weights["mse"] = (images - self.targets).square().mean(dim=(1, 2, 3)), c.lambda_mse
-        if c.lambda_lpips > 0:
+        if c.lambda_lpips > 0 and networks:
             terms["lpips"] = self.losses.perceptual.distance(images, self.target_features)
             weights["lpips"] = c.lambda_lpips
-        if c.lambda_id > 0:
+        if c.lambda_id > 0 and networks:
             terms["id"] = self.losses.identity(images, self.target_identity, self.landmarks)
             weights["id"] = c.lambda_id
         if c.lambda_dreg > 0:

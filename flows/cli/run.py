@@ -95,7 +95,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              f"(default {default_of(PROJECTION, 'steps_next')})")
     parser.add_argument("--invert-steps", type=int, metavar="N",
                         help=f"steps of the source's W+ inversion (default {default_of(INVERSION, 'steps')}; "
-                             f"{default_of(ENCODER_INVERSION, 'steps')} with --init encoder)")
+                             f"{default_of(ENCODER_INVERSION, 'steps')} with --init encoder, the first "
+                             f"{default_of(ENCODER_INVERSION, 'pixel_warmup_steps')} on the pixel terms "
+                             "only)")
     add_encoder_options(parser)
     perceptual_option(parser, PROJECTION)
     add_landmarks_option(parser)
