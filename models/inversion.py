@@ -97,11 +97,12 @@ class InversionConfig:
                                         # plateau_tolerance (relative) for this many steps; 0 = off (then
                                         # left out of provenance, with plateau_tolerance)
     plateau_tolerance: float = 1e-3     # relative improvement that counts for plateau_patience
-    pixel_warmup_steps: int = 0         # the first this many steps (of `steps`; all of them when more)
-                                        # skip the LPIPS and identity terms: MSE and the regularisers
-                                        # only, a cheap phase before the full objective; the schedule
-                                        # stays the one over all `steps`, the final losses the full
-                                        # objective's. 0 = off (then left out of provenance)
+    pixel_warmup: float = 0.0           # fraction of `steps` (rounded down; in [0, 1), so the last step
+                                        # is always a full one) at the start that skip the LPIPS and
+                                        # identity terms: MSE and the regularisers only, a cheap phase
+                                        # before the full objective; the schedule stays the one over all
+                                        # `steps`, the final losses the full objective's. 0 = off (then
+                                        # left out of provenance)
     w_avg_samples: int = 10_000         # z samples for the mean w (the start) and the spread of w
     w_avg_seed: int = 123               # numpy RandomState seed of those samples
     seed: int = 303                     # a frame's random seed when `invert` gets no `seeds`
@@ -128,9 +129,9 @@ class InversionConfig:
         if isinstance(self.plateau_patience, bool) or not isinstance(self.plateau_patience, int) \
                 or self.plateau_patience < 0:
             raise ValueError(f"plateau_patience must be an integer >= 0, got {self.plateau_patience!r}")
-        if isinstance(self.pixel_warmup_steps, bool) or not isinstance(self.pixel_warmup_steps, int) \
-                or self.pixel_warmup_steps < 0:
-            raise ValueError(f"pixel_warmup_steps must be an integer >= 0, got {self.pixel_warmup_steps!r}")
+        if isinstance(self.pixel_warmup, bool) or not isinstance(self.pixel_warmup, (int, float)) \
+                or not (math.isfinite(self.pixel_warmup) and 0 <= self.pixel_warmup < 1):
+            raise ValueError(f"pixel_warmup must be a fraction in [0, 1), got {self.pixel_warmup!r}")
         if not (math.isfinite(self.plateau_tolerance) and 0 <= self.plateau_tolerance < 1):
             raise ValueError(f"plateau_tolerance must be in [0, 1), got {self.plateau_tolerance}")
         if self.noise_start not in ("random", "const"):
@@ -157,6 +158,11 @@ class InversionConfig:
         return schedules.w_noise_factor_at(self.initial_noise_factor, step, self.steps,
                                            self.noise_ramp_length)
 
+    @property
+    def pixel_warmup_steps(self) -> int:
+        """The steps of the cheap first phase: `pixel_warmup` of `steps`, rounded down."""
+        return math.floor(self.pixel_warmup * self.steps)
+
     def provenance(self) -> dict:
         """The settings (all of them: each changes the latents) and whether LPIPS was calibrated."""
         from storage.provenance import base_provenance
@@ -165,7 +171,7 @@ class InversionConfig:
         record["settings"] = dataclasses.asdict(self)
         # options at their plain values are left out: the keys of caches made before they existed hold
         for name, plain in (("network_terms_every", 1), ("noise_start", "random"), ("plateau_patience", 0),
-                            ("pixel_warmup_steps", 0)):
+                            ("pixel_warmup", 0)):
             if getattr(self, name) == plain:
                 del record["settings"][name]
         if self.plateau_patience == 0:
@@ -468,7 +474,7 @@ class _Objective:
     def __call__(self, ws: torch.Tensor, latents: torch.Tensor, noise: list[torch.Tensor],
                  networks: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(G(ws), the terms and their weighted "total"); `networks` False leaves out the LPIPS and
-        identity terms (pixel_warmup_steps)."""
+        identity terms (the pixel_warmup phase)."""
         c = self.config
         images = self.G.synthesis(ws, noise=noise or None)
         terms: dict[str, torch.Tensor] = {}

@@ -5,7 +5,7 @@
     result = invert(G, targets, config, init=init, ...)
 
 `EncoderInversionConfig` is an `InversionConfig` with the encoder's file and sha256 added, and the
-refinement's own defaults (160 steps, the first 100 of them pixel-only, no w noise, noise maps
+refinement's own defaults (160 steps, the first 5/8 of them pixel-only, no w noise, noise maps
 starting at G's noise_const: see docs/inversion.md). Its provenance records the encoder's sha256
 (not its path) under "settings" and "init", so latents refined from an encoder never share a cache
 key with w_avg-started ones, nor with another encoder's. `settings_of(config)` /
@@ -44,10 +44,9 @@ class EncoderInversionConfig(InversionConfig):
     prediction as it is)."""
 
     steps: int = 160                    # refinement steps (bench_invert.py's trade-off table), the
-    pixel_warmup_steps: int = 100       # first 100 of them on MSE and the regularisers only (tiny
-                                        # generator: 0.99x the 1000-step reference's loss in 13.7x
-                                        # fewer CPU seconds; 100 full steps: 1.04x in 9.9x). With
-                                        # --steps K <= 100 every step is a pixel-only one
+    pixel_warmup: float = 0.625         # first 5/8 of them (100 of 160) on MSE and the regularisers
+                                        # only (tiny generator: 0.99x the 1000-step reference's loss in
+                                        # 13.7x fewer CPU seconds; 100 full steps: 1.04x in 9.9x)
     initial_noise_factor: float = 0.0   # no w noise: the prediction is near the optimum already (tiny
                                         # generator, 100 steps: loss 0.037 without, 0.040 with 0.05)
     noise_start: str = "const"          # noise maps start at G's noise_const, which the encoder's

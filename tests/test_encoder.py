@@ -165,7 +165,7 @@ def test_encoder_start_beats_w_avg_after_the_same_steps(G, trained):
     base = InversionConfig(steps=40, perceptual="uncalibrated-alex", lambda_id=0.0)
     results = {}
     # the same objective from both starts (the refinement's cheap first phase off)
-    encoder = encoder_config(base, out, G).replace(pixel_warmup_steps=0)
+    encoder = encoder_config(base, out, G).replace(pixel_warmup=0.0)
     for name, config in (("w_avg", base), ("encoder", encoder)):
         init = encoder_start(G, targets, config)
         result = invert(G, targets, config, init=init, seeds=[0, 1, 2, 3])
@@ -259,11 +259,12 @@ def test_refinement_options_change_the_trajectory_and_are_recorded(G):
             base.replace(**bad)
 
 
-def test_pixel_warmup_steps_skip_the_network_terms_first(G):
-    """pixel_warmup_steps P: the first P steps optimise MSE and the regularisers only (the steps of a
-    config without the LPIPS and identity terms, bitwise, under the same schedule), the rest the full
-    objective; the final losses are the full objective's; plateau_patience counts from step P; the
-    option is in provenance only when not 0, and bad values are refused."""
+def test_pixel_warmup_skips_the_network_terms_first(G):
+    """pixel_warmup f: the first P = floor(f * steps) steps optimise MSE and the regularisers only
+    (the steps of a config without the LPIPS and identity terms, bitwise, under the same schedule),
+    the rest the full objective (the last step always: f < 1); the final losses are the full
+    objective's; plateau_patience counts from step P; the option is in provenance only when not 0,
+    and bad values are refused."""
     from storage.provenance import provenance_key
 
     targets = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
@@ -281,7 +282,7 @@ def test_pixel_warmup_steps_skip_the_network_terms_first(G):
 
     pixel_latents, _, _ = trajectory(base.replace(lambda_lpips=0.0, lambda_id=0.0))
     plain_latents, _, _ = trajectory(base)
-    warm_latents, warm_terms, warm_final = trajectory(base.replace(pixel_warmup_steps=2))
+    warm_latents, warm_terms, warm_final = trajectory(base.replace(pixel_warmup=0.5))
     for step in (0, 1):  # the cheap phase: the pixel-only objective's steps, no network terms
         assert torch.equal(warm_latents[step], pixel_latents[step])
         assert not {"lpips", "id"} & set(warm_terms[step])
@@ -290,21 +291,23 @@ def test_pixel_warmup_steps_skip_the_network_terms_first(G):
         assert float((warm_latents[step] - pixel_latents[step]).abs().max()) > 1e-6
         assert float((warm_latents[step] - plain_latents[step]).abs().max()) > 1e-6
     assert {"mse", "lpips", "id"} <= set(warm_final) and bool(torch.isfinite(warm_final["total"]).all())
-    # more warm-up steps than steps: all of them are cheap (so a default survives --steps 0..P)
-    all_latents, _, all_final = trajectory(base.replace(pixel_warmup_steps=10))
-    assert all(torch.equal(a, b) for a, b in zip(all_latents, pixel_latents, strict=True))
-    assert {"lpips", "id"} <= set(all_final)
+    # a fraction of whatever steps are asked for: the last step is a full one, even with few steps
+    warmups = [base.replace(steps=k, pixel_warmup=0.625).pixel_warmup_steps for k in (0, 1, 4, 160)]
+    assert warmups == [0, 0, 2, 100]
+    most_latents, most_terms, _ = trajectory(base.replace(pixel_warmup=0.99))
+    assert all(torch.equal(a, b) for a, b in zip(most_latents[:3], pixel_latents[:3], strict=True))
+    assert {"lpips", "id"} <= set(most_terms[3])
 
     # plateau_patience counts from the first full step (the total jumps there as the terms come in)
     seen: list[int] = []
-    early = base.replace(steps=20, pixel_warmup_steps=3, plateau_patience=2, plateau_tolerance=0.5)
+    early = base.replace(steps=20, pixel_warmup=0.15, plateau_patience=2, plateau_tolerance=0.5)
     invert(G, targets, early, seeds=[0, 1], callback=lambda state: seen.append(state.step))
     assert seen == [0, 1, 2, 3, 4, 5]
 
-    assert "pixel_warmup_steps" not in base.provenance()["settings"]
-    warm = base.replace(pixel_warmup_steps=2)
-    assert warm.provenance()["settings"]["pixel_warmup_steps"] == 2
+    assert "pixel_warmup" not in base.provenance()["settings"]
+    warm = base.replace(pixel_warmup=0.5)
+    assert warm.provenance()["settings"]["pixel_warmup"] == 0.5
     assert provenance_key(warm.provenance()) != provenance_key(base.provenance())
-    for bad in (-1, 2.0, True):
-        with pytest.raises(ValueError, match="pixel_warmup_steps"):
-            base.replace(pixel_warmup_steps=bad)
+    for bad in (-0.1, 1.0, 2, True, float("nan"), "0.5"):
+        with pytest.raises(ValueError, match="pixel_warmup"):
+            base.replace(pixel_warmup=bad)

@@ -113,7 +113,8 @@ def test_cli_and_flow_defaults_are_the_configs():
     assert flow["batch_size"].default == invert["batch_size"].default
 
     run, _ = _options("run")
-    assert f"(default {inversion.steps}; {from_encoder} with --init encoder)" in run["invert_steps"].help
+    assert f"(default {inversion.steps}; {from_encoder} with --init encoder, the first " \
+        f"{100 * EncoderInversionConfig.pixel_warmup:g} %% on the pixel terms" in run["invert_steps"].help
     assert f"(default {projection.steps_first})" in run["steps_first"].help
     assert f"(default {projection.steps_next})" in run["steps_next"].help
     assert PERCEPTUAL[run["perceptual"].default] == projection.perceptual

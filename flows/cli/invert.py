@@ -48,8 +48,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"optimisation steps per frame (default {default_of(INVERSION, 'steps')}; with "
                              "--init encoder: refinement steps after the prediction, default "
                              f"{default_of(ENCODER_INVERSION, 'steps')}, the first "
-                             f"{default_of(ENCODER_INVERSION, 'pixel_warmup_steps')} of them on the pixel "
-                             "terms only, 0 = the prediction as it is)")
+                             f"{100 * default_of(ENCODER_INVERSION, 'pixel_warmup'):g} %% of them on the "
+                             "pixel terms only, 0 = the prediction as it is)")
     add_encoder_options(parser)
     parser.add_argument("--batch-size", type=int, default=InvertRequest.batch_size, metavar="B",
                         help=f"frames per batch, fixed by frame index: [k*B, (k+1)*B) (default "

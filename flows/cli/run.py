@@ -96,7 +96,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--invert-steps", type=int, metavar="N",
                         help=f"steps of the source's W+ inversion (default {default_of(INVERSION, 'steps')}; "
                              f"{default_of(ENCODER_INVERSION, 'steps')} with --init encoder, the first "
-                             f"{default_of(ENCODER_INVERSION, 'pixel_warmup_steps')} on the pixel terms "
+                             f"{100 * default_of(ENCODER_INVERSION, 'pixel_warmup'):g} %% on the pixel terms "
                              "only)")
     add_encoder_options(parser)
     perceptual_option(parser, PROJECTION)

@@ -171,26 +171,26 @@ def held_out_frames(G: Generator, n: int) -> torch.Tensor:
 # The trade-off table's rows: "start K [setting=value ...]" separated by ";". Settings are
 # InversionConfig / EncoderInversionConfig fields (Python literals), plus batch=B (frames per invert
 # call; default all --frames in one) and encoder=PATH (another encoder checkpoint than --encoder).
-# The default rows: the refinement's defaults at K in --ks (K counts the pixel_warmup_steps: K <= 100 is
-# pixel-only), the cheap first phase's length, the levers one at a time on the previous default's 100
+# The default rows: the refinement's defaults at K in --ks (the cheap first phase is the pixel_warmup
+# fraction of K), the cheap first phase's length, the levers one at a time on the previous default's 100
 # full steps (or 200 where a step costs less), and w_avg + 100 and + 200 (the default schedule over K).
 LEVER_ROWS = (
-    "encoder 100 pixel_warmup_steps=0; "                     # the previous default: 100 full steps
-    "encoder 150 pixel_warmup_steps=0; "
-    "encoder 150 pixel_warmup_steps=70; "                    # cheap first phases of other lengths
-    "encoder 300 pixel_warmup_steps=200; "
-    "encoder 500 pixel_warmup_steps=400; "
-    "encoder 100 pixel_warmup_steps=0 noise_start='random'; "  # the noise maps' start of the projector
-    "encoder 100 pixel_warmup_steps=0 lr_rampup=0.0; "       # no warm-up
-    "encoder 100 pixel_warmup_steps=0 lr_rampup=0.0 learning_rate=0.2; "  # no warm-up, twice the peak
-    "encoder 100 pixel_warmup_steps=0 lr_rampup=0.0 lr_rampdown=1.0; "  # no warm-up, cosine over all
-    "encoder 100 pixel_warmup_steps=0 adam_betas=(0.9,0.99); "
-    "encoder 100 pixel_warmup_steps=0 optimize_noise=False; "
-    "encoder 100 pixel_warmup_steps=0 network_terms_every=2; "
-    "encoder 200 pixel_warmup_steps=0 network_terms_every=2; "
-    "encoder 200 pixel_warmup_steps=0 network_terms_every=4; "
-    "encoder 200 pixel_warmup_steps=0 plateau_patience=10 plateau_tolerance=0.005; "  # early stop
-    "encoder 200 pixel_warmup_steps=0 plateau_patience=5 plateau_tolerance=0.01; "
+    "encoder 100 pixel_warmup=0.0; "                     # the previous default: 100 full steps
+    "encoder 150 pixel_warmup=0.0; "
+    "encoder 150 pixel_warmup=0.467; "                    # cheap first phases of other lengths
+    "encoder 300 pixel_warmup=0.667; "
+    "encoder 500 pixel_warmup=0.8; "
+    "encoder 100 pixel_warmup=0.0 noise_start='random'; "  # the noise maps' start of the projector
+    "encoder 100 pixel_warmup=0.0 lr_rampup=0.0; "       # no warm-up
+    "encoder 100 pixel_warmup=0.0 lr_rampup=0.0 learning_rate=0.2; "  # no warm-up, twice the peak
+    "encoder 100 pixel_warmup=0.0 lr_rampup=0.0 lr_rampdown=1.0; "  # no warm-up, cosine over all
+    "encoder 100 pixel_warmup=0.0 adam_betas=(0.9,0.99); "
+    "encoder 100 pixel_warmup=0.0 optimize_noise=False; "
+    "encoder 100 pixel_warmup=0.0 network_terms_every=2; "
+    "encoder 200 pixel_warmup=0.0 network_terms_every=2; "
+    "encoder 200 pixel_warmup=0.0 network_terms_every=4; "
+    "encoder 200 pixel_warmup=0.0 plateau_patience=10 plateau_tolerance=0.005; "  # early stop
+    "encoder 200 pixel_warmup=0.0 plateau_patience=5 plateau_tolerance=0.01; "
     "encoder 160 batch=1"                                    # one frame per invert call
 )
 
