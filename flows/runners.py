@@ -20,6 +20,8 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -172,4 +174,6 @@ def _process_pool(n: int, devices: list[str | None]) -> TaskRunner:
     from prefect.task_runners import ProcessPoolTaskRunner
 
     slots = tempfile.mkdtemp(prefix="facereenact-workers-")
-    return ProcessPoolTaskRunner(max_workers=n, initializer=_pin_process, initargs=(slots, devices))
+    runner = ProcessPoolTaskRunner(max_workers=n, initializer=_pin_process, initargs=(slots, devices))
+    weakref.finalize(runner, shutil.rmtree, slots, True)  # the slot files go with the runner (or at exit)
+    return runner

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ class S3Server:
         self.auth = auth
         self.startup_timeout = startup_timeout
         self.log = Path(tempfile.mkstemp(prefix="moto-s3-", suffix=".log")[1])
+        weakref.finalize(self, self.log.unlink, True)  # the log goes with the server object (or at exit)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> S3Server:
