@@ -142,6 +142,34 @@ def astronaut_image():
     return torch.from_numpy(skimage.data.astronaut()).permute(2, 0, 1)[None].float() / 255
 
 
+@pytest.fixture
+def one_thread():
+    """Bitwise comparisons and steady timings: one torch thread in the test (`pytestmark =
+    pytest.mark.usefixtures("one_thread")` for a whole module)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def faceapi():
+    """The face-api landmark net (vendored weights)."""
+    from models.landmarks import load_landmark_backend
+
+    return load_landmark_backend("faceapi")
+
+
+@pytest.fixture(scope="module")
+def lpips():
+    """LPIPS on the uncalibrated VGG (the same cost as the calibrated one, no weights needed)."""
+    from models.losses import PerceptualLoss
+
+    return PerceptualLoss.from_choice("uncalibrated")
+
+
 @pytest.fixture(scope="module")
 def G():  # noqa: N802 (the generator is G everywhere in the project)
     """The tiny random StyleGAN2 (32 px, z_dim = w_dim = 64, 8 ws; tests/tiny.py)."""

@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.landmarks import load_landmark_backend
 from models.landmarks.base import IBUG_GROUPS
-from models.losses import PerceptualLoss
 from models.metrics import landmark_jitter, landmark_nme, latent_jitter
 from models.projection import (
     SEED_GROUP_WEIGHTS,
@@ -26,48 +24,9 @@ from models.projection import (
     rescale_points,
     retarget_landmarks,
 )
+from tests.support.projection import g_noise, known_sequence, quick
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bitwise comparisons and steady timings: one torch thread in these tests."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def faceapi():
-    return load_landmark_backend("faceapi")
-
-
-@pytest.fixture(scope="module")
-def lpips():
-    return PerceptualLoss.from_choice("uncalibrated")
-
-
-def g_noise(G) -> list[torch.Tensor]:
-    """G's own noise maps, (r, r) each, in noise_layers() order."""
-    return [layer.noise_const.clone() for _, layer in G.synthesis.noise_layers()]
-
-
-def known_sequence(G, faceapi, frames: int, step: float, seed: int = 1):
-    """Latents w_t = w_0 + t step (w_1 - w_0), their renders (G's noise) and faceapi landmarks."""
-    g = torch.Generator().manual_seed(seed)
-    w0, w1 = G.mapping(torch.randn(2, G.z_dim, generator=g))
-    ws = torch.stack([w0 + t * step * (w1 - w0) for t in range(frames)])
-    with torch.no_grad():
-        images = G.synthesis(ws, noise=[m.expand(frames, 1, -1, -1) for m in g_noise(G)])
-        points = faceapi((images + 1) / 2).points
-    return ws, images, points
-
-
-def quick(**changes) -> ProjectionConfig:
-    """Defaults with few steps, no early stopping and frame 0 on the long schedule (the step counts are
-    then exact)."""
-    return ProjectionConfig(**{"perceptual": "uncalibrated", "steps_first": 4, "steps_next": 3,
-                               "early_stop_patience": 0, "warm_first_frame": False, **changes})
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -9,46 +9,20 @@ import math
 import pytest
 import torch
 
-from models.landmarks import load_landmark_backend
-from models.losses import PerceptualLoss
 from models.projection import STATE_FORMAT, ProjectionConfig, ProjectionResult, Projector
+from tests.support.projection import g_noise, known_sequence, quick
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def faceapi():
-    return load_landmark_backend("faceapi")
-
-
-@pytest.fixture(scope="module")
-def lpips():
-    return PerceptualLoss.from_choice("uncalibrated")
-
-
-def sequence(G, faceapi, frames: int, seed: int = 4):
-    """Latents along a direction, their renders (G's noise) and faceapi landmarks."""
-    g = torch.Generator().manual_seed(seed)
-    w0, w1 = G.mapping(torch.randn(2, G.z_dim, generator=g))
-    ws = torch.stack([w0 + t * 0.05 * (w1 - w0) for t in range(frames)])
-    noise = [layer.noise_const.clone() for _, layer in G.synthesis.noise_layers()]
-    with torch.no_grad():
-        images = G.synthesis(ws, noise=[m.expand(frames, 1, -1, -1) for m in noise])
-        points = faceapi((images + 1) / 2).points
-    return ws, images, points, noise
+def sequence(G, faceapi, frames: int):
+    """Latents along a direction, their renders (G's noise), faceapi landmarks and G's noise maps."""
+    return (*known_sequence(G, faceapi, frames, 0.05, seed=4), g_noise(G))
 
 
 def config(**changes) -> ProjectionConfig:
     """Few steps, every speed-up off unless asked (step counts exact)."""
-    return ProjectionConfig(**{"perceptual": "uncalibrated", "steps_first": 4, "steps_next": 3,
-                               "early_stop_patience": 0, "warm_first_frame": False, "lpips_every": 1,
-                               **changes})
+    return quick(**{"lpips_every": 1, **changes})
 
 
 def test_published_has_every_speed_up_off_and_the_defaults_have_ours_on():
