@@ -475,28 +475,8 @@ class _Objective:
                  networks: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(G(ws), the terms and their weighted "total"); `networks` False leaves out the LPIPS and
         identity terms (the pixel_warmup phase)."""
-        c = self.config
         images = self.G.synthesis(ws, noise=noise or None)
-        terms: dict[str, torch.Tensor] = {}
-        weights: dict[str, float] = {}
-        if c.lambda_mse > 0:
-            terms["mse"], weights["mse"] = (images - self.targets).square().mean(dim=(1, 2, 3)), c.lambda_mse
-        if c.lambda_lpips > 0 and networks:
-            terms["lpips"] = self.losses.perceptual.distance(images, self.target_features)
-            weights["lpips"] = c.lambda_lpips
-        if c.lambda_id > 0 and networks:
-            terms["id"] = self.losses.identity(images, self.target_identity, self.landmarks)
-            weights["id"] = c.lambda_id
-        if c.lambda_dreg > 0:
-            terms["dreg"], weights["dreg"] = delta_regularization(latents), c.lambda_dreg
-        if noise and c.noise_regularize_weight > 0:
-            terms["noise_reg"] = noise_regularization(noise)
-            weights["noise_reg"] = c.noise_regularize_weight
-        total = torch.zeros(images.shape[0], device=images.device)
-        for name, value in terms.items():
-            total = total + weights[name] * value
-        terms["total"] = total
-        return images, terms
+        return images, self._weighted(images, latents, noise, None if networks else {})
 
     def lagged(self, ws: torch.Tensor, latents: torch.Tensor, noise: list[torch.Tensor], refresh: bool
                ) -> dict[str, torch.Tensor]:
@@ -505,39 +485,55 @@ class _Objective:
         values and gradient stand in. "total" has the value MSE + regularisers + the network terms'
         (last) values, and the gradient of MSE + regularisers + <kept image gradient, G(ws)>; on a
         refresh step that is the full objective's gradient (summed in another order)."""
-        c = self.config
         images = self.G.synthesis(ws, noise=noise or None)
         if refresh or self.network_grad is None:
             probe = images.detach().requires_grad_(True)
-            values: dict[str, torch.Tensor] = {}
+            values = self._network_terms(probe)
             weighted = torch.zeros(images.shape[0], device=images.device)
-            if c.lambda_lpips > 0:
-                values["lpips"] = self.losses.perceptual.distance(probe, self.target_features)
-                weighted = weighted + c.lambda_lpips * values["lpips"]
-            if c.lambda_id > 0:
-                values["id"] = self.losses.identity(probe, self.target_identity, self.landmarks)
-                weighted = weighted + c.lambda_id * values["id"]
+            for name, value in values.items():
+                weighted = weighted + self._weight(name) * value
             grad = (torch.autograd.grad(weighted.sum(), probe)[0] if weighted.requires_grad
                     else torch.zeros_like(probe))
             self.network_grad = grad.detach()
             self.network_values = {k: v.detach() for k, v in values.items()}
+        terms = self._weighted(images, latents, noise, self.network_values)
+        linear = (self.network_grad * images).sum(dim=(1, 2, 3))
+        terms["total"] = terms["total"] + (linear - linear.detach())
+        return terms
+
+    def _network_terms(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The terms computed by a network (most of a step's cost): LPIPS and identity, where weighted."""
+        c = self.config
         terms: dict[str, torch.Tensor] = {}
-        total = torch.zeros(images.shape[0], device=images.device)
+        if c.lambda_lpips > 0:
+            terms["lpips"] = self.losses.perceptual.distance(images, self.target_features)
+        if c.lambda_id > 0:
+            terms["id"] = self.losses.identity(images, self.target_identity, self.landmarks)
+        return terms
+
+    def _weight(self, name: str) -> float:
+        c = self.config
+        return {"mse": c.lambda_mse, "lpips": c.lambda_lpips, "id": c.lambda_id, "dreg": c.lambda_dreg,
+                "noise_reg": c.noise_regularize_weight}[name]
+
+    def _weighted(self, images: torch.Tensor, latents: torch.Tensor, noise: list[torch.Tensor],
+                  network_terms: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """Every term and their weighted "total", summed in term order; the network terms as given, or
+        (None) evaluated on `images` here, after MSE: the order the terms enter the graph is the order
+        backward accumulates their gradients in, which the w_avg path keeps bitwise."""
+        c = self.config
+        terms: dict[str, torch.Tensor] = {}
         if c.lambda_mse > 0:
             terms["mse"] = (images - self.targets).square().mean(dim=(1, 2, 3))
-            total = total + c.lambda_mse * terms["mse"]
-        for name, weight in (("lpips", c.lambda_lpips), ("id", c.lambda_id)):
-            if name in self.network_values:
-                terms[name] = self.network_values[name]
-                total = total + weight * terms[name]
+        terms.update(self._network_terms(images) if network_terms is None else network_terms)
         if c.lambda_dreg > 0:
             terms["dreg"] = delta_regularization(latents)
-            total = total + c.lambda_dreg * terms["dreg"]
         if noise and c.noise_regularize_weight > 0:
             terms["noise_reg"] = noise_regularization(noise)
-            total = total + c.noise_regularize_weight * terms["noise_reg"]
-        linear = (self.network_grad * images).sum(dim=(1, 2, 3))
-        terms["total"] = total + (linear - linear.detach())
+        total = torch.zeros(images.shape[0], device=images.device)
+        for name, value in terms.items():
+            total = total + self._weight(name) * value
+        terms["total"] = total
         return terms
 
 
