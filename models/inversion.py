@@ -123,12 +123,10 @@ class InversionConfig:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if not 0 <= self.lr_rampup <= 1:
             raise ValueError(f"lr_rampup must be in [0, 1], got {self.lr_rampup}")
-        if isinstance(self.network_terms_every, bool) or not isinstance(self.network_terms_every, int) \
-                or self.network_terms_every < 1:
-            raise ValueError(f"network_terms_every must be an integer >= 1, got {self.network_terms_every!r}")
-        if isinstance(self.plateau_patience, bool) or not isinstance(self.plateau_patience, int) \
-                or self.plateau_patience < 0:
-            raise ValueError(f"plateau_patience must be an integer >= 0, got {self.plateau_patience!r}")
+        for name, least in (("network_terms_every", 1), ("plateau_patience", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         if isinstance(self.pixel_warmup, bool) or not isinstance(self.pixel_warmup, (int, float)) \
                 or not (math.isfinite(self.pixel_warmup) and 0 <= self.pixel_warmup < 1):
             raise ValueError(f"pixel_warmup must be a fraction in [0, 1), got {self.pixel_warmup!r}")
