@@ -109,13 +109,13 @@ def resume(projector: Projector, table: ReenactCache, status: np.ndarray) -> tup
         table.reset_all()
         return 0, np.full(T, PENDING, np.uint8)
     start = projector.config.window_start(first)  # windows are aligned to absolute frame indices
-    done = np.flatnonzero(status[:start] == DONE)
-    prev = int(done[-1]) if done.size else None  # the chain's predecessor: failed frames are skipped
-    before = int(done[-2]) if done.size > 1 else None  # and the good frame before it (its velocity)
+    # the chain's predecessor and the good frame before it (its velocity): failed frames are skipped
+    done = [int(f) for f in np.flatnonzero(status[:start] == DONE)[-2:]]
+    latents = table.read("latents", done) if done else None
     projector.load_state_dict({
         "format": STATE_FORMAT, "provenance_key": projector.provenance_key(), "frame": start - 1,
-        "latent": None if prev is None else table.read("latents", [prev])[0],
-        "latent_before": None if before is None else table.read("latents", [before])[0],
+        "latent": None if not done else latents[-1],
+        "latent_before": None if len(done) < 2 else latents[0],
         "noise": state["noise"], "driving_reference": state["driving_reference"]})
     return start, status
 
