@@ -60,16 +60,15 @@ from models.landmarks.base import group_weights  # noqa: E402
 from models.landmarks.fan import FanLandmarks  # noqa: E402
 from models.losses import PerceptualLoss, noise_regularization, normalize_noise_  # noqa: E402
 from models.projection import CHARBONNIER_EPS, ProjectionConfig, Projector  # noqa: E402
+from tests.support.landmarks import random_fan  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "stylegan2" / "sg2_tiny256.pkl"
 
 
-def random_fan(modules: int, flip: bool) -> FanLandmarks:
-    from face_alignment.models import FAN
-
-    torch.manual_seed(0)
-    return FanLandmarks(FAN(modules).eval(), "random", "random", flip_input=flip).requires_grad_(False)
+def random_fan_backend(modules: int) -> FanLandmarks:
+    """FAN with `modules` hourglasses and random weights (tests/support/landmarks.py), flip off."""
+    return FanLandmarks(random_fan(modules), "random", "random", flip_input=False).requires_grad_(False)
 
 
 class Case:
@@ -264,7 +263,8 @@ def main() -> None:
           f"FAN({args.fan_modules}) random, LPIPS VGG (uncalibrated), {args.threads} thread(s), "
           f"{args.steps} timed steps per row\n")
     began = time.perf_counter()
-    fans = {flip: random_fan(args.fan_modules, flip) for flip in (False, True)}
+    fan = random_fan_backend(args.fan_modules)
+    fans = {False: fan, True: fan.with_flip(True)}  # the same network, mirrored copy run or not
     seed_before = case.seed_step(fans[False].net, args.steps)
     rows: list[tuple[str, str, str, float, float]] = []
     inputs = ("unit",) if args.quick else ("unit", "minmax")
