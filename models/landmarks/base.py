@@ -137,11 +137,14 @@ class LandmarkBackend(torch.nn.Module):
                                             # sees; None: `square_boxes` (the box grown to a square)
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The inputs checked, then the square regions the net sees ((N, 4): each box framed by
-        `frame`, or each whole image squared) and their (N, 3, size, size) crops (`crop_square`).
+        `frame`, or each whole image squared) and their (N, 3, size, size) crops (`crop_square`; a
+        whole image already size x size is its own crop).
         Every backend's first step; `crop_to_image_points(points, regions, size)` is the way back."""
         self.check_inputs(images, boxes)
         if boxes is None:
             regions = square_boxes(whole_image_boxes(images))
+            if tuple(images.shape[-2:]) == (size, size):  # the image is the crop (e.g. a 256 px render
+                return regions, images                    # for FAN): resampling gives the same pixels
         else:
             regions = (frame or square_boxes)(boxes.to(images))
         return regions, crop_square(images, regions, size)

@@ -5,7 +5,7 @@ The network class is face-alignment's own (`face_alignment.models.FAN`); this mo
 - the region: the face box's centre moved up by 0.12 of the box height, a square of side
   200 * (w + h) / 195 (face-alignment's rule for its SFD detector boxes); None: the whole image;
 - the crop resampled to 256 x 256, RGB in [0, 1] (no mean subtraction), by `crop_square` (a whole
-  256 x 256 image without a box is taken as it is: resampling it would give the same pixels);
+  256 x 256 image without a box is its own crop: `square_crops`);
 - heatmaps (N, 68, 64, 64) of the last hourglass; with `flip_input` (face-alignment's default) the
   mirrored crop is run too and its mirrored heatmaps averaged in;
 - coordinates, by `coordinates=`:
@@ -31,13 +31,7 @@ from typing import Literal
 import torch
 
 from models.face_shape import MIRROR_68
-from models.landmarks.base import (
-    NUM_LANDMARKS,
-    LandmarkBackend,
-    LandmarkResult,
-    crop_to_image_points,
-    whole_image_boxes,
-)
+from models.landmarks.base import NUM_LANDMARKS, LandmarkBackend, LandmarkResult, crop_to_image_points
 from storage.errors import CheckpointError, WeightsMissingError
 from storage.provenance import sha256_file
 
@@ -232,13 +226,7 @@ class FanLandmarks(LandmarkBackend):
         return out
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> LandmarkResult:
-        if boxes is None and tuple(images.shape[-2:]) == (INPUT_SIZE, INPUT_SIZE):
-            # whole 256 x 256 images (a 256 px generator's renders, its aligned crops) are FAN's input as
-            # they are: the resampling would sample every pixel at its centre (the same values)
-            self.check_inputs(images, boxes)
-            regions, crops = whole_image_boxes(images), images
-        else:
-            regions, crops = self.square_crops(images, boxes, INPUT_SIZE, frame=fan_regions)
+        regions, crops = self.square_crops(images, boxes, INPUT_SIZE, frame=fan_regions)
         heatmaps = self._heatmaps(crops)
         if self.flip_input:
             flipped = self._heatmaps(crops.flip(-1)).flip(-1)[:, self.mirror]
